@@ -1,0 +1,29 @@
+# Everything runs from a project-local virtualenv that this Makefile makes itself,
+# so `make test` and `make demo` work on a fresh machine with nothing installed by hand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check libproc mesa bench tests examples
+	$(VENV)/bin/ruff format --check libproc mesa bench tests examples
+
+bench: $(STAMP)
+	$(PY) -m bench.libproc_bench --json bench-libproc.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

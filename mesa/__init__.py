@@ -1,0 +1,1 @@
+"""mesa: a cluster manager in the style of Apache Mesos, built on libproc."""
