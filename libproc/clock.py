@@ -1,0 +1,196 @@
+"""Time that tests can stop.
+
+Every libproc timer (``Process.delay``) and every timeout inside the runtime reads time from
+:class:`Clock`. Normally it follows the event loop's monotonic clock; ``Clock.pause()`` freezes it
+and ``Clock.advance(seconds)`` moves it forward by hand, firing exactly the timers that fall due,
+in order. That makes a test of a 30-second timeout run in microseconds and replay identically.
+
+The clock is process-wide, like libprocess's: one test pauses time for every actor in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Clock", "Timer"]
+
+
+class Timer:
+    """A cancellable timer handle returned by ``Process.delay``."""
+
+    __slots__ = ("_args", "_callback", "_seq", "cancelled", "fired", "when")
+
+    def __init__(self, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self._seq = seq
+        self._callback = callback
+        self._args = args
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> bool:
+        """Stop the timer; returns False when it already fired or was cancelled."""
+        if self.cancelled or self.fired:
+            return False
+        self.cancelled = True
+        _Clock._cancelled += 1
+        return True
+
+    @property
+    def pending(self) -> bool:
+        return not (self.cancelled or self.fired)
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self._seq) < (other.when, other._seq)
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else "fired" if self.fired else "pending"
+        return f"<Timer at {self.when:.3f} {state}>"
+
+
+class _Clock:
+    """The process-wide clock; use through the :data:`Clock` singleton's class methods."""
+
+    _paused_at: float | None = None
+    _offset: float = 0.0  # virtual time = loop time + offset, kept continuous across pauses
+    _heap: list[Timer] = []
+    _seq = itertools.count()
+    _handle: asyncio.TimerHandle | None = None
+    _handle_when: float | None = None
+    _cancelled = 0
+
+    @classmethod
+    def _loop(cls) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    @classmethod
+    def now(cls) -> float:
+        """Seconds on the (possibly paused) clock; monotonic, arbitrary origin."""
+        if cls._paused_at is not None:
+            return cls._paused_at
+        return cls._loop().time() + cls._offset
+
+    @classmethod
+    def paused(cls) -> bool:
+        return cls._paused_at is not None
+
+    @classmethod
+    def pause(cls) -> None:
+        """Freeze time. Timers stay scheduled and fire only through :meth:`advance`."""
+        if cls._paused_at is None:
+            cls._paused_at = cls.now()
+            cls._unarm()
+
+    @classmethod
+    def resume(cls) -> None:
+        """Let time flow again from where it was paused (it never jumps backwards)."""
+        if cls._paused_at is not None:
+            cls._offset = cls._paused_at - cls._loop().time()
+            cls._paused_at = None
+            cls._rearm()
+
+    @classmethod
+    def advance(cls, seconds: float) -> None:
+        """Move paused time forward and fire every timer due by then, earliest first.
+
+        A timer callback only enqueues work for its actor; await :func:`libproc.settle` afterwards
+        to let the actors process it.
+        """
+        if cls._paused_at is None:
+            raise RuntimeError("Clock.advance() needs Clock.pause() first")
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        target = cls._paused_at + seconds
+        while cls._heap and cls._heap[0].when <= target:
+            timer = heapq.heappop(cls._heap)
+            if timer.cancelled:
+                cls._cancelled -= 1
+                continue
+            cls._paused_at = max(cls._paused_at, timer.when)
+            cls._fire(timer)
+        cls._paused_at = target
+
+    @classmethod
+    def schedule(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``callback(*args)`` after ``seconds`` of clock time (on the loop, not an actor)."""
+        timer = Timer(cls.now() + max(0.0, seconds), next(cls._seq), callback, args)
+        heapq.heappush(cls._heap, timer)
+        if cls._paused_at is not None:
+            if timer.when <= cls._paused_at:
+                # Due now on a frozen clock: run on the next loop turn, like call_soon.
+                cls._loop().call_soon(cls._fire_due)
+        elif cls._handle_when is None or timer.when < cls._handle_when:
+            cls._rearm()
+        if cls._cancelled > 1024 and cls._cancelled > len(cls._heap) // 2:
+            cls._compact()
+        return timer
+
+    @classmethod
+    def reset(cls) -> None:
+        """Forget every timer and unpause; for test teardown."""
+        cls._unarm()
+        cls._heap = []
+        cls._cancelled = 0
+        cls._paused_at = None
+        cls._offset = 0.0
+
+    @classmethod
+    def pending_timers(cls) -> int:
+        return sum(1 for t in cls._heap if t.pending)
+
+    @classmethod
+    def _fire(cls, timer: Timer) -> None:
+        timer.fired = True
+        timer._callback(*timer._args)
+
+    @classmethod
+    def _fire_due(cls) -> None:
+        cls._handle = None
+        cls._handle_when = None
+        # asyncio may run a timer handle up to its clock resolution early; honour that slack
+        # instead of re-arming for a few microseconds.
+        now = cls.now() if cls._paused_at is not None else cls.now() + 1e-3
+        while cls._heap and cls._heap[0].when <= now:
+            timer = heapq.heappop(cls._heap)
+            if timer.cancelled:
+                cls._cancelled -= 1
+                continue
+            cls._fire(timer)
+        if cls._paused_at is None:
+            cls._rearm()
+
+    @classmethod
+    def _unarm(cls) -> None:
+        if cls._handle is not None:
+            cls._handle.cancel()
+        cls._handle = None
+        cls._handle_when = None
+
+    @classmethod
+    def _rearm(cls) -> None:
+        while cls._heap and cls._heap[0].cancelled:
+            heapq.heappop(cls._heap)
+            cls._cancelled -= 1
+        if not cls._heap:
+            cls._unarm()
+            return
+        when = cls._heap[0].when
+        if cls._handle_when is not None and cls._handle_when <= when:
+            return
+        cls._unarm()
+        loop = cls._loop()
+        cls._handle = loop.call_at(when - cls._offset, cls._fire_due)
+        cls._handle_when = when
+
+    @classmethod
+    def _compact(cls) -> None:
+        cls._heap = [t for t in cls._heap if not t.cancelled]
+        heapq.heapify(cls._heap)
+        cls._cancelled = 0
+
+
+Clock = _Clock

@@ -1,0 +1,180 @@
+"""An in-memory network: many runtimes (simulated hosts) in one OS process.
+
+Frames are the same bytes the ZeroMQ transport carries and go through the same decoding and
+validation, so an actor cannot tell the difference; only the wire is a ``call_soon``. That lets
+mesa run a whole cluster — a master, thousands of agents, frameworks — in one process under a
+paused :class:`~libproc.Clock`, with failures that replay exactly:
+
+* ``network.stop_host(address)`` / a runtime's ``stop()`` is a crash: every peer that had talked
+  to it learns at once (as a TCP reset tells a ZeroMQ peer), and linkers get ``exited``.
+* ``network.partition(a, b)`` silently drops frames both ways; after ``heartbeat_timeout`` of
+  clock time each side declares the other down, as ZMTP heartbeats would. ``heal`` lifts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterable
+
+from libproc.clock import Clock, Timer
+from libproc.transport import TransportEvents
+
+__all__ = ["MemoryNetwork", "MemoryTransport"]
+
+
+class MemoryNetwork:
+    """The simulated wire between :class:`MemoryTransport`\\ s."""
+
+    def __init__(self, heartbeat_timeout: float = 3.0) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self._hosts: dict[str, MemoryTransport] = {}
+        self._cuts: set[frozenset[str]] = set()
+        self._cut_timers: dict[frozenset[str], Timer] = {}
+        self._talked: dict[str, set[str]] = {}  # address -> peers that have sent to it
+        self._next_port = 1
+        self.in_flight = 0
+
+    # ------------------------------------------------------------------ topology
+
+    def _register(self, transport: MemoryTransport, host: str, port: int) -> str:
+        if port == 0:
+            while f"{host}:{self._next_port}" in self._hosts:
+                self._next_port += 1
+            port = self._next_port
+            self._next_port += 1
+        address = f"{host}:{port}"
+        if address in self._hosts:
+            raise OSError(f"address {address} is already in use on this memory network")
+        self._hosts[address] = transport
+        return address
+
+    def _unregister(self, address: str) -> None:
+        self._hosts.pop(address, None)
+        # Everyone who talked with the dead host hears of it at once, like a TCP reset.
+        peers = self._talked.pop(address, set())
+        for other, talked in self._talked.items():
+            if address in talked:
+                peers.add(other)
+                talked.discard(address)
+        for other in peers:
+            transport = self._hosts.get(other)
+            if transport is not None:
+                transport._peer_down_soon(address)
+
+    @staticmethod
+    def _addr(x: object) -> str:
+        return x if isinstance(x, str) else x.address  # type: ignore[attr-defined]
+
+    def partition(self, a: object, b: object | Iterable[object]) -> None:
+        """Cut every link between ``a`` and ``b`` (a runtime, an address, or a list of them)."""
+        others = b if isinstance(b, list | tuple | set) else [b]
+        for other in others:
+            cut = frozenset((self._addr(a), self._addr(other)))
+            if cut in self._cuts:
+                continue
+            self._cuts.add(cut)
+            self._cut_timers[cut] = Clock.schedule(self.heartbeat_timeout, self._expire, cut)
+
+    def heal(self, a: object, b: object | Iterable[object]) -> None:
+        others = b if isinstance(b, list | tuple | set) else [b]
+        for other in others:
+            cut = frozenset((self._addr(a), self._addr(other)))
+            self._cuts.discard(cut)
+            timer = self._cut_timers.pop(cut, None)
+            if timer is not None:
+                timer.cancel()
+
+    def heal_all(self) -> None:
+        for cut in list(self._cuts):
+            x, y = tuple(cut)
+            self.heal(x, y)
+
+    def _expire(self, cut: frozenset[str]) -> None:
+        """Heartbeats have failed across a cut that is still there: both sides give up."""
+        self._cut_timers.pop(cut, None)
+        if cut not in self._cuts:
+            return
+        x, y = tuple(cut)
+        for me, other in ((x, y), (y, x)):
+            transport = self._hosts.get(me)
+            if transport is not None:
+                transport._peer_down_soon(other)
+
+    # ------------------------------------------------------------------ the wire
+
+    def _carry(self, source: str, address: str, frame: bytes) -> None:
+        dest = self._hosts.get(address)
+        if dest is None:
+            return  # nobody listens there: like a ZeroMQ connect that never succeeds
+        self._talked.setdefault(address, set()).add(source)
+        if frozenset((source, address)) in self._cuts:
+            return
+        self.in_flight += 1
+        dest._loop.call_soon(self._arrive, dest, source, frame)
+
+    def _arrive(self, dest: MemoryTransport, source: str, frame: bytes) -> None:
+        self.in_flight -= 1
+        if dest._stopped:
+            return
+        if not dest._reading:
+            dest._held.append((source, frame))
+            return
+        dest._events._on_frame(source, frame)  # type: ignore[union-attr]
+
+
+class MemoryTransport:
+    """A runtime's end of a :class:`MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+        self._events: TransportEvents | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._address = ""
+        self._reading = True
+        self._stopped = False
+        self._held: collections.deque[tuple[str, bytes]] = collections.deque()
+
+    def pending(self) -> int:
+        return self.network.in_flight + len(self._held)
+
+    async def start(self, events: TransportEvents, host: str, port: int) -> str:
+        self._events = events
+        self._loop = asyncio.get_running_loop()
+        self._address = self.network._register(self, host, port)
+        return self._address
+
+    def send(self, address: str, frame: bytes) -> bool:
+        if self._stopped:
+            return True
+        self.network._carry(self._address, address, frame)
+        return True
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        held = self._held
+        while held and self._reading:
+            source, frame = held.popleft()
+            self._events._on_frame(source, frame)  # type: ignore[union-attr]
+
+    def forget(self, address: str) -> None:
+        pass
+
+    def _peer_down_soon(self, address: str) -> None:
+        if not self._stopped:
+            self._loop.call_soon(self._peer_down, address)
+
+    def _peer_down(self, address: str) -> None:
+        if not self._stopped:
+            self._events._on_peer_down(address)  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.network._unregister(self._address)

@@ -1,0 +1,375 @@
+"""The actor: one mailbox, one handler at a time.
+
+A :class:`Process` is a plain object with a mailbox. Everything that touches it — messages, timers,
+``dispatch`` calls, HTTP requests, ``exited`` notices — is an event in that mailbox, and the
+mailbox is drained by one callback on the event loop, so an actor's state needs no locks: two of
+its handlers never run at the same time. A handler may be ``async``; the mailbox then waits for it
+before the next event, which keeps that guarantee across ``await``.
+
+Draining runs straight off ``loop.call_soon`` (no task per message): a sync handler costs a
+function call, which is why in-process ping-pong beats an ``asyncio.Queue`` pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from libproc.clock import Clock, Timer
+from libproc.log import get_logger
+from libproc.upid import UPID
+
+if TYPE_CHECKING:
+    from libproc.metrics import Metrics
+    from libproc.runtime import Runtime
+
+__all__ = ["Handler", "Process", "handler", "route"]
+
+Handler = Callable[[UPID, Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Mailbox event kinds.
+_MESSAGE, _DISPATCH, _TIMER, _EXITED, _TERMINATE = range(5)
+
+# States.
+_NEW, _RUNNING, _TERMINATING, _TERMINATED = range(4)
+
+# How many events one drain handles before yielding the loop to I/O and other actors.
+_DRAIN_BUDGET = 512
+
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+
+
+def handler(name: str) -> Callable[[F], F]:
+    """Decorate a method ``(self, sender, body)`` as the handler of messages named ``name``."""
+
+    def mark(fn: F) -> F:
+        fn._libproc_handler = name  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def route(path: str) -> Callable[[F], F]:
+    """Decorate a method ``(self, request)`` as the HTTP handler of ``/<actor id>/<path>``."""
+
+    def mark(fn: F) -> F:
+        fn._libproc_route = path.strip("/")  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Process:
+    """Base class of an actor. Subclass it, install handlers, ``spawn`` it into a runtime.
+
+    ``terminate_on_error``: by default a handler that raises is logged and counted and the actor
+    goes on with its next message; set it True for actors that would rather stop (their linkers
+    then see ``exited``) than run on in a state they no longer trust.
+    """
+
+    terminate_on_error: bool = False
+    _class_handlers: dict[str, str] = {}
+    _class_routes: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, str] = {}
+        routes: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                name = getattr(value, "_libproc_handler", None)
+                if name is not None:
+                    handlers[name] = attr
+                path = getattr(value, "_libproc_route", None)
+                if path is not None:
+                    routes[path] = attr
+        cls._class_handlers = handlers
+        cls._class_routes = routes
+
+    def __init__(self, id: str | None = None) -> None:
+        self._requested_id = id
+        self._pid: UPID | None = None
+        self._runtime: Runtime | None = None
+        self._handlers: dict[str, Handler] = {}
+        self._routes: dict[str, Callable[..., Any]] = {}
+        self._mailbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._busy = False
+        self._state = _NEW
+        self._links: set[UPID] = set()
+        self._linkers: set[UPID] = set()
+        self._done: asyncio.Future[None] | None = None
+        self._overfull = False
+        for name, attr in self._class_handlers.items():
+            self._handlers[name] = getattr(self, attr)
+        for path, attr in self._class_routes.items():
+            self._routes[path] = getattr(self, attr)
+        self.log: Any = get_logger("libproc.process")
+
+    # ----------------------------------------------------------------- identity and context
+
+    @property
+    def pid(self) -> UPID:
+        if self._pid is None:
+            raise RuntimeError(f"{type(self).__name__} has not been spawned")
+        return self._pid
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError(f"{type(self).__name__} has not been spawned")
+        return self._runtime
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.runtime.metrics
+
+    # ----------------------------------------------------------------- hooks to override
+
+    def initialize(self) -> Awaitable[None] | None:
+        """Runs in the actor's context before any message. May be async."""
+        return None
+
+    def finalize(self) -> Awaitable[None] | None:
+        """Runs in the actor's context when it terminates. May be async."""
+        return None
+
+    def exited(self, pid: UPID) -> Awaitable[None] | None:
+        """A linked actor ended, or its host became unreachable. Fires once per link."""
+        return None
+
+    def unhandled(self, sender: UPID, name: str, body: Any) -> None:
+        """A message with no installed handler; counted and dropped unless overridden."""
+        self.runtime._note_bad("unknown_message", sender.address, f"{name!r} for {self.pid.id}")
+
+    # ----------------------------------------------------------------- wiring
+
+    def install(self, name: str, fn: Handler) -> None:
+        """Route messages named ``name`` to ``fn(sender, body)`` (sync or async)."""
+        if name.startswith("libproc/"):
+            raise ValueError("message names starting with 'libproc/' are reserved")
+        self._handlers[name] = fn
+
+    def route(self, path: str, fn: Callable[..., Any]) -> None:
+        """Serve ``fn(request)`` at ``/<actor id>/<path>`` on the runtime's HTTP port.
+
+        ``fn`` runs in the actor's context and returns an ``aiohttp.web.Response`` or any
+        JSON-serialisable value.
+        """
+        self._routes[path.strip("/")] = fn
+
+    # ----------------------------------------------------------------- messaging
+
+    def send(self, to: UPID | str, name: str, body: Any = None) -> None:
+        """Fire-and-forget. Local actors get the body object itself (treat bodies as immutable);
+        remote ones get it over the transport. Raises ``EncodeError`` for a body that cannot
+        travel and ``Backpressure`` when the peer's queue is past its high-water mark.
+        """
+        if type(to) is not UPID:
+            to = UPID.parse(to)  # type: ignore[arg-type]
+        runtime = self._runtime
+        if runtime is None:
+            raise RuntimeError(f"{type(self).__name__} must be spawned before it can send")
+        runtime._send(self._pid, to, name, body)  # type: ignore[arg-type]
+
+    async def wait_writable(self, to: UPID | str) -> None:
+        """Wait until ``to``'s host can take more messages (after a ``Backpressure``)."""
+        if type(to) is not UPID:
+            to = UPID.parse(to)  # type: ignore[arg-type]
+        await self.runtime.wait_writable(to.address)  # type: ignore[union-attr]
+
+    def link(self, pid: UPID | str) -> UPID:
+        """Be told, once, through :meth:`exited` when ``pid`` ends or becomes unreachable."""
+        if type(pid) is not UPID:
+            pid = UPID.parse(pid)  # type: ignore[arg-type]
+        if pid in self._links:
+            return pid  # type: ignore[return-value]
+        self._links.add(pid)  # type: ignore[arg-type]
+        self.runtime._link(self, pid)  # type: ignore[arg-type]
+        return pid  # type: ignore[return-value]
+
+    def unlink(self, pid: UPID | str) -> None:
+        if type(pid) is not UPID:
+            pid = UPID.parse(pid)  # type: ignore[arg-type]
+        if pid in self._links:
+            self._links.discard(pid)  # type: ignore[arg-type]
+            self.runtime._unlink(self, pid)  # type: ignore[arg-type]
+
+    def delay(self, seconds: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``fn(*args)`` in this actor's context after ``seconds`` of :class:`Clock` time."""
+        return Clock.schedule(seconds, self._post, _TIMER, fn, args)
+
+    def spawn(self, process: Process) -> UPID:
+        """Start another actor in this actor's runtime."""
+        return self.runtime.spawn(process)
+
+    def terminate(self) -> None:
+        """Ask this actor to stop once the current handler returns."""
+        self._post_front(_TERMINATE)
+
+    # ----------------------------------------------------------------- mailbox internals
+
+    def _post(self, *event: Any) -> None:
+        if self._state >= _TERMINATED:
+            return
+        self._mailbox.append(event)
+        if not self._busy:
+            self._busy = True
+            self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
+
+    def _post_front(self, *event: Any) -> None:
+        if self._state >= _TERMINATED:
+            return
+        self._mailbox.appendleft(event)
+        if not self._busy:
+            self._busy = True
+            self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
+
+    def _deliver(self, sender: UPID, name: str, body: Any) -> None:
+        """Called by the runtime for every message addressed to this actor."""
+        if self._state >= _TERMINATED:
+            return
+        mailbox = self._mailbox
+        mailbox.append((_MESSAGE, sender, name, body))
+        if not self._busy:
+            self._busy = True
+            self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
+        elif len(mailbox) > self._runtime._mailbox_hwm and not self._overfull:  # type: ignore[union-attr]
+            self._overfull = True
+            self._runtime._mailbox_overfull(self)  # type: ignore[union-attr]
+
+    def _drain(self) -> None:
+        mailbox = self._mailbox
+        budget = _DRAIN_BUDGET
+        while mailbox and budget:
+            budget -= 1
+            event = mailbox.popleft()
+            try:
+                result = self._handle(event)
+            except Exception as exc:
+                self._failed(event, exc)
+                result = None
+            if result is not None:
+                # An async handler: hold the mailbox until it completes.
+                self._runtime._loop.create_task(self._finish_async(result, event))  # type: ignore[union-attr]
+                return
+            if self._state >= _TERMINATED:
+                return
+        if self._overfull and len(mailbox) < self._runtime._mailbox_lwm:  # type: ignore[union-attr]
+            self._overfull = False
+            self._runtime._mailbox_drained(self)  # type: ignore[union-attr]
+        if mailbox:
+            self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
+        else:
+            self._busy = False
+
+    async def _finish_async(self, awaitable: Awaitable[Any], event: tuple[Any, ...]) -> None:
+        try:
+            value = await awaitable
+        except Exception as exc:
+            self._failed(event, exc)
+        else:
+            if event[0] == _DISPATCH and not event[3].done():
+                event[3].set_result(value)
+        if self._state == _TERMINATING and event[0] == _TERMINATE:
+            self._runtime._reap(self)  # type: ignore[union-attr]
+            return
+        if self._state >= _TERMINATED:
+            return
+        self._drain()
+
+    def _handle(self, event: tuple[Any, ...]) -> Awaitable[Any] | None:
+        """Run one event; returns an awaitable when the handler turned out to be async."""
+        kind = event[0]
+        if kind == _MESSAGE:
+            _, sender, name, body = event
+            fn = self._handlers.get(name)
+            if fn is None:
+                self.unhandled(sender, name, body)
+                return None
+            result = fn(sender, body)
+        elif kind == _DISPATCH:
+            _, fn, args, future = event
+            if future.done():  # the caller gave up (cancelled)
+                return None
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                future.set_exception(exc)
+                return None
+            if inspect.isawaitable(result):
+                return self._dispatch_async(result, future)
+            future.set_result(result)
+            return None
+        elif kind == _TIMER:
+            _, fn, args = event
+            result = fn(*args)
+        elif kind == _EXITED:
+            pid = event[1]
+            if pid not in self._links:
+                return None  # already reported once, or unlinked
+            self._links.discard(pid)
+            result = self.exited(pid)
+        elif kind == _TERMINATE:
+            return self._begin_terminate()
+        else:  # pragma: no cover - internal invariant
+            raise AssertionError(f"unknown event {event!r}")
+        if result is not None and inspect.isawaitable(result):
+            return result
+        return None
+
+    async def _dispatch_async(self, awaitable: Awaitable[Any], future: asyncio.Future) -> None:
+        try:
+            value = await awaitable
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(value)
+
+    def _begin_terminate(self) -> Awaitable[Any] | None:
+        if self._state >= _TERMINATING:
+            return None
+        self._state = _TERMINATING
+        try:
+            result = self.finalize()
+        except Exception as exc:
+            self._failed((_TERMINATE,), exc, during_finalize=True)
+            result = None
+        if result is not None and inspect.isawaitable(result):
+            return self._finalize_async(result)
+        self._runtime._reap(self)  # type: ignore[union-attr]
+        return None
+
+    async def _finalize_async(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            self._failed((_TERMINATE,), exc, during_finalize=True)
+
+    def _failed(
+        self, event: tuple[Any, ...], exc: BaseException, during_finalize: bool = False
+    ) -> None:
+        runtime = self._runtime
+        runtime.metrics.inc("libproc/handler_errors")  # type: ignore[union-attr]
+        what = event[2] if event[0] == _MESSAGE else ("finalize" if during_finalize else event[0])
+        self.log.error(
+            "handler_error",
+            actor=str(self._pid),
+            handling=str(what),
+            error=repr(exc),
+            exc_info=exc,
+        )
+        if self.terminate_on_error and not during_finalize and self._state < _TERMINATING:
+            self._post_front(_TERMINATE)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._pid or 'unspawned'}>"
+
+
+def _is_plain_body(body: Any) -> bool:
+    return type(body) in _PLAIN_TYPES or hasattr(type(body), "_libproc_fields")

@@ -1,0 +1,709 @@
+"""The runtime: actors, their addresses, and the wire between them.
+
+A :class:`Runtime` owns one address (``host:port``), the actors spawned into it, one transport
+(ZeroMQ by default, or a :class:`~libproc.MemoryNetwork`), and optionally an HTTP port. Several
+runtimes can live in one OS process — that is how tests and simulations build clusters — and the
+module-level :func:`spawn`, :func:`terminate`, :func:`wait` and :func:`dispatch` find an actor's
+runtime from its UPID.
+
+What crosses the wire is checked here, once, for every transport: a frame that does not decode, a
+message with a bad shape, a sender whose address is not the connection's, an unknown recipient or
+message name, an oversize frame — each is counted under ``libproc/messages_dropped/<reason>``,
+logged with exponential back-off per reason (1st, 10th, 100th, … occurrence), and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from libproc import filters
+from libproc.clock import Clock, Timer
+from libproc.log import get_logger
+from libproc.memory_transport import MemoryNetwork, MemoryTransport
+from libproc.metrics import Metrics
+from libproc.process import (
+    _DISPATCH,
+    _EXITED,
+    _RUNNING,
+    _TERMINATE,
+    _TERMINATED,
+    _TERMINATING,
+    _TIMER,
+    Process,
+    _is_plain_body,
+)
+from libproc.upid import UPID, UPIDError
+from libproc.wire import DecodeError, EncodeError, decode_batch, encode_batch, encode_message
+from libproc.zmq_transport import ZmqOptions, ZmqTransport
+
+__all__ = [
+    "Backpressure",
+    "MessageTooLarge",
+    "ProcessNotFound",
+    "ProcessTerminated",
+    "Runtime",
+    "dispatch",
+    "runtimes",
+    "settle",
+    "spawn",
+    "terminate",
+    "wait",
+]
+
+log = get_logger("libproc.runtime")
+
+_BATCH_BYTES = 256 * 1024  # coalesced frames are cut at about this size
+_SYSTEM_PREFIX = "libproc/"
+
+
+class Backpressure(RuntimeError):
+    """The receiver cannot take more now; nothing was queued. ``await wait_writable`` and retry."""
+
+
+class MessageTooLarge(EncodeError):
+    """A message bigger than the runtime's ``max_frame_size``."""
+
+
+class ProcessNotFound(LookupError):
+    """No local actor with that UPID."""
+
+
+class ProcessTerminated(RuntimeError):
+    """The actor ended before it ran the dispatched call."""
+
+
+class _OutQueue:
+    """Messages waiting to leave for one peer address, already encoded."""
+
+    __slots__ = ("address", "blocked", "bytes", "msgs", "scheduled", "waiters")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.msgs: list[bytes] = []
+        self.bytes = 0
+        self.scheduled = False
+        self.blocked = False
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+_runtimes: dict[str, Runtime] = {}
+
+
+def runtimes() -> list[Runtime]:
+    """Every started runtime in this OS process."""
+    return list(_runtimes.values())
+
+
+class Runtime:
+    """A host for actors. Use as ``async with Runtime("127.0.0.1", 0) as rt:``.
+
+    Parameters worth knowing:
+
+    * ``transport``: ``None`` for ZeroMQ over TCP, or a :class:`MemoryNetwork` to join.
+    * ``http_port``: serve ``/metrics/snapshot`` and actors' routes there (``0`` picks a port).
+    * ``max_frame_size``: the largest frame accepted or sent (default 16 MiB).
+    * ``pending_limit``: bytes queued per peer before ``send`` raises :class:`Backpressure`
+      (default 64 MiB). With ZeroMQ's own ``send_hwm`` frames per peer on top, this bounds
+      the memory a fast sender can pin: the high-water mark.
+    * ``mailbox_hwm``: when an actor's mailbox passes this many messages the runtime stops
+      reading from the network (so remote senders feel back-pressure) until it drains below
+      half; a local ``send`` to a mailbox at ``mailbox_limit`` raises :class:`Backpressure`.
+    * ``link_timeout``: how long a remote ``link`` waits for the other runtime to confirm the
+      actor exists before reporting ``exited``. Death after that is detected by the transport
+      (socket monitor and heartbeats, ``heartbeat_timeout``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        transport: MemoryNetwork | Any | None = None,
+        http_port: int | None = None,
+        max_frame_size: int = 16 * 1024 * 1024,
+        pending_limit: int = 64 * 1024 * 1024,
+        mailbox_hwm: int = 100_000,
+        mailbox_limit: int = 1_000_000,
+        link_timeout: float = 3.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 3.0,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.port = port
+        self.address = ""
+        if transport is None:
+            transport = ZmqTransport(
+                ZmqOptions(
+                    heartbeat_interval=heartbeat_interval,
+                    heartbeat_timeout=heartbeat_timeout,
+                    max_frame_size=max_frame_size,
+                )
+            )
+        elif isinstance(transport, MemoryNetwork):
+            transport = MemoryTransport(transport)
+        self.transport = transport
+        self.http_port = http_port
+        self.max_frame_size = max_frame_size
+        self.pending_limit = pending_limit
+        self._mailbox_hwm = mailbox_hwm
+        self._mailbox_lwm = mailbox_hwm // 2
+        self.mailbox_limit = mailbox_limit
+        self.link_timeout = link_timeout
+        self.metrics = Metrics()
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._actors: dict[str, Process] = {}
+        self._next_id = 0
+        self._peers: dict[str, _OutQueue] = {}
+        self._remote_links: dict[str, dict[UPID, set[str]]] = {}
+        self._link_acks: dict[tuple[str, UPID], Timer] = {}
+        self._overfull: set[Process] = set()
+        self._upids: dict[str, UPID] = {}
+        self._bad_seen: dict[str, int] = {}
+        self._http_runner: Any = None
+        self._started = False
+        self._stopping = False
+        self.anonymous: UPID | None = None
+        # Hot-path counters are plain attributes, published as gauges.
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.frames_sent = 0
+        self.frames_received = 0
+        m = self.metrics
+        m.gauge("libproc/messages_sent", lambda: self.messages_sent)
+        m.gauge("libproc/messages_received", lambda: self.messages_received)
+        m.gauge("libproc/bytes_sent", lambda: self.bytes_sent)
+        m.gauge("libproc/bytes_received", lambda: self.bytes_received)
+        m.gauge("libproc/frames_sent", lambda: self.frames_sent)
+        m.gauge("libproc/frames_received", lambda: self.frames_received)
+        m.gauge("libproc/actors_alive", lambda: len(self._actors))
+        m.gauge("libproc/peers", lambda: len(self._peers))
+        m.gauge("libproc/pending_bytes", lambda: sum(q.bytes for q in self._peers.values()))
+        self.log = log
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Runtime:
+        if self._started:
+            return self
+        self._loop = asyncio.get_running_loop()
+        self.address = await self.transport.start(self, self.host, self._requested_port)
+        self.host, _, port = self.address.rpartition(":")
+        self.port = int(port)
+        self.anonymous = UPID("__anonymous__", self.host, self.port)
+        _runtimes[self.address] = self
+        self._started = True
+        self.log = log.bind(runtime=self.address)
+        if self.http_port is not None:
+            await self._start_http(self.http_port)
+        self.log.debug("runtime_started", http_port=self.http_port)
+        return self
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Terminate every actor (running ``finalize``), tell remote linkers, close the wire."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        procs = list(self._actors.values())
+        for proc in reversed(procs):
+            proc._post_front(_TERMINATE)
+        waits = [p._done for p in procs if p._done is not None and not p._done.done()]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+            for proc in procs:
+                if proc._state < _TERMINATED:
+                    self.log.warning("actor_did_not_stop", actor=str(proc._pid))
+                    self._reap(proc)
+        for queue in list(self._peers.values()):
+            self._flush(queue)
+        await self.transport.stop()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+        for timer in self._link_acks.values():
+            timer.cancel()
+        self._link_acks.clear()
+        for queue in self._peers.values():
+            for fut in queue.waiters:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("runtime stopped"))
+        _runtimes.pop(self.address, None)
+        self._started = False
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ actors
+
+    def spawn(self, process: Process) -> UPID:
+        """Start ``process`` here; ``initialize()`` runs as its first event."""
+        if not self._started:
+            raise RuntimeError("start the runtime before spawning into it")
+        if process._runtime is not None:
+            raise RuntimeError(f"{process!r} was already spawned")
+        ident = process._requested_id
+        if ident is None:
+            self._next_id += 1
+            ident = f"{type(process).__name__.lower()}({self._next_id})"
+        if ident in self._actors:
+            raise ValueError(f"an actor named {ident!r} already runs at {self.address}")
+        pid = UPID(ident, self.host, self.port)
+        process._pid = pid
+        process._runtime = self
+        process._state = _RUNNING
+        process._done = self._loop.create_future()
+        process.log = process.log.bind(actor=str(pid))
+        self._actors[ident] = process
+        process._post(_TIMER, process.initialize, ())
+        return pid
+
+    def lookup(self, pid: UPID | str) -> Process | None:
+        """The local actor behind ``pid``, or None. For tests and tools; actors talk by message."""
+        if type(pid) is not UPID:
+            pid = UPID.parse(pid)  # type: ignore[arg-type]
+        if pid.address != self.address:  # type: ignore[union-attr]
+            return None
+        return self._actors.get(pid.id)  # type: ignore[union-attr]
+
+    def terminate(self, pid: UPID | str, inject: bool = True) -> bool:
+        proc = self.lookup(pid)
+        if proc is None:
+            return False
+        if inject:
+            proc._post_front(_TERMINATE)
+        else:
+            proc._post(_TERMINATE)
+        return True
+
+    async def wait(self, pid: UPID | str) -> None:
+        proc = self.lookup(pid)
+        if proc is not None and proc._done is not None:
+            await asyncio.shield(proc._done)
+
+    async def dispatch(self, pid: UPID | str, method: Callable[..., Any] | str, *args: Any) -> Any:
+        proc = self.lookup(pid)
+        if proc is None or proc._state >= _TERMINATING:
+            raise ProcessNotFound(f"no live actor {pid} in runtime {self.address}")
+        if isinstance(method, str):
+            fn = getattr(proc, method)
+        elif getattr(method, "__self__", None) is proc:
+            fn = method
+        else:
+            fn = functools.partial(method, proc)
+        future = self._loop.create_future()
+        proc._post(_DISPATCH, fn, args, future)
+        return await future
+
+    def _reap(self, proc: Process) -> None:
+        """The actor has finished ``finalize``: tell linkers, free its name, wake waiters."""
+        if proc._state >= _TERMINATED:
+            return
+        proc._state = _TERMINATED
+        pid = proc._pid
+        if self._actors.get(pid.id) is proc:  # type: ignore[union-attr]
+            del self._actors[pid.id]  # type: ignore[union-attr]
+        self._overfull.discard(proc)
+        for event in proc._mailbox:
+            if event[0] == _DISPATCH and not event[3].done():
+                event[3].set_exception(ProcessTerminated(f"{pid} terminated"))
+        proc._mailbox.clear()
+        for linker in proc._linkers:
+            if linker.address == self.address:
+                other = self._actors.get(linker.id)
+                if other is not None:
+                    other._post(_EXITED, pid)
+            else:
+                self._send_system(pid, linker, "libproc/exited")  # type: ignore[arg-type]
+        proc._linkers.clear()
+        for target in proc._links:
+            self._unlink(proc, target)
+        proc._links.clear()
+        if not self._overfull:
+            self.transport.resume_reading()
+        if proc._done is not None and not proc._done.done():
+            proc._done.set_result(None)
+
+    # ------------------------------------------------------------------ links
+
+    def _link(self, proc: Process, pid: UPID) -> None:
+        if pid.address == self.address:
+            target = self._actors.get(pid.id)
+            if target is None or target._state >= _TERMINATED:
+                proc._post(_EXITED, pid)
+            else:
+                target._linkers.add(proc._pid)  # type: ignore[arg-type]
+            return
+        linkers = self._remote_links.setdefault(pid.address, {}).setdefault(pid, set())
+        linkers.add(proc._pid.id)  # type: ignore[union-attr]
+        key = (proc._pid.id, pid)  # type: ignore[union-attr]
+        old = self._link_acks.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._link_acks[key] = Clock.schedule(self.link_timeout, self._link_timed_out, key)
+        self._send_system(proc._pid, pid, "libproc/link")  # type: ignore[arg-type]
+
+    def _unlink(self, proc: Process, pid: UPID) -> None:
+        if pid.address == self.address:
+            target = self._actors.get(pid.id)
+            if target is not None:
+                target._linkers.discard(proc._pid)  # type: ignore[arg-type]
+            return
+        by_pid = self._remote_links.get(pid.address)
+        if by_pid is not None and pid in by_pid:
+            by_pid[pid].discard(proc._pid.id)  # type: ignore[union-attr]
+            if not by_pid[pid]:
+                del by_pid[pid]
+        timer = self._link_acks.pop((proc._pid.id, pid), None)  # type: ignore[union-attr]
+        if timer is not None:
+            timer.cancel()
+        if self._started and not self._stopping:
+            self._send_system(proc._pid, pid, "libproc/unlink")  # type: ignore[arg-type]
+
+    def _link_timed_out(self, key: tuple[str, UPID]) -> None:
+        if self._link_acks.pop(key, None) is None:
+            return
+        linker_id, pid = key
+        self.metrics.inc("libproc/link_timeouts")
+        self._remote_exited(pid, only=linker_id)
+
+    def _remote_exited(self, pid: UPID, only: str | None = None) -> None:
+        """Report ``exited(pid)`` to local linkers of a remote actor (all, or just ``only``)."""
+        by_pid = self._remote_links.get(pid.address)
+        linkers = by_pid.get(pid) if by_pid else None
+        if not linkers:
+            return
+        targets = [only] if only is not None else list(linkers)
+        for linker_id in targets:
+            linkers.discard(linker_id)
+            timer = self._link_acks.pop((linker_id, pid), None)
+            if timer is not None:
+                timer.cancel()
+            proc = self._actors.get(linker_id)
+            if proc is not None:
+                proc._post(_EXITED, pid)
+        if not linkers:
+            del by_pid[pid]  # type: ignore[index]
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, to: UPID | str, name: str, body: Any = None, sender: UPID | None = None) -> None:
+        """Send from outside any actor (tests, tools); the sender is ``__anonymous__``."""
+        if type(to) is not UPID:
+            to = UPID.parse(to)  # type: ignore[arg-type]
+        self._send(sender or self.anonymous, to, name, body)  # type: ignore[arg-type]
+
+    def _send(self, sender: UPID, to: UPID, name: str, body: Any) -> None:
+        self.messages_sent += 1
+        if to.address == self.address:
+            if not _is_plain_body(body):
+                raise EncodeError(
+                    f"cannot send a {type(body).__name__}: bodies are msgpack types or @record"
+                    " dataclasses"
+                )
+            if filters.active and filters.intercept(sender, to, name, body):
+                return
+            proc = self._actors.get(to.id)
+            if proc is None:
+                self._note_bad("unknown_recipient", self.address, f"{name!r} for {to.id!r}")
+                return
+            if len(proc._mailbox) >= self.mailbox_limit:
+                raise Backpressure(
+                    f"mailbox of {to} holds {len(proc._mailbox)} messages (limit"
+                    f" {self.mailbox_limit}); await wait_writable() and retry"
+                )
+            proc._deliver(sender, name, body)
+            return
+        if name.startswith(_SYSTEM_PREFIX):
+            raise ValueError("message names starting with 'libproc/' are reserved")
+        self._enqueue(to.address, encode_message(to.id, sender._str, name, body), name)
+
+    def _send_system(self, sender: UPID, to: UPID, name: str) -> None:
+        if to.address == self.address:
+            return
+        self._enqueue(to.address, encode_message(to.id, sender._str, name, None), name)
+
+    def _enqueue(self, address: str, packed: bytes, name: str) -> None:
+        size = len(packed)
+        if size > self.max_frame_size - 16:
+            raise MessageTooLarge(
+                f"message {name!r} is {size} bytes; the limit is {self.max_frame_size}"
+            )
+        queue = self._peers.get(address)
+        if queue is None:
+            queue = self._peers[address] = _OutQueue(address)
+        if queue.bytes + size > self.pending_limit:
+            self.metrics.inc("libproc/backpressure")
+            raise Backpressure(
+                f"{queue.bytes} bytes already wait for {address} (limit {self.pending_limit});"
+                " await wait_writable() and retry"
+            )
+        queue.msgs.append(packed)
+        queue.bytes += size
+        if not queue.scheduled and not queue.blocked:
+            queue.scheduled = True
+            self._loop.call_soon(self._flush, queue)
+
+    def _flush(self, queue: _OutQueue) -> None:
+        """Send what waits for one peer, coalesced into as few frames as the size cap allows."""
+        queue.scheduled = False
+        msgs = queue.msgs
+        send = self.transport.send
+        while msgs:
+            if queue.bytes <= _BATCH_BYTES:
+                n, size = len(msgs), queue.bytes
+            else:
+                n = size = 0
+                for m in msgs:
+                    if n and size + len(m) > _BATCH_BYTES:
+                        break
+                    size += len(m)
+                    n += 1
+            frame = encode_batch(msgs if n == len(msgs) else msgs[:n])
+            if not send(queue.address, frame):
+                queue.blocked = True
+                self.metrics.inc("libproc/send_blocked")
+                return
+            if n == len(msgs):
+                msgs.clear()
+            else:
+                del msgs[:n]
+            queue.bytes -= size
+            self.bytes_sent += len(frame)
+            self.frames_sent += 1
+        if queue.waiters:
+            for fut in queue.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            queue.waiters.clear()
+
+    async def wait_writable(self, address: str) -> None:
+        """Wait until messages for ``address`` can be queued again."""
+        if address == self.address:
+            while self._overfull:
+                await asyncio.sleep(0.001)
+            return
+        queue = self._peers.get(address)
+        if queue is None or queue.bytes <= self.pending_limit // 2:
+            return
+        fut = self._loop.create_future()
+        queue.waiters.append(fut)
+        await fut
+
+    # ------------------------------------------------------------------ transport callbacks
+
+    def _on_writable(self, address: str) -> None:
+        queue = self._peers.get(address)
+        if queue is not None:
+            queue.blocked = False
+            self._flush(queue)
+
+    def _on_peer_down(self, address: str) -> None:
+        self.metrics.inc("libproc/peers_lost")
+        queue = self._peers.pop(address, None)
+        dropped = len(queue.msgs) if queue is not None else 0
+        if dropped:
+            self.metrics.inc("libproc/messages_dropped/peer_down", dropped)
+        self.log.info("peer_down", peer=address, dropped=dropped)
+        self.transport.forget(address)
+        if queue is not None:
+            for fut in queue.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        by_pid = self._remote_links.get(address)
+        if by_pid:
+            for pid in list(by_pid):
+                self._remote_exited(pid)
+
+    def _on_bad_frame(self, kind: str, source: str, detail: str) -> None:
+        self._note_bad(kind, source, detail)
+
+    def _on_frame(self, source: str, frame: bytes) -> None:
+        self.frames_received += 1
+        self.bytes_received += len(frame)
+        if len(frame) > self.max_frame_size:
+            self._note_bad("oversize", source, f"{len(frame)} bytes > {self.max_frame_size}")
+            return
+        try:
+            batch = decode_batch(frame)
+        except DecodeError as e:
+            self._note_bad(e.kind, source, str(e))
+            return
+        upids = self._upids
+        actors = self._actors
+        for item in batch:
+            if type(item) is not list or len(item) != 4:
+                self._note_bad("bad_message", source, "not [recipient, sender, name, body]")
+                continue
+            to_id, sender_text, name, body = item
+            if type(to_id) is not str or type(sender_text) is not str or type(name) is not str:
+                self._note_bad("bad_message", source, "recipient, sender and name must be strings")
+                continue
+            sender = upids.get(sender_text)
+            if sender is None:
+                try:
+                    sender = UPID.parse(sender_text)
+                except UPIDError as e:
+                    self._note_bad("bad_sender", source, str(e))
+                    continue
+                if len(upids) > 100_000:
+                    upids.clear()
+                upids[sender_text] = sender
+            if sender.address != source:
+                self._note_bad(
+                    "forged_sender", source, f"sender {sender_text!r} on a connection from {source}"
+                )
+                continue
+            self.messages_received += 1
+            if name.startswith(_SYSTEM_PREFIX):
+                self._system(sender, to_id, name)
+                continue
+            if filters.active and filters.intercept(
+                sender, UPID(to_id, self.host, self.port), name, body
+            ):
+                continue
+            proc = actors.get(to_id)
+            if proc is None:
+                self._note_bad("unknown_recipient", source, f"{name!r} for {to_id!r}")
+                continue
+            proc._deliver(sender, name, body)
+
+    def _system(self, sender: UPID, to_id: str, name: str) -> None:
+        if name == "libproc/link":
+            target = self._actors.get(to_id)
+            me = UPID(to_id, self.host, self.port)
+            if target is None or target._state >= _TERMINATED:
+                self._send_system(me, sender, "libproc/exited")
+            else:
+                target._linkers.add(sender)
+                self._send_system(me, sender, "libproc/linked")
+        elif name == "libproc/linked":
+            timer = self._link_acks.pop((to_id, sender), None)
+            if timer is not None:
+                timer.cancel()
+        elif name == "libproc/exited":
+            self._remote_exited(sender, only=to_id)
+        elif name == "libproc/unlink":
+            target = self._actors.get(to_id)
+            if target is not None:
+                target._linkers.discard(sender)
+        else:
+            self._note_bad("unknown_message", sender.address, f"unknown system message {name!r}")
+
+    def _note_bad(self, kind: str, source: str, detail: str) -> None:
+        """Count a dropped message and log it without flooding: 1st, 10th, 100th, … per kind."""
+        self.metrics.inc(f"libproc/messages_dropped/{kind}")
+        seen = self._bad_seen.get(kind, 0) + 1
+        self._bad_seen[kind] = seen
+        if _is_power_of_ten(seen):
+            self.log.warning("message_dropped", reason=kind, peer=source, detail=detail, count=seen)
+
+    # ------------------------------------------------------------------ back-pressure
+
+    def _mailbox_overfull(self, proc: Process) -> None:
+        if not self._overfull:
+            self.metrics.inc("libproc/reading_paused")
+            self.transport.pause_reading()
+        self._overfull.add(proc)
+
+    def _mailbox_drained(self, proc: Process) -> None:
+        self._overfull.discard(proc)
+        if not self._overfull:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ idleness (settle)
+
+    def _idle(self) -> bool:
+        for proc in self._actors.values():
+            if proc._busy:
+                return False
+        for queue in self._peers.values():
+            if queue.msgs:
+                return False
+        return self.transport.pending() == 0
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _start_http(self, port: int) -> None:
+        from libproc.http import start_http
+
+        self._http_runner, self.http_port = await start_http(self, self.host, port)
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.address or 'unstarted'} actors={len(self._actors)}>"
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+# ---------------------------------------------------------------------- module-level API
+
+
+def _runtime_of(pid: UPID | str) -> Runtime | None:
+    if type(pid) is not UPID:
+        pid = UPID.parse(pid)  # type: ignore[arg-type]
+    return _runtimes.get(pid.address)  # type: ignore[union-attr]
+
+
+def spawn(process: Process, runtime: Runtime | None = None) -> UPID:
+    """Start ``process`` in ``runtime`` (default: the only, or first started, runtime)."""
+    if runtime is None:
+        if not _runtimes:
+            raise RuntimeError("no libproc runtime is running; start one: `async with Runtime()`")
+        runtime = next(iter(_runtimes.values()))
+    return runtime.spawn(process)
+
+
+def terminate(pid: UPID | str, inject: bool = True) -> bool:
+    """Ask a local actor to stop; ``inject`` puts the request ahead of queued messages."""
+    runtime = _runtime_of(pid)
+    return runtime.terminate(pid, inject) if runtime else False
+
+
+async def wait(pid: UPID | str) -> None:
+    """Wait until a local actor has terminated (returns at once if it is not running)."""
+    runtime = _runtime_of(pid)
+    if runtime is not None:
+        await runtime.wait(pid)
+
+
+async def dispatch(pid: UPID | str, method: Callable[..., Any] | str, *args: Any) -> Any:
+    """Run ``method(*args)`` in a local actor's context and return (or raise) its result."""
+    runtime = _runtime_of(pid)
+    if runtime is None:
+        raise ProcessNotFound(f"no runtime in this process serves {pid}")
+    return await runtime.dispatch(pid, method, *args)
+
+
+async def settle(timeout: float = 10.0) -> None:
+    """Wait until every actor in every runtime is idle and nothing is in flight.
+
+    With a paused :class:`Clock` this makes tests deterministic: ``Clock.advance(5); await
+    settle()`` runs everything the timers set off, and everything that set off, before returning.
+    Frames inside ZeroMQ are invisible here, so settle is exact on the in-memory transport and
+    best-effort over TCP.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet = 0
+    while quiet < 3:
+        await asyncio.sleep(0)
+        if all(rt._idle() for rt in list(_runtimes.values())):
+            quiet += 1
+        else:
+            quiet = 0
+            if loop.time() > deadline:
+                busy = [
+                    repr(p) for rt in _runtimes.values() for p in rt._actors.values() if p._busy
+                ]
+                raise TimeoutError(f"actors did not settle within {timeout}s; busy: {busy[:10]}")

@@ -1,0 +1,51 @@
+"""The transport seam: how frames get between runtimes.
+
+A runtime hands its transport whole frames (a batch of messages to one peer address) and gets
+frames back through two callbacks. Everything above this line — batching, decoding, validation,
+links, back-pressure accounting — is shared, so the ZeroMQ transport and the in-memory one behave
+the same way by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Transport", "TransportEvents"]
+
+
+class TransportEvents(Protocol):
+    """What a transport calls back into (the runtime)."""
+
+    def _on_frame(self, source: str, frame: bytes) -> None:
+        """A frame arrived; ``source`` is the address the sending side declared."""
+
+    def _on_bad_frame(self, kind: str, source: str, detail: str) -> None:
+        """Something arrived that is not a frame at all (wrong number of parts, …)."""
+
+    def _on_peer_down(self, address: str) -> None:
+        """The peer at ``address`` died or became unreachable."""
+
+    def _on_writable(self, address: str) -> None:
+        """A send that returned False may now be retried."""
+
+
+class Transport(Protocol):
+    """A way to move frames. ``start`` returns the address the runtime is reachable at."""
+
+    async def start(self, events: TransportEvents, host: str, port: int) -> str: ...
+
+    def send(self, address: str, frame: bytes) -> bool:
+        """Queue ``frame`` for ``address``; False when the peer cannot take it now."""
+        ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def forget(self, address: str) -> None:
+        """Drop the connection to ``address`` (it is known dead)."""
+
+    async def stop(self) -> None: ...
+
+    pending: Callable[[], int]

@@ -1,0 +1,151 @@
+"""The wire format: how messages cross between runtimes.
+
+One ZeroMQ message carries a *batch*: every message a runtime sends to the same peer in one loop
+turn is coalesced into a single frame, so a burst of small messages costs one syscall and one
+ZeroMQ message, not one each. The frame is::
+
+    b"LP1" + msgpack array of [recipient_id: str, sender: str, name: str, body: any]
+
+Bodies are plain msgpack types (None, bool, int, float, str, bytes, list, dict) or *records*:
+dataclasses declared with :func:`record`, which travel as a msgpack ext type carrying the record's
+registered name and its fields, and come back as the same class. Anything else is refused at
+``send`` with :class:`EncodeError` rather than discovered by the receiver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgpack
+
+__all__ = [
+    "MAGIC",
+    "DecodeError",
+    "EncodeError",
+    "decode_batch",
+    "encode_batch",
+    "encode_message",
+    "record",
+]
+
+MAGIC = b"LP1"
+_RECORD_EXT = 1
+
+T = TypeVar("T")
+
+_records_by_name: dict[str, type] = {}
+_names_by_type: dict[type, str] = {}
+
+
+class EncodeError(TypeError):
+    """A body that cannot travel: not msgpack-able and not a declared record."""
+
+
+class DecodeError(ValueError):
+    """A frame that does not decode; ``kind`` names the reason for metrics."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def record(name: str) -> Callable[[type[T]], type[T]]:
+    """Declare a dataclass as a message record that can travel as a body.
+
+    ``name`` is its wire name, stable across versions of the code (e.g. ``"mesa.TaskStatus"``).
+    Fields are sent positionally, so add new fields at the end with defaults.
+    """
+
+    def register(cls: type[T]) -> type[T]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"@record({name!r}) needs a dataclass, got {cls!r}")
+        existing = _records_by_name.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"record name {name!r} is already used by {existing!r}")
+        _records_by_name[name] = cls
+        _names_by_type[cls] = name
+        cls._libproc_fields = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+def _default(obj: Any) -> Any:
+    name = _names_by_type.get(type(obj))
+    if name is None:
+        raise EncodeError(
+            f"cannot send a {type(obj).__name__}: bodies are msgpack types or @record dataclasses"
+        )
+    fields = [getattr(obj, f) for f in obj._libproc_fields]
+    return msgpack.ExtType(_RECORD_EXT, _packb([name, fields]))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _RECORD_EXT:
+        raise DecodeError("bad_record", f"unknown ext type {code}")
+    name, fields = _unpackb(data)
+    cls = _records_by_name.get(name)
+    if cls is None:
+        raise DecodeError("bad_record", f"unknown record {name!r}")
+    try:
+        return cls(*fields)
+    except TypeError as e:
+        raise DecodeError("bad_record", f"record {name!r}: {e}") from None
+
+
+def _packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+_packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+
+
+def encode_message(recipient: str, sender: str, name: str, body: Any) -> bytes:
+    """Pack one message; raises :class:`EncodeError` for a body that cannot travel."""
+    try:
+        return _packer.pack([recipient, sender, name, body])
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EncodeError(f"cannot encode body of {name!r}: {e}") from None
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+def encode_batch(packed: list[bytes]) -> bytes:
+    """Join already-packed messages into one frame."""
+    return b"".join((MAGIC, _array_header(len(packed)), *packed))
+
+
+def decode_batch(frame: bytes) -> list[list[Any]]:
+    """Decode a frame into ``[recipient, sender, name, body]`` lists.
+
+    Raises :class:`DecodeError` for a frame that is not ours or does not decode as a whole; each
+    message's own shape is checked by the caller so one bad message does not hide the others.
+    """
+    if frame[:3] != MAGIC:
+        raise DecodeError("bad_magic", f"frame does not start with {MAGIC!r}")
+    try:
+        batch = msgpack.unpackb(
+            memoryview(frame)[3:], ext_hook=_ext_hook, raw=False, strict_map_key=False
+        )
+    except DecodeError:
+        raise
+    except Exception as e:  # msgpack raises several types for truncated or garbage input
+        raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
+    if type(batch) is not list:
+        raise DecodeError("bad_batch", f"expected an array of messages, got {type(batch).__name__}")
+    return batch

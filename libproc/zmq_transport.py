@@ -1,0 +1,239 @@
+"""ZeroMQ over TCP, driven straight off the sockets' file descriptors.
+
+Each runtime binds one ROUTER for everything it receives and opens one DEALER per peer it sends
+to, with the DEALER's routing id set to its own address so the receiver knows (and can check)
+who a frame claims to come from. We do not use ``zmq.asyncio``: reading ``zmq.EVENTS`` off the
+socket's fd in an ``add_reader`` callback and draining with non-blocking calls costs markedly less
+per message (see ``bench/libproc_bench.py``).
+
+Peer failure comes from two places: a socket monitor on each DEALER reports
+``EVENT_DISCONNECTED`` as soon as the peer's process dies (the kernel resets the TCP connection),
+and ZMTP heartbeats (``heartbeat_interval`` / ``heartbeat_timeout``) turn a silent peer — a hung
+host, a cut network — into the same disconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from libproc.log import get_logger
+from libproc.transport import TransportEvents
+
+__all__ = ["ZmqOptions", "ZmqTransport"]
+
+log = get_logger("libproc.zmq")
+
+_READ_BUDGET = 1024  # frames per readable callback, so one busy peer cannot starve the loop
+
+
+@dataclass
+class ZmqOptions:
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 3.0
+    send_hwm: int = 1000  # frames (each frame is a batch of messages) queued inside ZeroMQ
+    recv_hwm: int = 1000
+    max_frame_size: int = 16 * 1024 * 1024
+    reconnect_interval: float = 0.1
+    linger: float = 1.0  # how long a graceful stop keeps trying to deliver what is queued
+
+
+class _Peer:
+    __slots__ = ("address", "blocked", "dealer", "monitor")
+
+    def __init__(self, address: str, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
+        self.address = address
+        self.dealer = dealer
+        self.monitor = monitor
+        self.blocked = False
+
+
+class ZmqTransport:
+    """One ROUTER in, one DEALER per peer out."""
+
+    def __init__(self, options: ZmqOptions | None = None, context: zmq.Context | None = None):
+        self.options = options or ZmqOptions()
+        self._ctx = context or zmq.Context.instance()
+        self._router: zmq.Socket | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._events: TransportEvents | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._address = ""
+        self._reading = False
+        self._stopped = False
+
+    def pending(self) -> int:
+        return 0  # frames inside ZeroMQ are not visible
+
+    async def start(self, events: TransportEvents, host: str, port: int) -> str:
+        self._events = events
+        self._loop = asyncio.get_running_loop()
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.RCVHWM, self.options.recv_hwm)
+        # A hard guard far above the limit we count ourselves, so an absurd frame cannot make
+        # ZeroMQ buffer gigabytes; frames between the two limits are counted as oversize.
+        router.setsockopt(zmq.MAXMSGSIZE, 4 * self.options.max_frame_size + 4096)
+        self._set_heartbeats(router)
+        endpoint_host = f"[{host}]" if ":" in host else host
+        if port == 0:
+            router.bind(f"tcp://{endpoint_host}:*")
+            endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+            port = int(endpoint.rsplit(":", 1)[1])
+        else:
+            router.bind(f"tcp://{endpoint_host}:{port}")
+        self._router = router
+        self._address = f"{host}:{port}"
+        self.resume_reading()
+        return self._address
+
+    def _set_heartbeats(self, sock: zmq.Socket) -> None:
+        o = self.options
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(o.heartbeat_interval * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(o.heartbeat_timeout * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, int(o.heartbeat_timeout * 1000))
+
+    # ------------------------------------------------------------------ receiving
+
+    def pause_reading(self) -> None:
+        if self._reading and self._router is not None:
+            self._reading = False
+            self._loop.remove_reader(self._router.FD)  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if not self._reading and self._router is not None and not self._stopped:
+            self._reading = True
+            self._loop.add_reader(self._router.FD, self._on_readable)  # type: ignore[union-attr]
+            # The fd is edge-triggered: frames may already be waiting.
+            self._loop.call_soon(self._on_readable)  # type: ignore[union-attr]
+
+    def _on_readable(self) -> None:
+        router = self._router
+        if router is None or not self._reading:
+            return
+        events = self._events
+        for _ in range(_READ_BUDGET):
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:  # pragma: no cover - socket closed under us
+                log.warning("recv_failed", error=str(e))
+                return
+            if len(parts) != 2:
+                source = parts[0].decode("ascii", "replace") if parts else "?"
+                events._on_bad_frame(  # type: ignore[union-attr]
+                    "bad_frames",
+                    source,
+                    f"expected 1 frame after the routing id, got {len(parts) - 1}",
+                )
+                continue
+            try:
+                source = parts[0].decode("ascii")
+            except UnicodeDecodeError:
+                source = parts[0].hex()
+            events._on_frame(source, parts[1])  # type: ignore[union-attr]
+            if not self._reading:
+                return
+        if router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._on_readable)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ sending
+
+    def _peer(self, address: str) -> _Peer:
+        peer = self._peers.get(address)
+        if peer is not None:
+            return peer
+        o = self.options
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.ROUTING_ID, self._address.encode())
+        dealer.setsockopt(zmq.SNDHWM, o.send_hwm)
+        dealer.setsockopt(zmq.LINGER, int(o.linger * 1000))
+        dealer.setsockopt(zmq.RECONNECT_IVL, int(o.reconnect_interval * 1000))
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._set_heartbeats(dealer)
+        monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        host, _, port = address.rpartition(":")
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        dealer.connect(f"tcp://{host}:{port}")
+        peer = _Peer(address, dealer, monitor)
+        self._peers[address] = peer
+        self._loop.add_reader(monitor.FD, self._on_monitor, peer)  # type: ignore[union-attr]
+        return peer
+
+    def send(self, address: str, frame: bytes) -> bool:
+        peer = self._peer(address)
+        if peer.blocked:
+            return False
+        try:
+            peer.dealer.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            peer.blocked = True
+            self._loop.add_reader(peer.dealer.FD, self._on_dealer_event, peer)  # type: ignore[union-attr]
+            self._loop.call_soon(self._on_dealer_event, peer)  # type: ignore[union-attr]
+            return False
+
+    def _on_dealer_event(self, peer: _Peer) -> None:
+        if not peer.blocked or peer.dealer.closed:
+            return
+        if peer.dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            peer.blocked = False
+            self._loop.remove_reader(peer.dealer.FD)  # type: ignore[union-attr]
+            self._events._on_writable(peer.address)  # type: ignore[union-attr]
+
+    def _on_monitor(self, peer: _Peer) -> None:
+        if peer.monitor.closed:
+            return
+        down = False
+        while True:
+            try:
+                msg = peer.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                break
+            event = parse_monitor_message(msg)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                down = True
+        if down and self._peers.get(peer.address) is peer:
+            self.forget(peer.address)
+            self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
+
+    def forget(self, address: str) -> None:
+        peer = self._peers.pop(address, None)
+        if peer is not None:
+            self._close_peer(peer, linger=0)
+
+    def _close_peer(self, peer: _Peer, linger: int | None) -> None:
+        loop = self._loop
+        with contextlib.suppress(Exception):
+            loop.remove_reader(peer.monitor.FD)  # type: ignore[union-attr]
+        if peer.blocked:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(peer.dealer.FD)  # type: ignore[union-attr]
+        with contextlib.suppress(zmq.ZMQError):
+            peer.dealer.disable_monitor()
+        peer.monitor.close(linger=0)
+        peer.dealer.close(linger=linger)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self.pause_reading()
+        self._stopped = True
+        # Give queued frames (exited notices, last replies) a moment to leave.
+        deadline = self._loop.time() + self.options.linger  # type: ignore[union-attr]
+        peers = list(self._peers.values())
+        self._peers.clear()
+        for peer in peers:
+            remaining = max(0, int((deadline - self._loop.time()) * 1000))  # type: ignore[union-attr]
+            self._close_peer(peer, linger=remaining)
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None
