@@ -1,0 +1,333 @@
+"""The protocol between schedulers, the master, agents and executors.
+
+Every message is a record whose class attribute ``NAME`` is also its libproc message name, so a
+handler is installed with ``@handler(RegisterFramework.NAME)`` and a message is sent with
+``self.send(pid, msg.NAME, msg)``. Names follow Mesos's internal messages
+(``RegisterFrameworkMessage`` → ``mesa.RegisterFramework``).
+
+Who sends what:
+
+* scheduler → master: RegisterFramework, ReregisterFramework, UnregisterFramework (teardown),
+  DeactivateFramework (stop with failover), AcceptOffers, DeclineOffers, KillTask, ReconcileTasks,
+  ReviveOffers, SuppressOffers, StatusUpdateAcknowledgement, FrameworkToExecutor.
+* master → scheduler: FrameworkRegistered, FrameworkReregistered, ResourceOffers, RescindOffer,
+  StatusUpdate, ExecutorToFramework, FrameworkError, LostAgent.
+* agent → master: RegisterAgent, ReregisterAgent, StatusUpdate, ExecutorToFramework, PongAgent,
+  ExitedExecutor, UnregisterAgent.
+* master → agent: AgentRegistered, AgentReregistered, RunTask, KillTask,
+  StatusUpdateAcknowledgement, FrameworkToExecutor, ShutdownFramework, UpdateFramework, PingAgent.
+* executor ↔ agent: RegisterExecutor, ExecutorRegistered, RunTask, KillTask, StatusUpdate,
+  StatusUpdateAcknowledgement, FrameworkToExecutor, ExecutorToFramework, ShutdownExecutor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from libproc import record
+from mesa.info import (
+    AgentInfo,
+    ExecutorInfo,
+    FrameworkInfo,
+    MasterInfo,
+    Offer,
+    TaskInfo,
+    TaskStatus,
+)
+
+T = TypeVar("T")
+
+
+def message(name: str) -> Callable[[type[T]], type[T]]:
+    """A dataclass record whose wire name is ``mesa.<name>``, also exposed as ``cls.NAME``."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        cls = dataclass(cls)
+        cls.NAME = f"mesa.{name}"  # type: ignore[attr-defined]
+        return record(f"mesa.{name}")(cls)
+
+    return wrap
+
+
+# --------------------------------------------------------------------- scheduler ↔ master
+
+
+@message("RegisterFramework")
+class RegisterFramework:
+    NAME: ClassVar[str]
+    framework: FrameworkInfo
+
+
+@message("ReregisterFramework")
+class ReregisterFramework:
+    """A framework with an id coming back (failover, or after a master change)."""
+
+    NAME: ClassVar[str]
+    framework: FrameworkInfo
+    failover: bool = True
+
+
+@message("FrameworkRegistered")
+class FrameworkRegistered:
+    NAME: ClassVar[str]
+    framework_id: str
+    master_info: MasterInfo
+
+
+@message("FrameworkReregistered")
+class FrameworkReregistered:
+    NAME: ClassVar[str]
+    framework_id: str
+    master_info: MasterInfo
+
+
+@message("UnregisterFramework")
+class UnregisterFramework:
+    """Teardown: kill every task and forget the framework."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("DeactivateFramework")
+class DeactivateFramework:
+    """The scheduler stops but will fail over: keep its tasks for ``failover_timeout``."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("ResourceOffers")
+class ResourceOffers:
+    NAME: ClassVar[str]
+    offers: list[Offer]
+
+
+@message("RescindOffer")
+class RescindOffer:
+    NAME: ClassVar[str]
+    offer_id: str
+
+
+@message("AcceptOffers")
+class AcceptOffers:
+    """Launch ``tasks`` on the resources of ``offer_ids`` (all on one agent)."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+    offer_ids: list[str]
+    tasks: list[TaskInfo]
+    refuse_seconds: float = 5.0
+
+
+@message("DeclineOffers")
+class DeclineOffers:
+    NAME: ClassVar[str]
+    framework_id: str
+    offer_ids: list[str]
+    refuse_seconds: float = 5.0
+
+
+@message("KillTask")
+class KillTask:
+    NAME: ClassVar[str]
+    framework_id: str
+    task_id: str
+    agent_id: str | None = None
+    grace_period: float | None = None
+
+
+@message("ReconcileTasks")
+class ReconcileTasks:
+    """Explicit with ``tasks`` (task_id, agent_id pairs); implicit (all known tasks) when empty."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+    tasks: list[list[str | None]] = field(default_factory=list)
+
+
+@message("ReviveOffers")
+class ReviveOffers:
+    NAME: ClassVar[str]
+    framework_id: str
+    roles: list[str] = field(default_factory=list)
+
+
+@message("SuppressOffers")
+class SuppressOffers:
+    NAME: ClassVar[str]
+    framework_id: str
+    roles: list[str] = field(default_factory=list)
+
+
+@message("StatusUpdate")
+class StatusUpdate:
+    """A task's new state. ``status.uuid`` set means the sender wants an acknowledgement."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+    status: TaskStatus
+    executor_id: str | None = None
+
+
+@message("StatusUpdateAcknowledgement")
+class StatusUpdateAcknowledgement:
+    NAME: ClassVar[str]
+    framework_id: str
+    agent_id: str
+    task_id: str
+    uuid: bytes
+
+
+@message("FrameworkToExecutor")
+class FrameworkToExecutor:
+    NAME: ClassVar[str]
+    framework_id: str
+    agent_id: str
+    executor_id: str
+    data: bytes
+
+
+@message("ExecutorToFramework")
+class ExecutorToFramework:
+    NAME: ClassVar[str]
+    framework_id: str
+    agent_id: str
+    executor_id: str
+    data: bytes
+
+
+@message("FrameworkError")
+class FrameworkError:
+    NAME: ClassVar[str]
+    message: str
+
+
+@message("LostAgent")
+class LostAgent:
+    NAME: ClassVar[str]
+    agent_id: str
+
+
+# --------------------------------------------------------------------- agent ↔ master
+
+
+@message("RegisterAgent")
+class RegisterAgent:
+    NAME: ClassVar[str]
+    agent: AgentInfo
+    version: str = "0.1.0"
+
+
+@message("ReregisterAgent")
+class ReregisterAgent:
+    """An agent with an id coming back: what it still runs lets the master rebuild its state."""
+
+    NAME: ClassVar[str]
+    agent: AgentInfo
+    tasks: list[TaskInfo] = field(default_factory=list)
+    task_states: list[TaskStatus] = field(default_factory=list)
+    executors: list[ExecutorInfo] = field(default_factory=list)
+    frameworks: list[FrameworkInfo] = field(default_factory=list)
+    version: str = "0.1.0"
+
+
+@message("AgentRegistered")
+class AgentRegistered:
+    NAME: ClassVar[str]
+    agent_id: str
+    ping_interval: float
+
+
+@message("AgentReregistered")
+class AgentReregistered:
+    NAME: ClassVar[str]
+    agent_id: str
+    ping_interval: float
+    kill_tasks: list[list[str]] = field(default_factory=list)  # [framework_id, task_id]
+
+
+@message("UnregisterAgent")
+class UnregisterAgent:
+    NAME: ClassVar[str]
+    agent_id: str
+
+
+@message("RunTask")
+class RunTask:
+    """Master → agent (and agent → executor): start ``task`` for ``framework``."""
+
+    NAME: ClassVar[str]
+    framework: FrameworkInfo
+    framework_pid: str
+    task: TaskInfo
+
+
+@message("ExitedExecutor")
+class ExitedExecutor:
+    """Agent → master: an executor's process ended; its resources can be offered again."""
+
+    NAME: ClassVar[str]
+    agent_id: str
+    framework_id: str
+    executor_id: str
+    status: int | None = None
+
+
+@message("ShutdownFramework")
+class ShutdownFramework:
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("UpdateFramework")
+class UpdateFramework:
+    """The framework failed over to a new scheduler pid."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+    framework_pid: str
+
+
+@message("PingAgent")
+class PingAgent:
+    NAME: ClassVar[str]
+    connected: bool = True
+
+
+@message("PongAgent")
+class PongAgent:
+    NAME: ClassVar[str]
+    agent_id: str | None = None
+
+
+# --------------------------------------------------------------------- executor ↔ agent
+
+
+@message("RegisterExecutor")
+class RegisterExecutor:
+    NAME: ClassVar[str]
+    framework_id: str
+    executor_id: str
+    container_id: str
+
+
+@message("ExecutorRegistered")
+class ExecutorRegistered:
+    NAME: ClassVar[str]
+    executor: ExecutorInfo
+    framework: FrameworkInfo
+    agent: AgentInfo
+
+
+@message("ShutdownExecutor")
+class ShutdownExecutor:
+    NAME: ClassVar[str]
+    reason: str = ""
+
+
+def name_of(msg: Any) -> str:
+    """The libproc message name of a message record."""
+    return type(msg).NAME
