@@ -331,3 +331,123 @@ class ShutdownExecutor:
 def name_of(msg: Any) -> str:
     """The libproc message name of a message record."""
     return type(msg).NAME
+
+
+# --------------------------------------------------------------------- master ↔ allocator
+#
+# The allocator lives in the master's runtime, so these never cross the wire and may carry
+# ``Resources`` objects (typed ``Any`` here to keep this module free of the allocator's types).
+
+
+@message("allocator.AddFramework")
+class AllocatorAddFramework:
+    NAME: ClassVar[str]
+    framework_id: str
+    roles: list[str]
+    suppressed_roles: list[str] = field(default_factory=list)
+    used: dict[str, Any] = field(default_factory=dict)  # agent_id -> Resources in use
+
+
+@message("allocator.RemoveFramework")
+class AllocatorRemoveFramework:
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("allocator.ActivateFramework")
+class AllocatorActivateFramework:
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("allocator.DeactivateFramework")
+class AllocatorDeactivateFramework:
+    """No more offers to it (disconnected or failing over); what it holds stays allocated."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+
+
+@message("allocator.AddAgent")
+class AllocatorAddAgent:
+    NAME: ClassVar[str]
+    agent_id: str
+    hostname: str
+    total: Any  # Resources
+    used: dict[str, Any] = field(default_factory=dict)  # framework_id -> Resources in use
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@message("allocator.RemoveAgent")
+class AllocatorRemoveAgent:
+    NAME: ClassVar[str]
+    agent_id: str
+
+
+@message("allocator.ActivateAgent")
+class AllocatorActivateAgent:
+    NAME: ClassVar[str]
+    agent_id: str
+
+
+@message("allocator.DeactivateAgent")
+class AllocatorDeactivateAgent:
+    """An agent that stopped answering: offer nothing on it until it is back."""
+
+    NAME: ClassVar[str]
+    agent_id: str
+
+
+@message("allocator.RecoverResources")
+class AllocatorRecoverResources:
+    """Resources come back (declined, rescinded, unused part of an accept, task ended).
+
+    ``refuse_seconds`` set: do not offer these resources on this agent to this framework again
+    for that long (a decline filter).
+    """
+
+    NAME: ClassVar[str]
+    agent_id: str
+    framework_id: str
+    resources: Any  # Resources
+    refuse_seconds: float | None = None
+
+
+@message("allocator.Revive")
+class AllocatorRevive:
+    NAME: ClassVar[str]
+    framework_id: str
+    roles: list[str] = field(default_factory=list)  # empty: all its roles
+
+
+@message("allocator.Suppress")
+class AllocatorSuppress:
+    NAME: ClassVar[str]
+    framework_id: str
+    roles: list[str] = field(default_factory=list)  # empty: all its roles
+
+
+@message("allocator.SetQuota")
+class AllocatorSetQuota:
+    NAME: ClassVar[str]
+    role: str
+    guarantee: Any  # Resources
+    limit: Any | None = None  # Resources, or None for no limit
+
+
+@message("allocator.SetWeight")
+class AllocatorSetWeight:
+    NAME: ClassVar[str]
+    role: str
+    weight: float
+
+
+@message("allocator.Allocations")
+class Allocations:
+    """Allocator → master, once per cycle: what each framework is offered on which agent.
+
+    ``items`` is a list of ``(framework_id, agent_id, Resources)``.
+    """
+
+    NAME: ClassVar[str]
+    items: list[Any]
