@@ -57,7 +57,9 @@ class UPID:
         host, sep, port_text = address.rpartition(":")
         if not sep or not host:
             raise UPIDError(f"bad UPID {text!r}: expected 'host:port' after '@'")
-        if not port_text.isdigit():
+        # isascii(): str.isdigit() also accepts '²' (int() refuses it) and other scripts' digits
+        # (int() reads them, so the UPID would not print back as the text it came from).
+        if not (port_text.isascii() and port_text.isdigit()):
             raise UPIDError(f"bad UPID {text!r}: port {port_text!r} is not a number")
         try:
             return cls(ident, host, int(port_text))

@@ -232,6 +232,9 @@ class ReregisterAgent:
     executors: list[ExecutorInfo] = field(default_factory=list)
     frameworks: list[FrameworkInfo] = field(default_factory=list)
     version: str = "0.1.0"
+    # The framework of each task, aligned with ``tasks`` (TaskInfo carries no framework id).
+    task_framework_ids: list[str] = field(default_factory=list)
+    task_frameworks: list[str] = field(default_factory=list)  # framework id of each of `tasks`
 
 
 @message("AgentRegistered")
@@ -451,3 +454,56 @@ class Allocations:
 
     NAME: ClassVar[str]
     items: list[Any]
+
+
+# --------------------------------------------------------------------- agent ↔ containerizer
+#
+# The containerizer lives in the agent's runtime; these never cross the wire. The agent asks, the
+# containerizer answers the asker (the *owner* of the container) by message, so neither holds the
+# other's objects.
+
+
+@message("containerizer.Launch")
+class LaunchContainer:
+    """Start ``executor.command`` in a new container whose working directory is ``sandbox``."""
+
+    NAME: ClassVar[str]
+    container_id: str
+    executor: ExecutorInfo
+    sandbox: str
+    environment: dict[str, str] = field(default_factory=dict)
+    resources: str = ""
+
+
+@message("containerizer.Launched")
+class ContainerLaunched:
+    """The answer to LaunchContainer: the executor's OS pid, or why it could not start."""
+
+    NAME: ClassVar[str]
+    container_id: str
+    pid: int | None = None
+    error: str | None = None
+
+
+@message("containerizer.Destroy")
+class DestroyContainer:
+    """Kill every process of the container; ContainerTerminated follows."""
+
+    NAME: ClassVar[str]
+    container_id: str
+
+
+@message("containerizer.Terminated")
+class ContainerTerminated:
+    """The container's executor process ended and every process of the container is gone.
+
+    ``status`` is the executor's exit code, or minus the signal that ended it (as ``Popen``'s
+    ``returncode``); ``None`` when it is unknown. ``destroyed`` says the end came from
+    DestroyContainer.
+    """
+
+    NAME: ClassVar[str]
+    container_id: str
+    status: int | None = None
+    destroyed: bool = False
+    message: str = ""

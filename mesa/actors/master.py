@@ -1,0 +1,1338 @@
+"""The master: frameworks, agents, offers and tasks.
+
+The master is the switchboard of two-level scheduling. It admits agents and frameworks, turns the
+allocator's decisions into offers, checks every launch against the offers it spends, and carries
+status updates from agents to frameworks and acknowledgements back. It never runs anything itself.
+
+Everything it knows about tasks is derivable from what agents and frameworks report: a master that
+restarts (or, later, a newly elected leader) rebuilds its task table from reregistering agents. So
+the state here is a cache of the cluster, not its record of truth, and a message from an agent
+about a task always wins over what the master believed.
+
+Failure handling follows Mesos:
+
+* an agent that stops answering pings for ``max_agent_ping_timeouts`` intervals is *unreachable*:
+  its offers are rescinded, its tasks become TASK_UNREACHABLE for partition-aware frameworks and
+  TASK_LOST for the others; if it reregisters its tasks come back.
+* a framework whose scheduler disconnects keeps its tasks for ``failover_timeout`` seconds; a
+  scheduler that reregisters with the framework id in time takes them over; after that the
+  framework is torn down and its tasks killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from libproc import UPID, Process, Timer, handler, route
+from mesa.actors.allocator import Allocator
+from mesa.info import AgentInfo, FrameworkInfo, MasterInfo, Offer, TaskInfo, TaskStatus, new_id
+from mesa.messages import (
+    AcceptOffers,
+    AgentRegistered,
+    AgentReregistered,
+    Allocations,
+    AllocatorActivateAgent,
+    AllocatorActivateFramework,
+    AllocatorAddAgent,
+    AllocatorAddFramework,
+    AllocatorDeactivateAgent,
+    AllocatorDeactivateFramework,
+    AllocatorRecoverResources,
+    AllocatorRemoveAgent,
+    AllocatorRemoveFramework,
+    AllocatorRevive,
+    AllocatorSuppress,
+    DeactivateFramework,
+    DeclineOffers,
+    ExecutorToFramework,
+    ExitedExecutor,
+    FrameworkError,
+    FrameworkRegistered,
+    FrameworkReregistered,
+    FrameworkToExecutor,
+    KillTask,
+    LostAgent,
+    PingAgent,
+    PongAgent,
+    ReconcileTasks,
+    RegisterAgent,
+    RegisterExecutor,
+    RegisterFramework,
+    ReregisterAgent,
+    ReregisterFramework,
+    RescindOffer,
+    ResourceOffers,
+    ReviveOffers,
+    RunTask,
+    ShutdownFramework,
+    StatusUpdate,
+    StatusUpdateAcknowledgement,
+    SuppressOffers,
+    UnregisterAgent,
+    UnregisterFramework,
+    UpdateFramework,
+)
+from mesa.resources import ResourceError, Resources
+from mesa.task_state import Reason, Source, TaskState, is_terminal
+from mesa.validation import check_id, check_task, parse_resources
+
+__all__ = ["Master", "MasterFlags"]
+
+_COMPLETED_TASKS = 1000  # per framework, as Mesos's --max_completed_tasks_per_framework
+_COMPLETED_FRAMEWORKS = 50
+
+
+@dataclass
+class MasterFlags:
+    """The master's tunables; ``python -m mesa.node --role=master --help`` documents each."""
+
+    hostname: str | None = None
+    allocation_interval: float = 1.0
+    agent_ping_interval: float = 1.0
+    max_agent_ping_timeouts: int = 5
+    offer_timeout: float | None = None
+    http_port: int | None = None
+
+
+@dataclass
+class _Task:
+    info: TaskInfo
+    framework_id: str
+    agent_id: str
+    resources: Resources
+    executor_id: str | None
+    state: str = TaskState.TASK_STAGING
+    status: TaskStatus | None = None
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    unreachable: bool = False
+
+
+@dataclass
+class _Framework:
+    info: FrameworkInfo
+    pid: UPID | None
+    registered_time: float
+    active: bool = True
+    connected: bool = True
+    tasks: dict[str, _Task] = field(default_factory=dict)
+    completed: collections.deque[_Task] = field(
+        default_factory=lambda: collections.deque(maxlen=_COMPLETED_TASKS)
+    )
+    offers: set[str] = field(default_factory=set)
+    # (agent_id, executor_id) -> resources the executor itself holds
+    executors: dict[tuple[str, str], Resources] = field(default_factory=dict)
+    failover_timer: Timer | None = None
+    unregistered_time: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.info.id  # type: ignore[return-value]
+
+
+@dataclass
+class _Agent:
+    info: AgentInfo
+    pid: UPID
+    total: Resources
+    registered_time: float
+    connected: bool = True
+    missed_pings: int = 0
+    tasks: dict[tuple[str, str], _Task] = field(default_factory=dict)  # (fid, tid)
+    offers: set[str] = field(default_factory=set)
+    executors: dict[tuple[str, str], Resources] = field(default_factory=dict)  # (fid, eid)
+
+    @property
+    def id(self) -> str:
+        return self.info.id  # type: ignore[return-value]
+
+    def used(self) -> Resources:
+        parts = [t.resources for t in self.tasks.values() if not is_terminal(t.state)]
+        parts.extend(self.executors.values())
+        return Resources.sum(parts)
+
+    def used_by_framework(self) -> dict[str, Resources]:
+        by: dict[str, list[Resources]] = {}
+        for (fid, _tid), task in self.tasks.items():
+            if not is_terminal(task.state):
+                by.setdefault(fid, []).append(task.resources)
+        for (fid, _eid), res in self.executors.items():
+            by.setdefault(fid, []).append(res)
+        return {fid: Resources.sum(parts) for fid, parts in by.items()}
+
+
+@dataclass
+class _Offer:
+    offer: Offer
+    resources: Resources
+    timer: Timer | None = None
+
+
+def _resources_json(r: Resources) -> dict[str, Any]:
+    """Mesos's JSON shape for resources in /state: scalars as numbers, ranges as text."""
+    out: dict[str, Any] = {name: value for name, value in r.scalars().items()}
+    for name in r.names():
+        ranges = r.ranges(name)
+        if ranges:
+            out[name] = "[" + ",".join(f"{b}-{e}" for b, e in ranges) + "]"
+    for name in ("cpus", "mem", "disk", "gpus"):
+        out.setdefault(name, 0.0)
+    return out
+
+
+class Master(Process):
+    """The master actor (libproc id ``master``)."""
+
+    def __init__(self, flags: MasterFlags | None = None, *, id: str = "master") -> None:
+        super().__init__(id=id)
+        self.flags = flags or MasterFlags()
+        self.master_id = new_id()
+        self.start_time = time.time()
+        self.frameworks: dict[str, _Framework] = {}
+        self.completed_frameworks: collections.deque[_Framework] = collections.deque(
+            maxlen=_COMPLETED_FRAMEWORKS
+        )
+        self.framework_by_pid: dict[UPID, str] = {}
+        self.agents: dict[str, _Agent] = {}
+        self.agent_by_pid: dict[UPID, str] = {}
+        self.unreachable: dict[str, tuple[_Agent, float]] = {}
+        self.offers: dict[str, _Offer] = {}
+        self.allocator_pid: UPID | None = None
+        self._ping_timer: Timer | None = None
+
+    # ================================================================== lifecycle
+
+    def initialize(self) -> None:
+        self.log = self.log.bind(component="master")
+        self.allocator_pid = self.spawn(
+            Allocator(self.pid, interval=self.flags.allocation_interval)
+        )
+        m = self.metrics
+        m.gauge("master/frameworks_active", lambda: self._count_frameworks(True))
+        m.gauge("master/frameworks_inactive", lambda: self._count_frameworks(False))
+        m.gauge("master/agents_active", lambda: sum(a.connected for a in self.agents.values()))
+        m.gauge("master/agents_registered", lambda: len(self.agents))
+        m.gauge("master/agents_unreachable", lambda: len(self.unreachable))
+        m.gauge("master/outstanding_offers", lambda: len(self.offers))
+        m.gauge("master/tasks_active", self._count_active_tasks)
+        m.gauge("master/uptime_secs", lambda: time.time() - self.start_time)
+        m.gauge("master/elected", lambda: 1)
+        self._ping_timer = self.delay(self.flags.agent_ping_interval, self._ping_agents)
+        self.log.info("master_started", pid=str(self.pid), master_id=self.master_id)
+
+    def _count_frameworks(self, active: bool) -> int:
+        return sum(1 for f in self.frameworks.values() if f.active == active)
+
+    def _count_active_tasks(self) -> int:
+        return sum(len(f.tasks) for f in self.frameworks.values())
+
+    @property
+    def info(self) -> MasterInfo:
+        return MasterInfo(
+            id=self.master_id,
+            pid=str(self.pid),
+            hostname=self.flags.hostname or socket.gethostname(),
+            port=self.pid.port,
+            http_port=self.flags.http_port,
+        )
+
+    def _invalid(self, what: str, sender: UPID, detail: str) -> None:
+        """Count and log a message we cannot act on; tell a framework sender why."""
+        self.metrics.inc("master/invalid_messages")
+        self.metrics.inc(f"master/invalid_messages/{what}")
+        self.log.warning("invalid_message", kind=what, sender=str(sender), detail=detail)
+        if sender in self.framework_by_pid:
+            self.send(sender, FrameworkError.NAME, FrameworkError(f"{what}: {detail}"))
+
+    def _framework_of(self, sender: UPID, framework_id: Any, what: str) -> _Framework | None:
+        """The framework a scheduler call is about, if the sender may speak for it."""
+        framework = self.frameworks.get(framework_id) if isinstance(framework_id, str) else None
+        if framework is None:
+            self._invalid(what, sender, f"unknown framework {framework_id!r}")
+            return None
+        if framework.pid != sender:
+            self._invalid(what, sender, f"{sender} does not speak for framework {framework_id}")
+            return None
+        return framework
+
+    # ================================================================== frameworks
+
+    @handler(RegisterFramework.NAME)
+    def register_framework(self, sender: UPID, body: Any) -> None:
+        if not isinstance(body, RegisterFramework) or not isinstance(body.framework, FrameworkInfo):
+            self._reject_registration(sender, "RegisterFramework needs a FrameworkInfo")
+            return
+        info = body.framework
+        error = self._check_framework_info(info)
+        if error:
+            self._reject_registration(sender, error)
+            return
+        if info.id:
+            # A framework with an id asking to register is failing over.
+            self.reregister_framework(sender, ReregisterFramework(info, failover=True))
+            return
+        existing = self.framework_by_pid.get(sender)
+        if existing is not None:
+            # Our FrameworkRegistered was lost and the driver retried: answer again.
+            self.send(sender, FrameworkRegistered.NAME, FrameworkRegistered(existing, self.info))
+            return
+        info.id = new_id()
+        framework = _Framework(info=info, pid=sender, registered_time=time.time())
+        self.frameworks[info.id] = framework
+        self.framework_by_pid[sender] = info.id
+        self.link(sender)
+        self.send(
+            self.allocator_pid,  # type: ignore[arg-type]
+            AllocatorAddFramework.NAME,
+            AllocatorAddFramework(info.id, list(info.roles)),
+        )
+        self.metrics.inc("master/frameworks_registered")
+        self.log.info("framework_registered", framework_id=info.id, name=info.name, pid=str(sender))
+        self.send(sender, FrameworkRegistered.NAME, FrameworkRegistered(info.id, self.info))
+
+    def _check_framework_info(self, info: FrameworkInfo) -> str | None:
+        if not isinstance(info.name, str) or not info.name:
+            return "framework name must be a non-empty string"
+        if not isinstance(info.user, str):
+            return "framework user must be a string"
+        if not isinstance(info.roles, list) or not info.roles:
+            return "framework must subscribe to at least one role ('*' is the default role)"
+        for role in info.roles:
+            if not isinstance(role, str) or not role or role in (".", "..") or " " in role:
+                return f"invalid role {role!r}"
+        if info.id is not None:
+            return check_id("framework id", info.id)
+        if not isinstance(info.failover_timeout, int | float) or info.failover_timeout < 0:
+            return "failover_timeout must be a non-negative number of seconds"
+        return None
+
+    def _reject_registration(self, sender: UPID, message: str) -> None:
+        self.metrics.inc("master/invalid_messages")
+        self.metrics.inc("master/invalid_messages/register_framework")
+        self.log.warning("framework_rejected", sender=str(sender), reason=message)
+        self.send(sender, FrameworkError.NAME, FrameworkError(message))
+
+    @handler(ReregisterFramework.NAME)
+    def reregister_framework(self, sender: UPID, body: Any) -> None:
+        if not isinstance(body, ReregisterFramework) or not isinstance(
+            body.framework, FrameworkInfo
+        ):
+            self._reject_registration(sender, "ReregisterFramework needs a FrameworkInfo")
+            return
+        info = body.framework
+        error = self._check_framework_info(info) or (None if info.id else "framework id missing")
+        if error:
+            self._reject_registration(sender, error)
+            return
+        fid: str = info.id  # type: ignore[assignment]
+        framework = self.frameworks.get(fid)
+        if framework is None:
+            if any(f.id == fid for f in self.completed_frameworks):
+                self._reject_registration(sender, f"framework {fid} has been removed")
+                return
+            # Unknown id: the master restarted (or is a new leader). Take the framework back;
+            # its tasks return as agents reregister.
+            framework = _Framework(info=info, pid=sender, registered_time=time.time())
+            self.frameworks[fid] = framework
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorAddFramework.NAME,
+                AllocatorAddFramework(fid, list(info.roles)),
+            )
+        else:
+            old_pid = framework.pid
+            if old_pid is not None and old_pid != sender:
+                # Failover to a new scheduler: the old one must stop acting for the framework.
+                self.framework_by_pid.pop(old_pid, None)
+                self.unlink(old_pid)
+                self.send(old_pid, FrameworkError.NAME, FrameworkError("Framework failed over"))
+            if framework.failover_timer is not None:
+                framework.failover_timer.cancel()
+                framework.failover_timer = None
+            framework.info = info
+            framework.pid = sender
+            for offer_id in list(framework.offers):
+                self._rescind(offer_id, notify=False)
+            if not framework.active:
+                framework.active = True
+                self.send(
+                    self.allocator_pid,  # type: ignore[arg-type]
+                    AllocatorActivateFramework.NAME,
+                    AllocatorActivateFramework(fid),
+                )
+        framework.connected = True
+        framework.active = True
+        self.framework_by_pid[sender] = fid
+        self.link(sender)
+        for agent in self.agents.values():
+            if any(key[0] == fid for key in agent.tasks) or any(
+                key[0] == fid for key in agent.executors
+            ):
+                self.send(agent.pid, UpdateFramework.NAME, UpdateFramework(fid, str(sender)))
+        self.metrics.inc("master/frameworks_reregistered")
+        self.log.info("framework_reregistered", framework_id=fid, pid=str(sender))
+        self.send(sender, FrameworkReregistered.NAME, FrameworkReregistered(fid, self.info))
+
+    @handler(UnregisterFramework.NAME)
+    def unregister_framework(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "teardown")
+        if framework is not None:
+            self.log.info("framework_teardown", framework_id=framework.id)
+            self._remove_framework(framework)
+
+    @handler(DeactivateFramework.NAME)
+    def deactivate_framework(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "deactivate")
+        if framework is not None:
+            self._disconnect_framework(framework)
+
+    def _disconnect_framework(self, framework: _Framework) -> None:
+        """The scheduler is gone for now: no offers; tasks wait ``failover_timeout``."""
+        if framework.pid is not None:
+            self.framework_by_pid.pop(framework.pid, None)
+            self.unlink(framework.pid)
+        framework.connected = False
+        if framework.active:
+            framework.active = False
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorDeactivateFramework.NAME,
+                AllocatorDeactivateFramework(framework.id),
+            )
+        for offer_id in list(framework.offers):
+            self._rescind(offer_id, notify=False)
+        timeout = float(framework.info.failover_timeout or 0.0)
+        self.log.info("framework_disconnected", framework_id=framework.id, failover_timeout=timeout)
+        if framework.failover_timer is not None:
+            framework.failover_timer.cancel()
+        framework.failover_timer = self.delay(timeout, self._failover_expired, framework.id)
+
+    def _failover_expired(self, framework_id: str) -> None:
+        framework = self.frameworks.get(framework_id)
+        if framework is None or framework.connected:
+            return
+        self.metrics.inc("master/frameworks_failover_expired")
+        self.log.info("framework_failover_timeout", framework_id=framework_id)
+        self._remove_framework(framework)
+
+    def _remove_framework(self, framework: _Framework) -> None:
+        """Tear a framework down: its tasks are killed, its offers withdrawn, it is forgotten."""
+        fid = framework.id
+        if framework.failover_timer is not None:
+            framework.failover_timer.cancel()
+        for offer_id in list(framework.offers):
+            self._rescind(offer_id, notify=False)
+        agents = {t.agent_id for t in framework.tasks.values()}
+        agents.update(aid for aid, _eid in framework.executors)
+        for agent_id in agents:
+            agent = self.agents.get(agent_id)
+            if agent is not None:
+                self.send(agent.pid, ShutdownFramework.NAME, ShutdownFramework(fid))
+        for task in list(framework.tasks.values()):
+            if not is_terminal(task.state):
+                task.state = TaskState.TASK_KILLED
+            self._remove_task(task, framework)
+        for agent_id, eid in list(framework.executors):
+            agent = self.agents.get(agent_id)
+            if agent is not None:
+                agent.executors.pop((fid, eid), None)
+        framework.executors.clear()
+        if framework.pid is not None:
+            self.framework_by_pid.pop(framework.pid, None)
+            self.unlink(framework.pid)
+        framework.active = framework.connected = False
+        framework.unregistered_time = time.time()
+        del self.frameworks[fid]
+        self.completed_frameworks.append(framework)
+        self.send(
+            self.allocator_pid,  # type: ignore[arg-type]
+            AllocatorRemoveFramework.NAME,
+            AllocatorRemoveFramework(fid),
+        )
+        self.metrics.inc("master/frameworks_removed")
+
+    def exited(self, pid: UPID) -> None:
+        fid = self.framework_by_pid.get(pid)
+        if fid is not None and fid in self.frameworks:
+            self.metrics.inc("master/frameworks_disconnected")
+            self._disconnect_framework(self.frameworks[fid])
+            return
+        aid = self.agent_by_pid.get(pid)
+        if aid is not None and aid in self.agents:
+            agent = self.agents[aid]
+            if agent.connected:
+                # Not yet unreachable: pings decide that. Stop offering its resources now.
+                self.log.info("agent_disconnected", agent_id=aid, pid=str(pid))
+                agent.connected = False
+                for offer_id in list(agent.offers):
+                    self._rescind(offer_id)
+                self.send(
+                    self.allocator_pid,  # type: ignore[arg-type]
+                    AllocatorDeactivateAgent.NAME,
+                    AllocatorDeactivateAgent(aid),
+                )
+
+    # ================================================================== offers
+
+    @handler(Allocations.NAME)
+    def allocations(self, sender: UPID, body: Any) -> None:
+        if sender != self.allocator_pid:
+            self._invalid("allocations", sender, "only the allocator hands out resources")
+            return
+        by_framework: dict[str, list[Offer]] = {}
+        for framework_id, agent_id, resources in body.items:
+            framework = self.frameworks.get(framework_id)
+            agent = self.agents.get(agent_id)
+            if (
+                framework is None
+                or not framework.active
+                or framework.pid is None
+                or agent is None
+                or not agent.connected
+            ):
+                if agent is not None and framework is not None:
+                    self._recover(agent_id, framework_id, resources)
+                continue
+            offer = Offer(
+                id=new_id("O-"),
+                framework_id=framework_id,
+                agent_id=agent_id,
+                hostname=agent.info.hostname,
+                resources=str(resources),
+                attributes=agent.info.attributes,
+                url=str(agent.pid),
+            )
+            record = _Offer(offer, resources)
+            if self.flags.offer_timeout is not None:
+                record.timer = self.delay(self.flags.offer_timeout, self._offer_expired, offer.id)
+            self.offers[offer.id] = record
+            framework.offers.add(offer.id)
+            agent.offers.add(offer.id)
+            by_framework.setdefault(framework_id, []).append(offer)
+        for framework_id, offers in by_framework.items():
+            framework = self.frameworks[framework_id]
+            self.metrics.inc("master/offers_sent", len(offers))
+            self.send(framework.pid, ResourceOffers.NAME, ResourceOffers(offers))  # type: ignore[arg-type]
+
+    def _recover(
+        self, agent_id: str, framework_id: str, resources: Resources, refuse: float | None = None
+    ) -> None:
+        if resources:
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorRecoverResources.NAME,
+                AllocatorRecoverResources(agent_id, framework_id, resources, refuse),
+            )
+
+    def _take_offer(self, offer_id: str) -> _Offer | None:
+        record = self.offers.pop(offer_id, None)
+        if record is None:
+            return None
+        if record.timer is not None:
+            record.timer.cancel()
+        framework = self.frameworks.get(record.offer.framework_id)
+        if framework is not None:
+            framework.offers.discard(offer_id)
+        agent = self.agents.get(record.offer.agent_id)
+        if agent is not None:
+            agent.offers.discard(offer_id)
+        return record
+
+    def _rescind(self, offer_id: str, notify: bool = True, recover: bool = True) -> None:
+        record = self._take_offer(offer_id)
+        if record is None:
+            return
+        self.metrics.inc("master/offers_rescinded")
+        framework = self.frameworks.get(record.offer.framework_id)
+        if notify and framework is not None and framework.pid is not None:
+            self.send(framework.pid, RescindOffer.NAME, RescindOffer(offer_id))
+        if recover and record.offer.agent_id in self.agents:
+            self._recover(record.offer.agent_id, record.offer.framework_id, record.resources)
+
+    def _offer_expired(self, offer_id: str) -> None:
+        if offer_id in self.offers:
+            self.metrics.inc("master/offers_expired")
+            self._rescind(offer_id)
+
+    @handler(DeclineOffers.NAME)
+    def decline_offers(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "decline")
+        if framework is None:
+            return
+        refuse = _refuse_seconds(body.refuse_seconds)
+        for offer_id in body.offer_ids if isinstance(body.offer_ids, list) else []:
+            record = self.offers.get(offer_id)
+            if record is None or record.offer.framework_id != framework.id:
+                self.metrics.inc("master/invalid_declines")
+                continue
+            self._take_offer(offer_id)
+            self.metrics.inc("master/offers_declined")
+            self._recover(record.offer.agent_id, framework.id, record.resources, refuse)
+
+    @handler(AcceptOffers.NAME)
+    def accept_offers(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "accept")
+        if framework is None:
+            return
+        tasks: list[Any] = body.tasks if isinstance(body.tasks, list) else []
+        offer_ids: list[Any] = body.offer_ids if isinstance(body.offer_ids, list) else []
+        refuse = _refuse_seconds(body.refuse_seconds)
+
+        # 1. The offers: all known, all this framework's, all on one agent, none used twice.
+        error = None
+        if not offer_ids:
+            error = "no offers given"
+        elif len(set(map(str, offer_ids))) != len(offer_ids):
+            error = "an offer id appears more than once"
+        records: list[_Offer] = []
+        for offer_id in offer_ids:
+            record = self.offers.get(offer_id) if isinstance(offer_id, str) else None
+            if record is None:
+                error = error or f"offer {offer_id!r} is no longer valid"
+            elif record.offer.framework_id != framework.id:
+                error = error or f"offer {offer_id!r} belongs to another framework"
+                record = None
+            if record is not None:
+                records.append(record)
+        agents = {r.offer.agent_id for r in records}
+        if len(agents) > 1:
+            error = error or "offers span more than one agent"
+        agent = self.agents.get(next(iter(agents))) if len(agents) == 1 else None
+        if error is None and (agent is None or not agent.connected):
+            error = "the offers' agent is no longer available"
+        if error is not None:
+            # Valid offers among them go back untouched (no filter); every task is dropped.
+            for record in records:
+                self._take_offer(record.offer.id)
+                self._recover(record.offer.agent_id, framework.id, record.resources)
+            self.metrics.inc("master/invalid_accepts")
+            for task in tasks:
+                self._task_error(
+                    framework,
+                    task,
+                    TaskState.TASK_DROPPED,
+                    Reason.REASON_INVALID_OFFERS,
+                    f"Task launched with invalid offers: {error}",
+                )
+            if not tasks:
+                self._invalid("accept", sender, error)
+            return
+
+        assert agent is not None
+        remaining = Resources.sum(r.resources for r in records)
+        for record in records:
+            self._take_offer(record.offer.id)
+        self.metrics.inc("master/offers_accepted", len(records))
+
+        # 2. The tasks, in order, each paid for out of what remains of the offers.
+        seen: set[str] = set()
+        for task in tasks:
+            problem, resources = check_task(task, agent.id)
+            if problem is None:
+                assert resources is not None
+                if task.task_id in framework.tasks or task.task_id in seen:
+                    problem = f"task id {task.task_id!r} is already in use by this framework"
+                else:
+                    needed = resources
+                    executor = task.executor
+                    if executor is not None:
+                        key = (agent.id, executor.executor_id)
+                        if key not in framework.executors and executor.resources:
+                            try:
+                                needed = needed + parse_resources(executor.resources)
+                            except ResourceError as e:
+                                problem = f"invalid executor resources: {e}"
+                    if problem is None and not remaining.contains(needed):
+                        problem = (
+                            f"task uses more resources ({needed}) than remain in its offers"
+                            f" ({remaining})"
+                        )
+            if problem is not None:
+                self._task_error(
+                    framework, task, TaskState.TASK_ERROR, Reason.REASON_TASK_INVALID, problem
+                )
+                continue
+            assert resources is not None
+            seen.add(task.task_id)
+            remaining = remaining - needed
+            self._launch(framework, agent, task, resources, needed - resources)
+
+        # 3. Whatever was not used goes back, filtered for refuse_seconds.
+        self._recover(agent.id, framework.id, remaining, refuse)
+
+    def _launch(
+        self,
+        framework: _Framework,
+        agent: _Agent,
+        task: TaskInfo,
+        resources: Resources,
+        executor_resources: Resources,
+    ) -> None:
+        task.agent_id = agent.id
+        executor_id = task.executor.executor_id if task.executor is not None else None
+        if task.executor is not None:
+            task.executor.framework_id = framework.id
+            key = (agent.id, task.executor.executor_id)
+            if key not in framework.executors:
+                framework.executors[key] = executor_resources
+                agent.executors[(framework.id, task.executor.executor_id)] = executor_resources
+        record = _Task(
+            info=task,
+            framework_id=framework.id,
+            agent_id=agent.id,
+            resources=resources,
+            executor_id=executor_id,
+        )
+        framework.tasks[task.task_id] = record
+        agent.tasks[(framework.id, task.task_id)] = record
+        self.metrics.inc("master/tasks_launched")
+        self.send(
+            agent.pid,
+            RunTask.NAME,
+            RunTask(framework.info, str(framework.pid), task),
+        )
+
+    def _task_error(
+        self, framework: _Framework, task: Any, state: str, reason: str, message: str
+    ) -> None:
+        """Answer a task we will not launch; master-made updates need no acknowledgement."""
+        task_id = getattr(task, "task_id", None)
+        task_id = task_id if isinstance(task_id, str) else repr(task_id)
+        self.metrics.inc(f"master/tasks_{state.lower().removeprefix('task_')}")
+        self.log.info(
+            "task_rejected", framework_id=framework.id, task_id=task_id, state=state, why=message
+        )
+        status = TaskStatus(
+            task_id=task_id,
+            state=state,
+            message=message,
+            source=Source.SOURCE_MASTER,
+            reason=reason,
+            agent_id=getattr(task, "agent_id", None) or None,
+            timestamp=time.time(),
+        )
+        self.send(framework.pid, StatusUpdate.NAME, StatusUpdate(framework.id, status))  # type: ignore[arg-type]
+
+    # ================================================================== framework calls
+
+    @handler(KillTask.NAME)
+    def kill_task(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "kill")
+        if framework is None:
+            return
+        task = framework.tasks.get(body.task_id)
+        if task is None:
+            # Unknown to us: answer as reconciliation would (Mesos does the same).
+            self.metrics.inc("master/kill_unknown_task")
+            self._reconcile_one(framework, body.task_id, body.agent_id)
+            return
+        agent = self.agents.get(task.agent_id)
+        if agent is None:
+            self.metrics.inc("master/kill_task_agent_unreachable")
+            return
+        self.metrics.inc("master/tasks_kill_requested")
+        self.send(
+            agent.pid,
+            KillTask.NAME,
+            KillTask(framework.id, task.info.task_id, agent.id, body.grace_period),
+        )
+
+    @handler(ReviveOffers.NAME)
+    def revive_offers(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "revive")
+        if framework is not None:
+            self.metrics.inc("master/revive")
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorRevive.NAME,
+                AllocatorRevive(framework.id, list(body.roles or [])),
+            )
+
+    @handler(SuppressOffers.NAME)
+    def suppress_offers(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "suppress")
+        if framework is not None:
+            self.metrics.inc("master/suppress")
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorSuppress.NAME,
+                AllocatorSuppress(framework.id, list(body.roles or [])),
+            )
+
+    @handler(ReconcileTasks.NAME)
+    def reconcile_tasks(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "reconcile")
+        if framework is None:
+            return
+        self.metrics.inc("master/reconciliations")
+        wanted = body.tasks if isinstance(body.tasks, list) else []
+        if not wanted:
+            # Implicit: the latest state of every task the master knows for the framework.
+            for task in list(framework.tasks.values()):
+                self._send_reconciled(framework, task.info.task_id, task.agent_id, task.state)
+            return
+        for entry in wanted:
+            if isinstance(entry, list | tuple) and entry:
+                task_id = entry[0]
+                agent_id = entry[1] if len(entry) > 1 else None
+            else:
+                task_id, agent_id = (
+                    getattr(entry, "task_id", None),
+                    getattr(entry, "agent_id", None),
+                )
+            self._reconcile_one(framework, task_id, agent_id)
+
+    def _reconcile_one(self, framework: _Framework, task_id: Any, agent_id: Any) -> None:
+        task = framework.tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is not None:
+            self._send_reconciled(framework, task.info.task_id, task.agent_id, task.state)
+            return
+        pa = framework.info.partition_aware
+        if isinstance(agent_id, str) and agent_id in self.unreachable:
+            state = TaskState.TASK_UNREACHABLE if pa else TaskState.TASK_LOST
+        elif isinstance(agent_id, str) and agent_id in self.agents:
+            state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
+        else:
+            state = TaskState.TASK_UNKNOWN if pa else TaskState.TASK_LOST
+        self._send_reconciled(framework, str(task_id), agent_id, state)
+
+    def _send_reconciled(
+        self, framework: _Framework, task_id: str, agent_id: Any, state: str
+    ) -> None:
+        status = TaskStatus(
+            task_id=task_id,
+            state=state,
+            message="Reconciliation: latest task state",
+            source=Source.SOURCE_MASTER,
+            reason=Reason.REASON_RECONCILIATION,
+            agent_id=agent_id if isinstance(agent_id, str) else None,
+            timestamp=time.time(),
+        )
+        if framework.pid is not None:
+            self.send(framework.pid, StatusUpdate.NAME, StatusUpdate(framework.id, status))
+
+    @handler(StatusUpdateAcknowledgement.NAME)
+    def acknowledge(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "ack")
+        if framework is None:
+            return
+        agent = self.agents.get(body.agent_id)
+        if agent is None:
+            self.metrics.inc("master/acks_for_unknown_agent")
+            return
+        self.metrics.inc("master/status_update_acks")
+        task = framework.tasks.get(body.task_id)
+        if task is not None and is_terminal(task.state) and task.status is not None:
+            if task.status.uuid == body.uuid:
+                self._remove_task(task, framework)
+        self.send(agent.pid, StatusUpdateAcknowledgement.NAME, body)
+
+    @handler(FrameworkToExecutor.NAME)
+    def framework_to_executor(self, sender: UPID, body: Any) -> None:
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "message")
+        if framework is None:
+            return
+        agent = self.agents.get(body.agent_id)
+        if agent is None:
+            self.metrics.inc("master/messages_to_unknown_agent")
+            return
+        self.metrics.inc("master/framework_messages")
+        self.send(agent.pid, FrameworkToExecutor.NAME, body)
+
+    # ================================================================== agents
+
+    @handler(RegisterAgent.NAME)
+    def register_agent(self, sender: UPID, body: Any) -> None:
+        if not isinstance(body, RegisterAgent) or not isinstance(body.agent, AgentInfo):
+            self._invalid("register_agent", sender, "RegisterAgent needs an AgentInfo")
+            return
+        existing = self.agent_by_pid.get(sender)
+        if existing is not None and existing in self.agents:
+            self.send(
+                sender,
+                AgentRegistered.NAME,
+                AgentRegistered(existing, self.flags.agent_ping_interval),
+            )
+            return
+        try:
+            total = parse_resources(body.agent.resources)
+        except (ResourceError, TypeError) as e:
+            self._invalid("register_agent", sender, f"bad resources: {e}")
+            return
+        info = body.agent
+        info.id = new_id("A-")
+        self._add_agent_to_allocator(self._admit_agent(sender, info, total))
+        self.metrics.inc("master/agents_registered_total")
+        self.log.info("agent_registered", agent_id=info.id, pid=str(sender), resources=str(total))
+        self.send(
+            sender, AgentRegistered.NAME, AgentRegistered(info.id, self.flags.agent_ping_interval)
+        )
+
+    def _admit_agent(self, pid: UPID, info: AgentInfo, total: Resources) -> _Agent:
+        agent = _Agent(info=info, pid=pid, total=total, registered_time=time.time())
+        self.agents[info.id] = agent  # type: ignore[index]
+        self.agent_by_pid[pid] = info.id  # type: ignore[assignment]
+        self.link(pid)
+        return agent
+
+    def _add_agent_to_allocator(self, agent: _Agent) -> None:
+        info = agent.info
+        self.send(
+            self.allocator_pid,  # type: ignore[arg-type]
+            AllocatorAddAgent.NAME,
+            AllocatorAddAgent(
+                agent.id, info.hostname, agent.total, agent.used_by_framework(), info.attributes
+            ),
+        )
+
+    @handler(ReregisterAgent.NAME)
+    def reregister_agent(self, sender: UPID, body: Any) -> None:
+        if (
+            not isinstance(body, ReregisterAgent)
+            or not isinstance(body.agent, AgentInfo)
+            or not body.agent.id
+        ):
+            self._invalid("reregister_agent", sender, "ReregisterAgent needs an AgentInfo with id")
+            return
+        info = body.agent
+        aid: str = info.id  # type: ignore[assignment]
+        try:
+            total = parse_resources(info.resources)
+        except (ResourceError, TypeError) as e:
+            self._invalid("reregister_agent", sender, f"bad resources: {e}")
+            return
+        old = self.agents.get(aid)
+        previous_tasks: dict[tuple[str, str], _Task] = {}
+        if old is not None:
+            # Known and registered: a reconnect (new pid after a restart, or a blip).
+            previous_tasks = dict(old.tasks)
+            self._drop_agent(old, remove_from_allocator=True)
+        elif aid in self.unreachable:
+            previous_tasks = dict(self.unreachable.pop(aid)[0].tasks)
+        agent = None
+        kill: list[list[str]] = []
+        reported: dict[tuple[str, str], TaskStatus | None] = {}
+        states = {s.task_id: s for s in body.task_states if isinstance(s, TaskStatus)}
+        tasks: list[_Task] = []
+        owners = body.task_frameworks if isinstance(body.task_frameworks, list) else []
+        for i, task in enumerate(body.tasks):
+            if not isinstance(task, TaskInfo):
+                continue
+            fid = owners[i] if i < len(owners) and isinstance(owners[i], str) else None
+            status = states.get(task.task_id)
+            if fid is None:
+                self.metrics.inc("master/reregistered_tasks_without_framework")
+                continue
+            if fid not in self.frameworks:
+                if any(f.id == fid for f in self.completed_frameworks):
+                    kill.append([fid, task.task_id])
+                    continue
+                info_f = next((f for f in body.frameworks if f.id == fid), None)
+                if info_f is None:
+                    continue
+                # A framework we have not heard from yet (master restarted): hold its place.
+                framework = _Framework(
+                    info=info_f,
+                    pid=None,
+                    registered_time=time.time(),
+                    active=False,
+                    connected=False,
+                )
+                self.frameworks[fid] = framework
+                self.send(
+                    self.allocator_pid,  # type: ignore[arg-type]
+                    AllocatorAddFramework.NAME,
+                    AllocatorAddFramework(fid, list(info_f.roles)),
+                )
+                self.send(
+                    self.allocator_pid,  # type: ignore[arg-type]
+                    AllocatorDeactivateFramework.NAME,
+                    AllocatorDeactivateFramework(fid),
+                )
+                framework.failover_timer = self.delay(
+                    float(info_f.failover_timeout or 0.0), self._failover_expired, fid
+                )
+            try:
+                resources = parse_resources(task.resources)
+            except ResourceError:
+                continue
+            state = status.state if status is not None else TaskState.TASK_STAGING
+            record = _Task(
+                info=task,
+                framework_id=fid,
+                agent_id=aid,
+                resources=resources,
+                executor_id=task.executor.executor_id if task.executor is not None else None,
+                state=state,
+                status=status,
+            )
+            reported[(fid, task.task_id)] = status
+            tasks.append(record)
+        agent = self._admit_agent(sender, info, total)
+        for record in tasks:
+            framework = self.frameworks[record.framework_id]
+            framework.tasks[record.info.task_id] = record
+            agent.tasks[(record.framework_id, record.info.task_id)] = record
+        for ex in body.executors:
+            if getattr(ex, "framework_id", None) in self.frameworks:
+                res = parse_resources(ex.resources) if ex.resources else Resources.empty()
+                agent.executors[(ex.framework_id, ex.executor_id)] = res
+                self.frameworks[ex.framework_id].executors[(aid, ex.executor_id)] = res
+        self._add_agent_to_allocator(agent)
+        # Tasks we believed ran there but the agent did not report are gone.
+        for key, task in previous_tasks.items():
+            if key in reported or is_terminal(task.state):
+                continue
+            framework = self.frameworks.get(task.framework_id)
+            if framework is None:
+                continue
+            framework.tasks.pop(task.info.task_id, None)
+            pa = framework.info.partition_aware
+            task.state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
+            framework.completed.append(task)
+            self._send_master_update(
+                framework,
+                task,
+                task.state,
+                Reason.REASON_AGENT_RESTARTED,
+                "Task was not reported by its reregistering agent",
+            )
+        # Tasks that were reported unreachable are back: tell their frameworks where they are.
+        for key, _status in reported.items():
+            previous = previous_tasks.get(key)
+            framework = self.frameworks.get(key[0])
+            if previous is not None and previous.unreachable and framework is not None:
+                task = agent.tasks[key]
+                self._send_master_update(
+                    framework,
+                    task,
+                    task.state,
+                    Reason.REASON_RECONCILIATION,
+                    "Agent reregistered; task is back",
+                )
+        self.metrics.inc("master/agents_reregistered")
+        self.log.info("agent_reregistered", agent_id=aid, pid=str(sender), tasks=len(tasks))
+        self.send(
+            sender,
+            AgentReregistered.NAME,
+            AgentReregistered(aid, self.flags.agent_ping_interval, kill),
+        )
+
+    def _send_master_update(
+        self, framework: _Framework, task: _Task, state: str, reason: str, message: str
+    ) -> None:
+        status = TaskStatus(
+            task_id=task.info.task_id,
+            state=state,
+            message=message,
+            source=Source.SOURCE_MASTER,
+            reason=reason,
+            agent_id=task.agent_id,
+            executor_id=task.executor_id,
+            timestamp=time.time(),
+        )
+        task.statuses.append({"state": state, "timestamp": status.timestamp})
+        if framework.pid is not None and framework.connected:
+            self.send(framework.pid, StatusUpdate.NAME, StatusUpdate(framework.id, status))
+
+    @handler(UnregisterAgent.NAME)
+    def unregister_agent(self, sender: UPID, body: Any) -> None:
+        aid = self.agent_by_pid.get(sender)
+        if aid is None or aid not in self.agents or getattr(body, "agent_id", None) != aid:
+            self._invalid("unregister_agent", sender, "unknown agent")
+            return
+        agent = self.agents[aid]
+        self.log.info("agent_unregistered", agent_id=aid)
+        self._drop_agent(agent, remove_from_allocator=True)
+        for task in list(agent.tasks.values()):
+            framework = self.frameworks.get(task.framework_id)
+            if framework is None or is_terminal(task.state):
+                continue
+            task.state = (
+                TaskState.TASK_GONE if framework.info.partition_aware else TaskState.TASK_LOST
+            )
+            self._send_master_update(
+                framework, task, task.state, Reason.REASON_AGENT_REMOVED, "Agent was removed"
+            )
+            self._remove_task(task, framework)
+
+    def _drop_agent(self, agent: _Agent, remove_from_allocator: bool) -> None:
+        """Forget an agent's registration (its tasks are handled by the caller)."""
+        for offer_id in list(agent.offers):
+            self._rescind(offer_id, recover=False)
+        self.agents.pop(agent.id, None)
+        if self.agent_by_pid.get(agent.pid) == agent.id:
+            del self.agent_by_pid[agent.pid]
+            self.unlink(agent.pid)
+        for fid, eid in agent.executors:
+            framework = self.frameworks.get(fid)
+            if framework is not None:
+                framework.executors.pop((agent.id, eid), None)
+        if remove_from_allocator:
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorRemoveAgent.NAME,
+                AllocatorRemoveAgent(agent.id),
+            )
+
+    @handler(PongAgent.NAME)
+    def pong(self, sender: UPID, body: Any) -> None:
+        aid = self.agent_by_pid.get(sender)
+        agent = self.agents.get(aid) if aid else None
+        if agent is None:
+            self.metrics.inc("master/pongs_from_unknown_agents")
+            return
+        agent.missed_pings = 0
+        if not agent.connected:
+            agent.connected = True
+            self.link(sender)
+            self.send(
+                self.allocator_pid,  # type: ignore[arg-type]
+                AllocatorActivateAgent.NAME,
+                AllocatorActivateAgent(agent.id),
+            )
+
+    def _ping_agents(self) -> None:
+        """One tick for every agent: ping it, and give up on those silent too long."""
+        limit = self.flags.max_agent_ping_timeouts
+        for agent in list(self.agents.values()):
+            if agent.missed_pings >= limit:
+                self._mark_unreachable(agent)
+                continue
+            agent.missed_pings += 1
+            self.send(agent.pid, PingAgent.NAME, PingAgent(agent.connected))
+        self._ping_timer = self.delay(self.flags.agent_ping_interval, self._ping_agents)
+
+    def _mark_unreachable(self, agent: _Agent) -> None:
+        self.metrics.inc("master/agents_marked_unreachable")
+        self.log.warning("agent_unreachable", agent_id=agent.id, pid=str(agent.pid))
+        self._drop_agent(agent, remove_from_allocator=True)
+        self.unreachable[agent.id] = (agent, time.time())
+        for task in list(agent.tasks.values()):
+            framework = self.frameworks.get(task.framework_id)
+            if framework is None or is_terminal(task.state):
+                continue
+            if framework.info.partition_aware:
+                task.unreachable = True
+                task.state = TaskState.TASK_UNREACHABLE
+                self._send_master_update(
+                    framework,
+                    task,
+                    task.state,
+                    Reason.REASON_AGENT_REMOVED,
+                    f"Agent {agent.id} is unreachable",
+                )
+            else:
+                task.state = TaskState.TASK_LOST
+                self._send_master_update(
+                    framework,
+                    task,
+                    task.state,
+                    Reason.REASON_AGENT_REMOVED,
+                    f"Agent {agent.id} is unreachable",
+                )
+                self._remove_task(task, framework)
+        for framework in self.frameworks.values():
+            if framework.pid is not None and framework.connected:
+                self.send(framework.pid, LostAgent.NAME, LostAgent(agent.id))
+
+    # ================================================================== status updates
+
+    @handler(StatusUpdate.NAME)
+    def status_update(self, sender: UPID, body: Any) -> None:
+        if not isinstance(body, StatusUpdate) or not isinstance(body.status, TaskStatus):
+            self._invalid("status_update", sender, "StatusUpdate needs a TaskStatus")
+            return
+        aid = self.agent_by_pid.get(sender)
+        agent = self.agents.get(aid) if aid else None
+        if agent is None:
+            self.metrics.inc("master/invalid_status_updates")
+            self.log.warning("status_update_from_unknown_agent", sender=str(sender))
+            return
+        status = body.status
+        status.agent_id = agent.id
+        framework = self.frameworks.get(body.framework_id)
+        if framework is None:
+            # Its framework is gone: acknowledge for it so the agent stops retrying.
+            self.metrics.inc("master/status_updates_for_unknown_framework")
+            if status.uuid is not None:
+                self.send(
+                    sender,
+                    StatusUpdateAcknowledgement.NAME,
+                    StatusUpdateAcknowledgement(
+                        body.framework_id, agent.id, status.task_id, status.uuid
+                    ),
+                )
+            return
+        task = framework.tasks.get(status.task_id)
+        if task is not None:
+            was_terminal = is_terminal(task.state)
+            task.state = status.state
+            task.status = status
+            task.unreachable = False
+            task.statuses.append({"state": status.state, "timestamp": status.timestamp})
+            if is_terminal(status.state) and not was_terminal:
+                self.metrics.inc(f"master/tasks_{status.state.lower().removeprefix('task_')}")
+                # The resources are free now; the task itself stays until acknowledged.
+                self._recover(agent.id, framework.id, task.resources)
+                if status.uuid is None:
+                    self._remove_task(task, framework)
+        self.metrics.inc("master/status_updates")
+        if framework.pid is not None and framework.connected:
+            self.send(framework.pid, StatusUpdate.NAME, body)
+
+    def _remove_task(self, task: _Task, framework: _Framework) -> None:
+        framework.tasks.pop(task.info.task_id, None)
+        agent = self.agents.get(task.agent_id)
+        if agent is not None:
+            agent.tasks.pop((framework.id, task.info.task_id), None)
+        framework.completed.append(task)
+
+    @handler(ExitedExecutor.NAME)
+    def exited_executor(self, sender: UPID, body: Any) -> None:
+        aid = self.agent_by_pid.get(sender)
+        agent = self.agents.get(aid) if aid else None
+        if agent is None or not isinstance(body, ExitedExecutor):
+            self.metrics.inc("master/invalid_messages")
+            return
+        self.metrics.inc("master/executors_exited")
+        resources = agent.executors.pop((body.framework_id, body.executor_id), None)
+        framework = self.frameworks.get(body.framework_id)
+        if framework is not None:
+            framework.executors.pop((agent.id, body.executor_id), None)
+        if resources:
+            self._recover(agent.id, body.framework_id, resources)
+
+    @handler(ExecutorToFramework.NAME)
+    def executor_to_framework(self, sender: UPID, body: Any) -> None:
+        framework = self.frameworks.get(getattr(body, "framework_id", None))  # type: ignore[arg-type]
+        if framework is None or framework.pid is None or sender not in self.agent_by_pid:
+            self.metrics.inc("master/invalid_framework_messages")
+            return
+        self.metrics.inc("master/executor_messages")
+        self.send(framework.pid, ExecutorToFramework.NAME, body)
+
+    @handler(RegisterExecutor.NAME)
+    def misdirected_executor(self, sender: UPID, body: Any) -> None:
+        self._invalid("register_executor", sender, "executors register with their agent")
+
+    # ================================================================== HTTP
+
+    @route("state")
+    def state(self, request: Any) -> dict[str, Any]:
+        """``/master/state``: Mesos's field names where they exist."""
+        total = Resources.sum(a.total for a in self.agents.values())
+        used = Resources.sum(a.used() for a in self.agents.values())
+        offered = Resources.sum(o.resources for o in self.offers.values())
+        return {
+            "version": "0.1.0",
+            "id": self.master_id,
+            "pid": str(self.pid),
+            "hostname": self.info.hostname,
+            "leader": str(self.pid),
+            "leader_info": {
+                "id": self.master_id,
+                "pid": str(self.pid),
+                "hostname": self.info.hostname,
+                "port": self.pid.port,
+            },
+            "start_time": self.start_time,
+            "activated_agents": sum(a.connected for a in self.agents.values()),
+            "deactivated_agents": sum(not a.connected for a in self.agents.values()),
+            "unreachable_agents": len(self.unreachable),
+            "resources": {
+                "total": _resources_json(total),
+                "used": _resources_json(used),
+                "offered": _resources_json(offered),
+            },
+            "frameworks": [self._framework_json(f) for f in self.frameworks.values()],
+            "completed_frameworks": [self._framework_json(f) for f in self.completed_frameworks],
+            "agents": [self._agent_json(a) for a in self.agents.values()],
+            "unreachable": [
+                {"id": aid, "hostname": a.info.hostname, "since": t}
+                for aid, (a, t) in self.unreachable.items()
+            ],
+            "offers": [self._offer_json(o) for o in self.offers.values()],
+        }
+
+    @route("health")
+    def health(self, request: Any) -> dict[str, Any]:
+        return {"healthy": True, "pid": str(self.pid)}
+
+    def _framework_json(self, f: _Framework) -> dict[str, Any]:
+        used = Resources.sum(
+            [t.resources for t in f.tasks.values() if not is_terminal(t.state)]
+            + list(f.executors.values())
+        )
+        return {
+            "id": f.id,
+            "name": f.info.name,
+            "user": f.info.user,
+            "roles": list(f.info.roles),
+            "principal": f.info.principal,
+            "pid": str(f.pid) if f.pid else None,
+            "active": f.active,
+            "connected": f.connected,
+            "failover_timeout": f.info.failover_timeout,
+            "checkpoint": f.info.checkpoint,
+            "capabilities": list(f.info.capabilities),
+            "registered_time": f.registered_time,
+            "unregistered_time": f.unregistered_time,
+            "used_resources": _resources_json(used),
+            "offered_resources": _resources_json(
+                Resources.sum(self.offers[o].resources for o in f.offers if o in self.offers)
+            ),
+            "tasks": [_task_json(t) for t in f.tasks.values()],
+            "completed_tasks": [_task_json(t) for t in f.completed],
+            "offers": [self._offer_json(self.offers[o]) for o in f.offers if o in self.offers],
+            "executors": [{"agent_id": a, "executor_id": e} for a, e in f.executors],
+        }
+
+    def _agent_json(self, a: _Agent) -> dict[str, Any]:
+        return {
+            "id": a.id,
+            "pid": str(a.pid),
+            "hostname": a.info.hostname,
+            "port": a.info.port,
+            "http_port": a.info.http_port,
+            "resources": _resources_json(a.total),
+            "used_resources": _resources_json(a.used()),
+            "offered_resources": _resources_json(
+                Resources.sum(self.offers[o].resources for o in a.offers if o in self.offers)
+            ),
+            "attributes": a.info.attributes,
+            "active": a.connected,
+            "registered_time": a.registered_time,
+            "tasks": len(a.tasks),
+        }
+
+    def _offer_json(self, o: _Offer) -> dict[str, Any]:
+        return {
+            "id": o.offer.id,
+            "framework_id": o.offer.framework_id,
+            "agent_id": o.offer.agent_id,
+            "resources": _resources_json(o.resources),
+        }
+
+
+def _task_json(t: _Task) -> dict[str, Any]:
+    return {
+        "id": t.info.task_id,
+        "name": t.info.name,
+        "framework_id": t.framework_id,
+        "executor_id": t.executor_id or "",
+        "agent_id": t.agent_id,
+        "state": str(t.state),
+        "resources": _resources_json(t.resources),
+        "statuses": t.statuses[-10:],
+        "message": t.status.message if t.status else None,
+    }
+
+
+def _refuse_seconds(value: Any) -> float:
+    if isinstance(value, int | float) and value >= 0:
+        return float(min(value, 365 * 24 * 3600))
+    return 5.0

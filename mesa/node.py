@@ -1,0 +1,176 @@
+"""``python -m mesa.node --role=master|agent``: run one mesa daemon.
+
+The master listens for libproc messages on ``--port`` and serves HTTP (``/master/state``,
+``/metrics/snapshot``, ``/health``) on ``--http-port``; an agent does the same with
+``/agent/state``. At start each prints one line naming both endpoints, e.g.::
+
+    mesa master started: pid=master@127.0.0.1:5050 http=http://127.0.0.1:5051
+
+and on SIGTERM or SIGINT it stops cleanly: actors finalize, an agent destroys its containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import libproc
+from mesa import flags
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mesa.node",
+        description="Run a mesa master or agent.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--role", required=True, choices=["master", "agent"], help="what to run")
+    p.add_argument("--ip", default="127.0.0.1", help="address to bind (libproc and HTTP)")
+    p.add_argument(
+        "--port",
+        type=flags.port,
+        default=None,
+        help="libproc (ZeroMQ) port; default 5050 for a master, 0 (any free port) for an agent",
+    )
+    p.add_argument(
+        "--http-port",
+        type=flags.port,
+        default=None,
+        help="HTTP port for state and metrics; default: --port + 1 for a master, 0 for an agent",
+    )
+    p.add_argument("--work-dir", default=None, help="where state and sandboxes live")
+    p.add_argument("--hostname", default=None, help="hostname to advertise (default: the ip)")
+    p.add_argument(
+        "--log-format", choices=["console", "json"], default="console", help="log line format"
+    )
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default=None, help="event loop (default uvloop)"
+    )
+
+    m = p.add_argument_group("master")
+    m.add_argument(
+        "--allocation-interval",
+        type=flags.positive_float,
+        default=1.0,
+        help="seconds between allocation cycles (events also trigger a cycle)",
+    )
+    m.add_argument(
+        "--agent-ping-interval",
+        type=flags.positive_float,
+        default=1.0,
+        help="seconds between pings to each agent",
+    )
+    m.add_argument(
+        "--max-agent-ping-timeouts",
+        type=flags.positive_int,
+        default=5,
+        help="missed pings after which an agent is unreachable",
+    )
+    m.add_argument(
+        "--offer-timeout",
+        type=flags.positive_float,
+        default=None,
+        help="rescind offers a framework holds longer than this many seconds (default: never)",
+    )
+
+    a = p.add_argument_group("agent")
+    a.add_argument("--master", type=flags.endpoint, help="the master's libproc HOST:PORT")
+    a.add_argument(
+        "--resources",
+        type=flags.resources,
+        default=None,
+        help="e.g. 'cpus:2;mem:1024;disk:4096;ports:[31000-32000]' (default: detected)",
+    )
+    a.add_argument(
+        "--attributes", type=flags.attributes, default=None, help="e.g. 'rack:r1;zone:a'"
+    )
+    a.add_argument(
+        "--executor-registration-timeout",
+        type=flags.positive_float,
+        default=60.0,
+        help="seconds an executor has to register before its container is destroyed",
+    )
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if args.role == "master":
+        from mesa.actors.master import Master, MasterFlags
+
+        port = 5050 if args.port is None else args.port
+        http_port = (port + 1 if port else 0) if args.http_port is None else args.http_port
+        runtime = libproc.Runtime(args.ip, port, http_port=http_port)
+        await runtime.start()
+        master = Master(
+            MasterFlags(
+                hostname=args.hostname or args.ip,
+                allocation_interval=args.allocation_interval,
+                agent_ping_interval=args.agent_ping_interval,
+                max_agent_ping_timeouts=args.max_agent_ping_timeouts,
+                offer_timeout=args.offer_timeout,
+                http_port=runtime.http_port,
+            )
+        )
+        pid = runtime.spawn(master)
+    else:
+        from mesa.actors.agent import Agent
+
+        port = 0 if args.port is None else args.port
+        http_port = 0 if args.http_port is None else args.http_port
+        work_dir = args.work_dir or os.path.join(os.getcwd(), "mesa-agent")
+        runtime = libproc.Runtime(args.ip, port, http_port=http_port)
+        await runtime.start()
+        agent = Agent(**_agent_kwargs(args, work_dir, runtime))
+        pid = runtime.spawn(agent)
+    print(
+        f"mesa {args.role} started: pid={pid} http=http://{args.ip}:{runtime.http_port}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(libproc.wait(pid))
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await runtime.stop()
+    for task in (waiter, stopper):
+        task.cancel()
+    print(f"mesa {args.role} stopped", flush=True)
+    return 0
+
+
+def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict[str, Any]:
+    return {
+        "master": args.master,
+        "work_dir": work_dir,
+        "resources": args.resources,
+        "attributes": args.attributes or {},
+        "hostname": args.hostname or args.ip,
+        "http_port": runtime.http_port,
+        "executor_registration_timeout": args.executor_registration_timeout,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.role == "agent" and not args.master:
+        parser.error("--role=agent needs --master=HOST:PORT (the master's libproc endpoint)")
+    try:
+        libproc.configure_logging(args.log_format, args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
+    return libproc.run(_serve(args), loop=args.loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

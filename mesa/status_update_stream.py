@@ -1,0 +1,319 @@
+"""Reliable, ordered delivery of a task's status updates from an agent to the master.
+
+A status update must reach the framework even if the master restarts or the network drops
+messages, and a framework must never see a task go ``TASK_FINISHED`` and then ``TASK_RUNNING``.
+Mesos's answer, kept here, is one *stream* per task: the agent appends every update for the task,
+sends only the head, resends the head with exponential back-off until the master acknowledges its
+uuid, and only then sends the next. An update the executor sends twice (it retries too) is
+recognised by its uuid and not queued again; once a terminal update is in the stream nothing may
+follow it.
+
+The classes are plain objects, not actors: the agent owns them and gives them two functions, one
+to send an update and one to schedule a timer (its own ``delay``, so retries run in the agent's
+context and follow the libproc :class:`~libproc.Clock`, which lets tests drive them with a paused
+clock).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+from typing import Any
+
+from libproc import Timer
+from mesa.messages import StatusUpdate
+from mesa.task_state import is_terminal
+
+__all__ = [
+    "Ack",
+    "Accept",
+    "SendFn",
+    "StatusUpdateManager",
+    "StatusUpdateStream",
+]
+
+SendFn = Callable[[StatusUpdate, bool], None]
+"""``send(update, retry)``: put one update on the wire (``retry`` is True for a resend)."""
+
+ScheduleFn = Callable[..., Timer]
+"""``schedule(seconds, fn, *args) -> Timer``: normally the owning actor's ``delay``."""
+
+
+class Accept(StrEnum):
+    """What became of an update handed to a stream."""
+
+    ACCEPTED = "accepted"  # queued (and sent if it is the head)
+    DUPLICATE = "duplicate"  # same uuid seen before: already queued or delivered
+    REJECTED = "rejected"  # the stream already holds a terminal update, or no uuid
+
+
+class Ack(StrEnum):
+    """What became of an acknowledgement."""
+
+    OK = "ok"  # acknowledged the head; the next update (if any) went out
+    UNKNOWN = "unknown"  # no stream for that task
+    MISMATCH = "mismatch"  # not the uuid of the update in flight (stale or forged)
+
+
+class StatusUpdateStream:
+    """The status updates of one task, in order, with only the head in flight.
+
+    ``backoff`` is the first retry interval; it doubles on every resend of the same head up to
+    ``backoff_max``, and starts again at ``backoff`` for the next update. While paused (the agent
+    is not connected to a master) nothing is sent; :meth:`resume` sends the head at once.
+    """
+
+    def __init__(
+        self,
+        framework_id: str,
+        task_id: str,
+        *,
+        send: SendFn,
+        schedule: ScheduleFn,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        paused: bool = False,
+    ) -> None:
+        if backoff <= 0 or backoff_max < backoff:
+            raise ValueError("need 0 < backoff <= backoff_max")
+        self.framework_id = framework_id
+        self.task_id = task_id
+        self._send = send
+        self._schedule = schedule
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._interval = backoff
+        self._pending: deque[StatusUpdate] = deque()
+        self._seen: set[bytes] = set()
+        self._timer: Timer | None = None
+        self._paused = paused
+        self._closed = False
+        self._head_sent = False  # the current head has been put on the wire at least once
+        self.terminated = False  # a terminal update has been accepted
+        self.sent = 0
+        self.retried = 0
+        self.acked = 0
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def pending(self) -> list[StatusUpdate]:
+        """Updates not yet acknowledged, head first."""
+        return list(self._pending)
+
+    @property
+    def head(self) -> StatusUpdate | None:
+        return self._pending[0] if self._pending else None
+
+    @property
+    def done(self) -> bool:
+        """The terminal update has been acknowledged: the stream can be forgotten."""
+        return self.terminated and not self._pending
+
+    @property
+    def in_flight(self) -> bool:
+        """The head has been sent and a retry is scheduled."""
+        return self._timer is not None and self._timer.pending
+
+    # ------------------------------------------------------------------ operations
+
+    def update(self, update: StatusUpdate) -> Accept:
+        """Append ``update``; send it at once if it is the head and the stream is not paused."""
+        uuid = update.status.uuid
+        if not isinstance(uuid, bytes) or not uuid:
+            return Accept.REJECTED
+        if uuid in self._seen:
+            return Accept.DUPLICATE
+        if self.terminated or self._closed:
+            return Accept.REJECTED
+        self._seen.add(uuid)
+        self._pending.append(update)
+        if is_terminal(update.status.state):
+            self.terminated = True
+        if len(self._pending) == 1:
+            self._send_head()
+        return Accept.ACCEPTED
+
+    def acknowledge(self, uuid: bytes) -> Ack:
+        """The master has the head: drop it and send the next one."""
+        head = self.head
+        if head is None or head.status.uuid != uuid:
+            return Ack.MISMATCH
+        self._pending.popleft()
+        self._head_sent = False
+        self.acked += 1
+        self._cancel_timer()
+        self._interval = self._backoff
+        if self._pending:
+            self._send_head()
+        return Ack.OK
+
+    def pause(self) -> None:
+        """Stop sending (the master is gone); what is pending stays pending."""
+        self._paused = True
+        self._cancel_timer()
+
+    def resume(self) -> None:
+        """Send the head now (to the new or returning master) and retry from the first interval."""
+        self._paused = False
+        self._interval = self._backoff
+        if self._pending:
+            self._send_head()
+
+    def close(self) -> None:
+        """Forget everything (the framework is gone); no more sends or timers."""
+        self._closed = True
+        self._cancel_timer()
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _send_head(self) -> None:
+        self._cancel_timer()
+        if self._paused or self._closed or not self._pending:
+            return
+        head = self._pending[0]
+        retry = self._head_sent
+        self._head_sent = True
+        if retry:
+            self.retried += 1
+        else:
+            self.sent += 1
+        self._timer = self._schedule(self._interval, self._retry, head.status.uuid)
+        self._send(head, retry)
+
+    def _retry(self, uuid: bytes) -> None:
+        self._timer = None
+        head = self.head
+        if head is None or head.status.uuid != uuid or self._paused or self._closed:
+            return
+        self._interval = min(self._interval * 2, self._backoff_max)
+        self._send_head()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<StatusUpdateStream {self.framework_id}/{self.task_id} pending={len(self._pending)}"
+            f" terminated={self.terminated}>"
+        )
+
+
+class StatusUpdateManager:
+    """Every task's stream, keyed by ``(framework_id, task_id)``, paused and resumed together.
+
+    Streams are created on a task's first update and dropped when their terminal update is
+    acknowledged (or their framework is cleaned up), so memory follows the live tasks.
+    """
+
+    def __init__(
+        self,
+        *,
+        send: SendFn,
+        schedule: ScheduleFn,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        paused: bool = True,
+    ) -> None:
+        self._send = send
+        self._schedule = schedule
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._paused = paused
+        self._streams: dict[tuple[str, str], StatusUpdateStream] = {}
+        self.sent = 0
+        self.retried = 0
+        self.acked = 0
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def update(self, framework_id: str, update: StatusUpdate) -> Accept:
+        task_id = update.status.task_id
+        key = (framework_id, task_id)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = StatusUpdateStream(
+                framework_id,
+                task_id,
+                send=self._counting_send,
+                schedule=self._schedule,
+                backoff=self._backoff,
+                backoff_max=self._backoff_max,
+                paused=self._paused,
+            )
+            self._streams[key] = stream
+        return stream.update(update)
+
+    def acknowledge(self, framework_id: str, task_id: str, uuid: bytes) -> Ack:
+        stream = self._streams.get((framework_id, task_id))
+        if stream is None:
+            return Ack.UNKNOWN
+        result = stream.acknowledge(uuid)
+        if result is Ack.OK:
+            self.acked += 1
+            if stream.done:
+                del self._streams[(framework_id, task_id)]
+        return result
+
+    def stream(self, framework_id: str, task_id: str) -> StatusUpdateStream | None:
+        return self._streams.get((framework_id, task_id))
+
+    def streams(self) -> Iterator[StatusUpdateStream]:
+        return iter(list(self._streams.values()))
+
+    def has_pending(self, framework_id: str) -> bool:
+        return any(fid == framework_id for fid, _ in self._streams)
+
+    def pause(self) -> None:
+        self._paused = True
+        for stream in self._streams.values():
+            stream.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        for stream in self._streams.values():
+            stream.resume()
+
+    def cleanup(self, framework_id: str) -> int:
+        """Drop every stream of a framework that is gone; returns how many updates were dropped."""
+        dropped = 0
+        for key in [k for k in self._streams if k[0] == framework_id]:
+            stream = self._streams.pop(key)
+            dropped += len(stream.pending)
+            stream.close()
+        return dropped
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
+
+    def _counting_send(self, update: StatusUpdate, retry: bool) -> None:
+        if retry:
+            self.retried += 1
+        else:
+            self.sent += 1
+        self._send(update, retry)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __repr__(self) -> str:
+        return f"<StatusUpdateManager streams={len(self._streams)} paused={self._paused}>"
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Pending updates per task, for the agent's state endpoint."""
+        return [
+            {
+                "framework_id": s.framework_id,
+                "task_id": s.task_id,
+                "pending": [u.status.state for u in s.pending],
+            }
+            for s in self._streams.values()
+        ]

@@ -1,0 +1,86 @@
+"""Actors and helpers shared by the libproc tests.
+
+Tests wait for things by awaiting futures that actors resolve (never by sleeping), so the helpers
+here are actors that record what happens to them and let a test await "n messages arrived" or
+"exited fired".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import libproc
+from libproc import UPID, Process
+
+# Generous bound on awaits that should finish at once: a hang fails with a clear message instead
+# of running into pytest's own timeout. Never an assertion about speed.
+PATIENCE = 30.0
+
+
+class Recorder(Process):
+    """Records every message it gets (through ``unhandled``, so any name is accepted)."""
+
+    def __init__(self, id: str | None = None) -> None:
+        super().__init__(id)
+        self.got: list[tuple[UPID, str, Any]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def unhandled(self, sender: UPID, name: str, body: Any) -> None:
+        self.got.append((sender, name, body))
+        for n, fut in self._waiters:
+            if len(self.got) >= n and not fut.done():
+                fut.set_result(None)
+
+    def bodies(self, name: str | None = None) -> list[Any]:
+        return [b for _, n, b in self.got if name is None or n == name]
+
+    async def wait_count(self, n: int, timeout: float = PATIENCE) -> None:
+        """Wait until at least ``n`` messages have arrived."""
+        if len(self.got) >= n:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.pid} got {len(self.got)} of {n} messages") from None
+
+
+class Linker(Process):
+    """Links on request and records every ``exited`` it is told of."""
+
+    def __init__(self, id: str | None = None) -> None:
+        super().__init__(id)
+        self.exits: list[UPID] = []
+        self._changed = asyncio.Event()
+
+    def exited(self, pid: UPID) -> None:
+        self.exits.append(pid)
+        self._changed.set()
+
+    async def wait_exited(self, n: int = 1, timeout: float = PATIENCE) -> None:
+        """Wait until ``exited`` has fired at least ``n`` times."""
+
+        async def until() -> None:
+            while len(self.exits) < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.pid} saw exited {self.exits}, wanted {n}") from None
+
+
+async def link(linker: Process, target: UPID | str) -> None:
+    """Link from inside the linker's own context, the way an actor would."""
+    await libproc.dispatch(linker.pid, "link", target)
+
+
+async def within(awaitable: Any, what: str, timeout: float = PATIENCE) -> Any:
+    """Await with a generous bound so a hang fails with a message naming what never happened."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
