@@ -62,12 +62,12 @@ _NAME_ORDER = {"cpus": 0, "mem": 1, "disk": 2, "gpus": 3, "ports": 4}
 # through would make `scalar("cpus")` silently wrong in the allocator.
 _KNOWN_TYPES = {"cpus": SCALAR, "mem": SCALAR, "disk": SCALAR, "gpus": SCALAR, "ports": RANGES}
 
-_RESERVED_CHARS = "():;[]{},"
 _NAME_RE = re.compile(r"[^\s():;\[\]{},]+")
 _ROLE_BAD_RE = re.compile(r"[\s():;\[\]{},*]")
 _LHS_RE = re.compile(r"\s*([^\s():;\[\]{},]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*")
 _SCALAR_RE = re.compile(r"\+?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INT_RE = re.compile(r"\d+")
+_SET_BAD_RE = re.compile(r"[,{};]")
 
 
 class ResourceError(ValueError):
@@ -291,13 +291,10 @@ def _check_range(begin: int, end: int, token: str) -> Range:
 
 
 def _check_set_item(item: object, token: str) -> str:
-    if not isinstance(item, str) or not item or item != item.strip() or _bad_item(item):
+    # Items must survive the text form, so none of its delimiters may appear inside one.
+    if not isinstance(item, str) or not item or item != item.strip() or _SET_BAD_RE.search(item):
         raise ResourceError(f"invalid set item {item!r} in {token!r}", token)
     return item
-
-
-def _bad_item(item: str) -> bool:
-    return any(c in item for c in ",{};")
 
 
 # --------------------------------------------------------------------------------------------
