@@ -24,6 +24,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.libproc_bench --json bench-libproc.json
+	$(PY) -m bench.allocator_bench --json bench-allocator.json
+
+# A whole local cluster (a master, two agents) running a framework with real tasks, then stopped.
+demo: $(STAMP)
+	$(PY) -m mesa.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -239,22 +239,29 @@ class Master(Process):
             http_port=self.flags.http_port,
         )
 
-    def _invalid(self, what: str, sender: UPID, detail: str) -> None:
-        """Count and log a message we cannot act on; tell a framework sender why."""
+    def _invalid(self, what: str, sender: UPID, detail: str, fatal: bool = False) -> None:
+        """Count and log a message we cannot act on.
+
+        ``fatal``: the sender believes in a framework we do not know (or may not speak for), so
+        it gets a FrameworkError, which makes a driver abort. A registered framework's bad call
+        is only counted and logged — as in Mesos, one bad call must not kill a framework.
+        """
         self.metrics.inc("master/invalid_messages")
         self.metrics.inc(f"master/invalid_messages/{what}")
         self.log.warning("invalid_message", kind=what, sender=str(sender), detail=detail)
-        if sender in self.framework_by_pid:
+        if fatal:
             self.send(sender, FrameworkError.NAME, FrameworkError(f"{what}: {detail}"))
 
     def _framework_of(self, sender: UPID, framework_id: Any, what: str) -> _Framework | None:
         """The framework a scheduler call is about, if the sender may speak for it."""
         framework = self.frameworks.get(framework_id) if isinstance(framework_id, str) else None
         if framework is None:
-            self._invalid(what, sender, f"unknown framework {framework_id!r}")
+            self._invalid(what, sender, f"Framework {framework_id!r} is not registered", fatal=True)
             return None
         if framework.pid != sender:
-            self._invalid(what, sender, f"{sender} does not speak for framework {framework_id}")
+            self._invalid(
+                what, sender, f"{sender} does not speak for framework {framework_id}", fatal=True
+            )
             return None
         return framework
 
