@@ -18,26 +18,41 @@ from typing import Any
 
 __all__ = ["Clock", "Timer"]
 
+_NS = 1_000_000_000
+
+
+def _to_ns(seconds: float) -> int:
+    return round(seconds * _NS)
+
 
 class Timer:
     """A cancellable timer handle returned by ``Process.delay``."""
 
-    __slots__ = ("_args", "_callback", "_seq", "cancelled", "fired", "when")
+    __slots__ = ("_args", "_callback", "_epoch", "_seq", "_when_ns", "cancelled", "fired")
 
-    def __init__(self, when: float, seq: int, callback: Callable[..., Any], args: tuple) -> None:
-        self.when = when
+    def __init__(
+        self, when_ns: int, seq: int, callback: Callable[..., Any], args: tuple, epoch: int = 0
+    ) -> None:
+        self._when_ns = when_ns
         self._seq = seq
         self._callback = callback
         self._args = args
+        self._epoch = epoch
         self.cancelled = False
         self.fired = False
+
+    @property
+    def when(self) -> float:
+        """Clock time (seconds) at which the timer falls due."""
+        return self._when_ns / _NS
 
     def cancel(self) -> bool:
         """Stop the timer; returns False when it already fired or was cancelled."""
         if self.cancelled or self.fired:
             return False
         self.cancelled = True
-        _Clock._cancelled += 1
+        if self._epoch == _Clock._epoch:  # still in the heap (not dropped by Clock.reset)
+            _Clock._cancelled += 1
         return True
 
     @property
@@ -45,7 +60,7 @@ class Timer:
         return not (self.cancelled or self.fired)
 
     def __lt__(self, other: Timer) -> bool:
-        return (self.when, self._seq) < (other.when, other._seq)
+        return (self._when_ns, self._seq) < (other._when_ns, other._seq)
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled else "fired" if self.fired else "pending"
@@ -53,44 +68,55 @@ class Timer:
 
 
 class _Clock:
-    """The process-wide clock; use through the :data:`Clock` singleton's class methods."""
+    """The process-wide clock; use through the :data:`Clock` singleton's class methods.
 
-    _paused_at: float | None = None
-    _offset: float = 0.0  # virtual time = loop time + offset, kept continuous across pauses
+    Time is kept in integer nanoseconds. With floats, ``advance(0.1)`` three hundred times does
+    not reach a timer set 30 s ahead (``t + 0.1 + 0.1 ...`` rounds differently from ``t + 30``
+    once ``t`` is large, as the loop's monotonic clock is on a machine up for days), so a test
+    would see its timeout one step late, or not at all, depending on the machine's uptime.
+    """
+
+    _paused_ns: int | None = None
+    _offset_ns: int = 0  # virtual time = loop time + offset, kept continuous across pauses
     _heap: list[Timer] = []
     _seq = itertools.count()
     _handle: asyncio.TimerHandle | None = None
-    _handle_when: float | None = None
+    _handle_when: int | None = None
     _cancelled = 0
+    _epoch = 0  # bumped by reset(), so stale timers do not skew the cancelled count
 
     @classmethod
     def _loop(cls) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
     @classmethod
+    def _now_ns(cls) -> int:
+        if cls._paused_ns is not None:
+            return cls._paused_ns
+        return _to_ns(cls._loop().time()) + cls._offset_ns
+
+    @classmethod
     def now(cls) -> float:
         """Seconds on the (possibly paused) clock; monotonic, arbitrary origin."""
-        if cls._paused_at is not None:
-            return cls._paused_at
-        return cls._loop().time() + cls._offset
+        return cls._now_ns() / _NS
 
     @classmethod
     def paused(cls) -> bool:
-        return cls._paused_at is not None
+        return cls._paused_ns is not None
 
     @classmethod
     def pause(cls) -> None:
         """Freeze time. Timers stay scheduled and fire only through :meth:`advance`."""
-        if cls._paused_at is None:
-            cls._paused_at = cls.now()
+        if cls._paused_ns is None:
+            cls._paused_ns = cls._now_ns()
             cls._unarm()
 
     @classmethod
     def resume(cls) -> None:
         """Let time flow again from where it was paused (it never jumps backwards)."""
-        if cls._paused_at is not None:
-            cls._offset = cls._paused_at - cls._loop().time()
-            cls._paused_at = None
+        if cls._paused_ns is not None:
+            cls._offset_ns = cls._paused_ns - _to_ns(cls._loop().time())
+            cls._paused_ns = None
             cls._rearm()
 
     @classmethod
@@ -100,30 +126,32 @@ class _Clock:
         A timer callback only enqueues work for its actor; await :func:`libproc.settle` afterwards
         to let the actors process it.
         """
-        if cls._paused_at is None:
+        if cls._paused_ns is None:
             raise RuntimeError("Clock.advance() needs Clock.pause() first")
         if seconds < 0:
             raise ValueError("time only moves forward")
-        target = cls._paused_at + seconds
-        while cls._heap and cls._heap[0].when <= target:
+        target = cls._paused_ns + _to_ns(seconds)
+        while cls._heap and cls._heap[0]._when_ns <= target:
             timer = heapq.heappop(cls._heap)
             if timer.cancelled:
                 cls._cancelled -= 1
                 continue
-            cls._paused_at = max(cls._paused_at, timer.when)
+            cls._paused_ns = max(cls._paused_ns, timer._when_ns)
             cls._fire(timer)
-        cls._paused_at = target
+        cls._paused_ns = target
 
     @classmethod
     def schedule(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call ``callback(*args)`` after ``seconds`` of clock time (on the loop, not an actor)."""
-        timer = Timer(cls.now() + max(0.0, seconds), next(cls._seq), callback, args)
+        timer = Timer(
+            cls._now_ns() + max(0, _to_ns(seconds)), next(cls._seq), callback, args, cls._epoch
+        )
         heapq.heappush(cls._heap, timer)
-        if cls._paused_at is not None:
-            if timer.when <= cls._paused_at:
+        if cls._paused_ns is not None:
+            if timer._when_ns <= cls._paused_ns:
                 # Due now on a frozen clock: run on the next loop turn, like call_soon.
                 cls._loop().call_soon(cls._fire_due)
-        elif cls._handle_when is None or timer.when < cls._handle_when:
+        elif cls._handle_when is None or timer._when_ns < cls._handle_when:
             cls._rearm()
         if cls._cancelled > 1024 and cls._cancelled > len(cls._heap) // 2:
             cls._compact()
@@ -135,8 +163,9 @@ class _Clock:
         cls._unarm()
         cls._heap = []
         cls._cancelled = 0
-        cls._paused_at = None
-        cls._offset = 0.0
+        cls._epoch += 1
+        cls._paused_ns = None
+        cls._offset_ns = 0
 
     @classmethod
     def pending_timers(cls) -> int:
@@ -153,14 +182,14 @@ class _Clock:
         cls._handle_when = None
         # asyncio may run a timer handle up to its clock resolution early; honour that slack
         # instead of re-arming for a few microseconds.
-        now = cls.now() if cls._paused_at is not None else cls.now() + 1e-3
-        while cls._heap and cls._heap[0].when <= now:
+        now = cls._paused_ns if cls._paused_ns is not None else cls._now_ns() + 1_000_000
+        while cls._heap and cls._heap[0]._when_ns <= now:
             timer = heapq.heappop(cls._heap)
             if timer.cancelled:
                 cls._cancelled -= 1
                 continue
             cls._fire(timer)
-        if cls._paused_at is None:
+        if cls._paused_ns is None:
             cls._rearm()
 
     @classmethod
@@ -178,12 +207,12 @@ class _Clock:
         if not cls._heap:
             cls._unarm()
             return
-        when = cls._heap[0].when
+        when = cls._heap[0]._when_ns
         if cls._handle_when is not None and cls._handle_when <= when:
             return
         cls._unarm()
         loop = cls._loop()
-        cls._handle = loop.call_at(when - cls._offset, cls._fire_due)
+        cls._handle = loop.call_at((when - cls._offset_ns) / _NS, cls._fire_due)
         cls._handle_when = when
 
     @classmethod

@@ -41,7 +41,7 @@ async def start_http(runtime: Runtime, host: str, port: int) -> tuple[web.AppRun
 
     async def actor_route(request: web.Request) -> web.StreamResponse:
         actor_id = request.match_info["actor"]
-        path = request.match_info["path"].strip("/")
+        path = request.match_info.get("path", "").strip("/")
         proc = runtime._actors.get(actor_id)
         if proc is None:
             return _json({"error": f"no actor {actor_id!r}"}, status=404)
@@ -66,6 +66,7 @@ async def start_http(runtime: Runtime, host: str, port: int) -> tuple[web.AppRun
     app.router.add_get("/metrics/snapshot", metrics)
     app.router.add_get("/__processes__", processes)
     app.router.add_route("*", "/{actor}/{path:.*}", actor_route)
+    app.router.add_route("*", "/{actor}", actor_route)  # so /<unknown> is a JSON 404 too
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -5,8 +5,10 @@ validation, so an actor cannot tell the difference; only the wire is a ``call_so
 mesa run a whole cluster — a master, thousands of agents, frameworks — in one process under a
 paused :class:`~libproc.Clock`, with failures that replay exactly:
 
-* ``network.stop_host(address)`` / a runtime's ``stop()`` is a crash: every peer that had talked
-  to it learns at once (as a TCP reset tells a ZeroMQ peer), and linkers get ``exited``.
+* ``await network.stop_host(host)`` is a crash (kill -9): the host's actors end without a word
+  leaving it, and every peer that had talked to it learns at once (as a TCP reset tells a ZeroMQ
+  peer), so their linkers get ``exited``. A runtime's own ``stop()`` is the graceful version:
+  its actors' linkers are told first.
 * ``network.partition(a, b)`` silently drops frames both ways; after ``heartbeat_timeout`` of
   clock time each side declares the other down, as ZMTP heartbeats would. ``heal`` lifts it.
 """
@@ -39,7 +41,14 @@ class MemoryNetwork:
 
     def _register(self, transport: MemoryTransport, host: str, port: int) -> str:
         if port == 0:
-            while f"{host}:{self._next_port}" in self._hosts:
+            # Skip addresses another runtime in this process has (say, on another network):
+            # runtimes are found by address, so a duplicate would shadow one of them.
+            from libproc.runtime import _runtimes
+
+            while (
+                f"{host}:{self._next_port}" in self._hosts
+                or f"{host}:{self._next_port}" in _runtimes
+            ):
                 self._next_port += 1
             port = self._next_port
             self._next_port += 1
@@ -84,6 +93,22 @@ class MemoryNetwork:
             timer = self._cut_timers.pop(cut, None)
             if timer is not None:
                 timer.cancel()
+
+    async def stop_host(self, host: object) -> None:
+        """Crash a simulated host (a runtime or its address), as ``kill -9`` would.
+
+        Its transport goes dead first, so nothing its actors say while they are torn down leaves
+        it; the peers that had talked to it learn it is gone at once. Returns once the host's
+        runtime has stopped.
+        """
+        transport = self._hosts.get(self._addr(host))
+        if transport is None:
+            return
+        await transport.stop()
+        runtime = transport._events
+        stop = getattr(runtime, "stop", None)
+        if stop is not None:
+            await stop()
 
     def heal_all(self) -> None:
         for cut in list(self._cuts):

@@ -32,7 +32,7 @@ Handler = Callable[[UPID, Any], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Mailbox event kinds.
-_MESSAGE, _DISPATCH, _TIMER, _EXITED, _TERMINATE = range(5)
+_MESSAGE, _DISPATCH, _TIMER, _EXITED, _TERMINATE, _INIT = range(6)
 
 # States.
 _NEW, _RUNNING, _TERMINATING, _TERMINATED = range(4)
@@ -103,6 +103,9 @@ class Process:
         self._linkers: set[UPID] = set()
         self._done: asyncio.Future[None] | None = None
         self._overfull = False
+        # Local senders waiting (after Backpressure) for the mailbox to drain to a mark.
+        self._writable_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None  # the async handler running now, if any
         for name, attr in self._class_handlers.items():
             self._handlers[name] = getattr(self, attr)
         for path, attr in self._class_routes.items():
@@ -179,7 +182,7 @@ class Process:
         """Wait until ``to``'s host can take more messages (after a ``Backpressure``)."""
         if type(to) is not UPID:
             to = UPID.parse(to)  # type: ignore[arg-type]
-        await self.runtime.wait_writable(to.address)  # type: ignore[union-attr]
+        await self.runtime.wait_writable(to)  # type: ignore[arg-type]
 
     def link(self, pid: UPID | str) -> UPID:
         """Be told, once, through :meth:`exited` when ``pid`` ends or becomes unreachable."""
@@ -223,7 +226,12 @@ class Process:
     def _post_front(self, *event: Any) -> None:
         if self._state >= _TERMINATED:
             return
-        self._mailbox.appendleft(event)
+        mailbox = self._mailbox
+        if mailbox and mailbox[0][0] == _INIT:
+            # Jump the queue, but never ahead of initialize(): finalize() may rely on it.
+            mailbox.insert(1, event)
+        else:
+            mailbox.appendleft(event)
         if not self._busy:
             self._busy = True
             self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
@@ -253,22 +261,53 @@ class Process:
                 self._failed(event, exc)
                 result = None
             if result is not None:
-                # An async handler: hold the mailbox until it completes.
-                self._runtime._loop.create_task(self._finish_async(result, event))  # type: ignore[union-attr]
+                # An async handler: hold the mailbox until it completes. Keep a reference to
+                # the task: the loop holds tasks only weakly, and one awaiting a future nobody
+                # else references could be garbage-collected mid-handler.
+                if self._overfull or self._writable_waiters:
+                    self._check_marks()
+                self._task = self._runtime._loop.create_task(  # type: ignore[union-attr]
+                    self._finish_async(result, event)
+                )
                 return
             if self._state >= _TERMINATED:
                 return
-        if self._overfull and len(mailbox) < self._runtime._mailbox_lwm:  # type: ignore[union-attr]
-            self._overfull = False
-            self._runtime._mailbox_drained(self)  # type: ignore[union-attr]
+        if self._overfull or self._writable_waiters:
+            self._check_marks()
         if mailbox:
             self._runtime._loop.call_soon(self._drain)  # type: ignore[union-attr]
         else:
             self._busy = False
 
+    def _check_marks(self) -> None:
+        """The mailbox shrank: resume network reads below the low-water mark, and wake local
+        senders waiting for room."""
+        size = len(self._mailbox)
+        runtime = self._runtime
+        if self._overfull and size < runtime._mailbox_lwm:  # type: ignore[union-attr]
+            self._overfull = False
+            runtime._mailbox_drained(self)  # type: ignore[union-attr]
+        if self._writable_waiters:
+            waiting = []
+            for mark, fut in self._writable_waiters:
+                if size <= mark or self._state >= _TERMINATED:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    waiting.append((mark, fut))
+            self._writable_waiters = waiting
+
     async def _finish_async(self, awaitable: Awaitable[Any], event: tuple[Any, ...]) -> None:
         try:
             value = await awaitable
+        except asyncio.CancelledError as exc:
+            # The handler awaited something that was cancelled: a failure of that handler, not
+            # a reason to wedge the mailbox. Only a cancellation of this task itself (loop
+            # shutdown) propagates.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            self._failed(event, exc)
         except Exception as exc:
             self._failed(event, exc)
         else:
@@ -315,6 +354,8 @@ class Process:
             result = self.exited(pid)
         elif kind == _TERMINATE:
             return self._begin_terminate()
+        elif kind == _INIT:
+            result = self.initialize()
         else:  # pragma: no cover - internal invariant
             raise AssertionError(f"unknown event {event!r}")
         if result is not None and inspect.isawaitable(result):
@@ -324,6 +365,13 @@ class Process:
     async def _dispatch_async(self, awaitable: Awaitable[Any], future: asyncio.Future) -> None:
         try:
             value = await awaitable
+        except asyncio.CancelledError:
+            if not future.done():
+                future.cancel()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -348,6 +396,11 @@ class Process:
     async def _finalize_async(self, awaitable: Awaitable[Any]) -> None:
         try:
             await awaitable
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            self._failed((_TERMINATE,), exc, during_finalize=True)
         except Exception as exc:
             self._failed((_TERMINATE,), exc, during_finalize=True)
 
@@ -356,7 +409,7 @@ class Process:
     ) -> None:
         runtime = self._runtime
         runtime.metrics.inc("libproc/handler_errors")  # type: ignore[union-attr]
-        what = event[2] if event[0] == _MESSAGE else ("finalize" if during_finalize else event[0])
+        what = _describe(event, during_finalize)
         self.log.error(
             "handler_error",
             actor=str(self._pid),
@@ -369,6 +422,21 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._pid or 'unspawned'}>"
+
+
+def _describe(event: tuple[Any, ...], during_finalize: bool) -> str:
+    """What an event was, for a log line: the message name, the hook, or the function."""
+    kind = event[0]
+    if during_finalize or kind == _TERMINATE:
+        return "finalize"
+    if kind == _MESSAGE:
+        return str(event[2])
+    if kind == _INIT:
+        return "initialize"
+    if kind == _EXITED:
+        return "exited"
+    fn = event[1]
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _is_plain_body(body: Any) -> bool:

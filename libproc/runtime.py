@@ -27,11 +27,11 @@ from libproc.metrics import Metrics
 from libproc.process import (
     _DISPATCH,
     _EXITED,
+    _INIT,
     _RUNNING,
     _TERMINATE,
     _TERMINATED,
     _TERMINATING,
-    _TIMER,
     Process,
     _is_plain_body,
 )
@@ -107,7 +107,9 @@ class Runtime:
     * ``max_frame_size``: the largest frame accepted or sent (default 16 MiB).
     * ``pending_limit``: bytes queued per peer before ``send`` raises :class:`Backpressure`
       (default 64 MiB). With ZeroMQ's own ``send_hwm`` frames per peer on top, this bounds
-      the memory a fast sender can pin: the high-water mark.
+      the memory a fast sender can pin: the high-water mark. (An empty queue always takes one
+      message, so a message larger than the limit is still sent, alone; libproc's own link and
+      exit notices are never refused.)
     * ``mailbox_hwm``: when an actor's mailbox passes this many messages the runtime stops
       reading from the network (so remote senders feel back-pressure) until it drains below
       half; a local ``send`` to a mailbox at ``mailbox_limit`` raises :class:`Backpressure`.
@@ -148,6 +150,9 @@ class Runtime:
         self.transport = transport
         self.http_port = http_port
         self.max_frame_size = max_frame_size
+        # A batch must fit in one frame of the size this runtime (and, by default, its peers)
+        # accepts; otherwise a small max_frame_size would make every busy peer's frames oversize.
+        self._batch_bytes = max(1, min(_BATCH_BYTES, max_frame_size - 16))
         self.pending_limit = pending_limit
         self._mailbox_hwm = mailbox_hwm
         self._mailbox_lwm = mailbox_hwm // 2
@@ -184,6 +189,9 @@ class Runtime:
         m.gauge("libproc/actors_alive", lambda: len(self._actors))
         m.gauge("libproc/peers", lambda: len(self._peers))
         m.gauge("libproc/pending_bytes", lambda: sum(q.bytes for q in self._peers.values()))
+        # Headline counters exist from the start, so a dashboard finds them before they move.
+        m.set("libproc/handler_errors", 0)
+        m.gauge("libproc/messages_dropped", self._dropped_total)
         self.log = log
 
     # ------------------------------------------------------------------ lifecycle
@@ -191,8 +199,16 @@ class Runtime:
     async def start(self) -> Runtime:
         if self._started:
             return self
+        if self._stopping:
+            raise RuntimeError("a stopped runtime cannot be started again; make a new one")
         self._loop = asyncio.get_running_loop()
         self.address = await self.transport.start(self, self.host, self._requested_port)
+        other = _runtimes.get(self.address)
+        if other is not None and other is not self:
+            # Two in-memory networks may hand out the same address; the module-level functions
+            # find runtimes by address, so refuse rather than shadow the other runtime.
+            await self.transport.stop()
+            raise OSError(f"another runtime in this process already serves {self.address}")
         self.host, _, port = self.address.rpartition(":")
         self.port = int(port)
         self.anonymous = UPID("__anonymous__", self.host, self.port)
@@ -232,7 +248,8 @@ class Runtime:
             for fut in queue.waiters:
                 if not fut.done():
                     fut.set_exception(ConnectionError("runtime stopped"))
-        _runtimes.pop(self.address, None)
+        if _runtimes.get(self.address) is self:
+            del _runtimes[self.address]
         self._started = False
 
     async def __aenter__(self) -> Runtime:
@@ -247,6 +264,8 @@ class Runtime:
         """Start ``process`` here; ``initialize()`` runs as its first event."""
         if not self._started:
             raise RuntimeError("start the runtime before spawning into it")
+        if self._stopping:
+            raise RuntimeError(f"runtime {self.address} is stopping")
         if process._runtime is not None:
             raise RuntimeError(f"{process!r} was already spawned")
         ident = process._requested_id
@@ -262,7 +281,7 @@ class Runtime:
         process._done = self._loop.create_future()
         process.log = process.log.bind(actor=str(pid))
         self._actors[ident] = process
-        process._post(_TIMER, process.initialize, ())
+        process._post(_INIT)
         return pid
 
     def lookup(self, pid: UPID | str) -> Process | None:
@@ -315,6 +334,8 @@ class Runtime:
             if event[0] == _DISPATCH and not event[3].done():
                 event[3].set_exception(ProcessTerminated(f"{pid} terminated"))
         proc._mailbox.clear()
+        proc._check_marks()  # wakes local senders waiting for room: there is no one to wait for
+        proc._task = None
         for linker in proc._linkers:
             if linker.address == self.address:
                 other = self._actors.get(linker.id)
@@ -401,36 +422,40 @@ class Runtime:
         self._send(sender or self.anonymous, to, name, body)  # type: ignore[arg-type]
 
     def _send(self, sender: UPID, to: UPID, name: str, body: Any) -> None:
-        self.messages_sent += 1
+        # Counters move only once a send has succeeded: a send that raised queued nothing.
         if to.address == self.address:
             if not _is_plain_body(body):
                 raise EncodeError(
                     f"cannot send a {type(body).__name__}: bodies are msgpack types or @record"
                     " dataclasses"
                 )
-            if filters.active and filters.intercept(sender, to, name, body):
-                return
             proc = self._actors.get(to.id)
-            if proc is None:
-                self._note_bad("unknown_recipient", self.address, f"{name!r} for {to.id!r}")
-                return
-            if len(proc._mailbox) >= self.mailbox_limit:
+            if proc is not None and len(proc._mailbox) >= self.mailbox_limit:
+                self.metrics.inc("libproc/backpressure")
                 raise Backpressure(
                     f"mailbox of {to} holds {len(proc._mailbox)} messages (limit"
                     f" {self.mailbox_limit}); await wait_writable() and retry"
                 )
+            self.messages_sent += 1
+            self.messages_received += 1
+            if filters.active and filters.intercept(sender, to, name, body):
+                return
+            if proc is None:
+                self._note_bad("unknown_recipient", self.address, f"{name!r} for {to.id!r}")
+                return
             proc._deliver(sender, name, body)
             return
         if name.startswith(_SYSTEM_PREFIX):
             raise ValueError("message names starting with 'libproc/' are reserved")
         self._enqueue(to.address, encode_message(to.id, sender._str, name, body), name)
+        self.messages_sent += 1
 
     def _send_system(self, sender: UPID, to: UPID, name: str) -> None:
         if to.address == self.address:
             return
-        self._enqueue(to.address, encode_message(to.id, sender._str, name, None), name)
+        self._enqueue(to.address, encode_message(to.id, sender._str, name, None), name, system=True)
 
-    def _enqueue(self, address: str, packed: bytes, name: str) -> None:
+    def _enqueue(self, address: str, packed: bytes, name: str, system: bool = False) -> None:
         size = len(packed)
         if size > self.max_frame_size - 16:
             raise MessageTooLarge(
@@ -439,7 +464,10 @@ class Runtime:
         queue = self._peers.get(address)
         if queue is None:
             queue = self._peers[address] = _OutQueue(address)
-        if queue.bytes + size > self.pending_limit:
+        # System messages (link, exited, ...) bypass the limit: they are sent from places that
+        # must not fail (an actor's end, a frame being read), and they are tiny. An empty queue
+        # takes any message, so one larger than the limit can still go, alone.
+        if not system and queue.msgs and queue.bytes + size > self.pending_limit:
             self.metrics.inc("libproc/backpressure")
             raise Backpressure(
                 f"{queue.bytes} bytes already wait for {address} (limit {self.pending_limit});"
@@ -456,13 +484,14 @@ class Runtime:
         queue.scheduled = False
         msgs = queue.msgs
         send = self.transport.send
+        cap = self._batch_bytes
         while msgs:
-            if queue.bytes <= _BATCH_BYTES:
+            if queue.bytes <= cap:
                 n, size = len(msgs), queue.bytes
             else:
                 n = size = 0
                 for m in msgs:
-                    if n and size + len(m) > _BATCH_BYTES:
+                    if n and size + len(m) > cap:
                         break
                     size += len(m)
                     n += 1
@@ -484,18 +513,45 @@ class Runtime:
                     fut.set_result(None)
             queue.waiters.clear()
 
-    async def wait_writable(self, address: str) -> None:
-        """Wait until messages for ``address`` can be queued again."""
+    async def wait_writable(self, to: UPID | str) -> None:
+        """Wait until messages for ``to`` can be queued again (after a :class:`Backpressure`).
+
+        ``to`` is the actor sent to (a :class:`UPID` or its text) or a runtime's ``host:port``.
+        For a remote peer this waits until what is queued for it has gone to the transport; for
+        a local actor, until its mailbox has drained to half of ``mailbox_limit``. It returns at
+        once when there is nothing to wait for, and never while the send that raised would
+        still be refused for the same reason.
+        """
+        actor_id: str | None = None
+        if type(to) is UPID:
+            address, actor_id = to.address, to.id
+        elif "@" in to:  # type: ignore[operator]
+            pid = UPID.parse(to)
+            address, actor_id = pid.address, pid.id
+        else:
+            address = to  # type: ignore[assignment]
         if address == self.address:
-            while self._overfull:
-                await asyncio.sleep(0.001)
+            await self._wait_local(actor_id)
             return
         queue = self._peers.get(address)
-        if queue is None or queue.bytes <= self.pending_limit // 2:
+        if queue is None or not queue.msgs:
             return
         fut = self._loop.create_future()
         queue.waiters.append(fut)
         await fut
+
+    async def _wait_local(self, actor_id: str | None) -> None:
+        mark = self.mailbox_limit // 2
+        if actor_id is not None:
+            proc = self._actors.get(actor_id)
+            procs = [proc] if proc is not None else []
+        else:
+            procs = list(self._actors.values())
+        for proc in procs:
+            while proc._state < _TERMINATED and len(proc._mailbox) > mark:
+                fut = self._loop.create_future()
+                proc._writable_waiters.append((mark, fut))
+                await fut
 
     # ------------------------------------------------------------------ transport callbacks
 
@@ -545,6 +601,11 @@ class Runtime:
             to_id, sender_text, name, body = item
             if type(to_id) is not str or type(sender_text) is not str or type(name) is not str:
                 self._note_bad("bad_message", source, "recipient, sender and name must be strings")
+                continue
+            if not to_id or "@" in to_id or "/" in to_id:
+                # Checked here so that building the recipient's UPID (for filters and system
+                # messages) cannot raise halfway through a frame.
+                self._note_bad("bad_message", source, f"bad recipient id {to_id!r}")
                 continue
             sender = upids.get(sender_text)
             if sender is None:
@@ -596,6 +657,11 @@ class Runtime:
                 target._linkers.discard(sender)
         else:
             self._note_bad("unknown_message", sender.address, f"unknown system message {name!r}")
+
+    def _dropped_total(self) -> float:
+        """Every message dropped, whatever the reason (the sum of ``messages_dropped/*``)."""
+        prefix = "libproc/messages_dropped/"
+        return sum(v for k, v in self.metrics.counters.items() if k.startswith(prefix))
 
     def _note_bad(self, kind: str, source: str, detail: str) -> None:
         """Count a dropped message and log it without flooding: 1st, 10th, 100th, … per kind."""

@@ -84,16 +84,28 @@ def _default(obj: Any) -> Any:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
+    # Every way a record can be wrong is reported as "bad_record": its payload not decoding, not
+    # being [name, fields], an unknown or unhashable name, fields the class refuses.
     if code != _RECORD_EXT:
         raise DecodeError("bad_record", f"unknown ext type {code}")
-    name, fields = _unpackb(data)
+    try:
+        decoded = _unpackb(data)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError("bad_record", f"record payload: {type(e).__name__}: {e}") from None
+    if type(decoded) is not list or len(decoded) != 2 or type(decoded[0]) is not str:
+        raise DecodeError("bad_record", "a record is [name, fields]")
+    name, fields = decoded
     cls = _records_by_name.get(name)
     if cls is None:
         raise DecodeError("bad_record", f"unknown record {name!r}")
+    if type(fields) is not list:
+        raise DecodeError("bad_record", f"record {name!r}: fields must be an array")
     try:
         return cls(*fields)
-    except TypeError as e:
-        raise DecodeError("bad_record", f"record {name!r}: {e}") from None
+    except Exception as e:  # wrong arity, or the class's own __post_init__ checks
+        raise DecodeError("bad_record", f"record {name!r}: {type(e).__name__}: {e}") from None
 
 
 def _packb(obj: Any) -> bytes:

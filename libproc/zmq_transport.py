@@ -65,6 +65,7 @@ class ZmqTransport:
         self._address = ""
         self._reading = False
         self._stopped = False
+        self._frame_failures = 0
 
     def pending(self) -> int:
         return 0  # frames inside ZeroMQ are not visible
@@ -137,7 +138,16 @@ class ZmqTransport:
                 source = parts[0].decode("ascii")
             except UnicodeDecodeError:
                 source = parts[0].hex()
-            events._on_frame(source, parts[1])  # type: ignore[union-attr]
+            try:
+                events._on_frame(source, parts[1])  # type: ignore[union-attr]
+            except Exception as e:
+                # Nothing a frame holds may stop this loop: the fd is edge-triggered, so frames
+                # left unread after an escaping exception would never be read at all. The
+                # traceback is logged once; the runtime counts every occurrence.
+                if not self._frame_failures:
+                    log.error("frame_failed", peer=source, error=repr(e), exc_info=e)
+                self._frame_failures += 1
+                events._on_bad_frame("internal_error", source, repr(e))  # type: ignore[union-attr]
             if not self._reading:
                 return
         if router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -164,9 +174,15 @@ class ZmqTransport:
         peer = _Peer(address, dealer, monitor)
         self._peers[address] = peer
         self._loop.add_reader(monitor.FD, self._on_monitor, peer)  # type: ignore[union-attr]
+        # ZeroMQ's fd only signals a pipe going from empty to non-empty *after* a read found it
+        # empty; without this first read, the first monitor event (the peer dying) never wakes
+        # the loop and the disconnection goes unnoticed.
+        self._on_monitor(peer)
         return peer
 
     def send(self, address: str, frame: bytes) -> bool:
+        if self._stopped:
+            return True  # dropped: a stopped runtime opens no new connections
         peer = self._peer(address)
         if peer.blocked:
             return False

@@ -48,7 +48,9 @@ class Child:
 async def child_runtime() -> AsyncIterator[Callable[..., Awaitable[Child]]]:
     """Start ``lp_child.py`` in a new OS process; every child is killed and reaped afterwards."""
     started: list[asyncio.subprocess.Process] = []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
 
     async def start(actor_id: str = "echo") -> Child:
         proc = await asyncio.create_subprocess_exec(

@@ -8,6 +8,7 @@ here are actors that record what happens to them and let a test await "n message
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import libproc
@@ -24,31 +25,42 @@ class Recorder(Process):
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id)
         self.got: list[tuple[UPID, str, Any]] = []
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     def unhandled(self, sender: UPID, name: str, body: Any) -> None:
         self.got.append((sender, name, body))
-        for n, fut in self._waiters:
-            if len(self.got) >= n and not fut.done():
+        for done, fut in self._waiters:
+            if not fut.done() and done():
                 fut.set_result(None)
 
     def bodies(self, name: str | None = None) -> list[Any]:
         return [b for _, n, b in self.got if name is None or n == name]
 
-    async def wait_count(self, n: int, timeout: float = PATIENCE) -> None:
-        """Wait until at least ``n`` messages have arrived."""
-        if len(self.got) >= n:
+    async def wait_for(
+        self, done: Callable[[], bool], what: str, timeout: float = PATIENCE
+    ) -> None:
+        """Wait until ``done()`` holds, checked as each message arrives."""
+        if done():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((n, fut))
+        self._waiters.append((done, fut))
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise AssertionError(f"{self.pid} got {len(self.got)} of {n} messages") from None
+            raise AssertionError(f"{self.pid} never got {what}; got {self.got[-5:]}") from None
+
+    async def wait_count(self, n: int, timeout: float = PATIENCE) -> None:
+        """Wait until at least ``n`` messages have arrived."""
+        await self.wait_for(lambda: len(self.got) >= n, f"{n} messages", timeout)
+
+    async def wait_message(self, name: str, body: Any, timeout: float = PATIENCE) -> None:
+        """Wait until a message ``name`` with ``body`` has arrived."""
+        await self.wait_for(lambda: (name, body) in ((n, b) for _, n, b in self.got), name, timeout)
 
 
-class Linker(Process):
-    """Links on request and records every ``exited`` it is told of."""
+class Linker(Recorder):
+    """Links on request and records every ``exited`` it is told of (and, as a Recorder, every
+    message, so it can also play ping-pong)."""
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id)

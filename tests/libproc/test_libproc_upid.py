@@ -15,7 +15,12 @@ from libproc import UPID, UPIDError
 
 def test_parse_and_format() -> None:
     pid = UPID.parse("master@127.0.0.1:5050")
-    assert (pid.id, pid.host, pid.port, pid.address) == ("master", "127.0.0.1", 5050, "127.0.0.1:5050")
+    assert (pid.id, pid.host, pid.port, pid.address) == (
+        "master",
+        "127.0.0.1",
+        5050,
+        "127.0.0.1:5050",
+    )
     assert str(pid) == "master@127.0.0.1:5050"
     assert repr(pid) == "UPID('master@127.0.0.1:5050')"
     assert UPID.parse(pid) is pid  # already a UPID: passes through

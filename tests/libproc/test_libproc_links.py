@@ -1,0 +1,190 @@
+"""Links across runtimes: ``exited`` fires exactly once, whether the actor ends, never existed,
+or its whole host dies — including a real ``kill -9`` of another OS process — and a link to an
+address where nothing listens gives up after ``link_timeout`` of Clock time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+from typing import Any
+
+from lp_support import Linker, Recorder, link, within
+
+import libproc
+from libproc import UPID, Clock, Process, Runtime, handler, settle
+
+
+class Echo(Process):
+    @handler("ping")
+    def ping(self, sender: UPID, body: Any) -> None:
+        self.send(sender, "pong", body)
+
+
+_tags = itertools.count()
+
+
+async def round_trip(rec: Recorder, to: UPID) -> None:
+    """Ping ``to`` from ``rec`` and wait for the pong. Frames between two runtimes stay in
+    order, so once the pong is back, the link handshake sent before it has completed too."""
+    tag = next(_tags)
+    await libproc.dispatch(rec.pid, "send", to, "ping", tag)
+    await rec.wait_message("pong", tag)
+
+
+async def test_remote_exit_fires_once(rt: Runtime, rt2: Runtime) -> None:
+    linker = Linker()
+    rt.spawn(linker)
+    target = rt2.spawn(Echo())
+    await link(linker, target)
+    await round_trip(linker, target)  # linked and acknowledged
+    libproc.terminate(target)
+    await linker.wait_exited(1)
+    # The whole host going away afterwards must not report the same actor again.
+    noticed = asyncio.Event()
+    on_peer_down = rt._on_peer_down
+
+    def spy(address: str) -> None:
+        on_peer_down(address)
+        noticed.set()
+
+    rt._on_peer_down = spy  # type: ignore[method-assign]
+    await rt2.stop()
+    await within(noticed.wait(), "rt to notice that rt2 is gone")
+    await settle()
+    assert linker.exits == [target]
+
+
+async def test_acknowledged_link_does_not_time_out(rt: Runtime, rt2: Runtime) -> None:
+    Clock.pause()
+    linker = Linker()
+    rt.spawn(linker)
+    target = rt2.spawn(Echo())
+    await link(linker, target)
+    await round_trip(linker, target)
+    Clock.advance(rt.link_timeout * 10)
+    await settle()
+    assert linker.exits == []
+    assert rt.metrics.get("libproc/link_timeouts") == 0
+
+
+async def test_link_to_missing_actor_in_live_remote_runtime(rt: Runtime, rt2: Runtime) -> None:
+    Clock.pause()  # the answer must come from rt2, not from a link timeout
+    linker = Linker()
+    rt.spawn(linker)
+    ghost = UPID("ghost", rt2.host, rt2.port)
+    await link(linker, ghost)
+    await linker.wait_exited(1)
+    assert linker.exits == [ghost]
+    assert rt.metrics.get("libproc/link_timeouts") == 0
+
+
+async def test_link_to_missing_actor_in_same_runtime(rt: Runtime) -> None:
+    linker = Linker()
+    rt.spawn(linker)
+    ghost = UPID("ghost", rt.host, rt.port)
+    await link(linker, ghost)
+    await linker.wait_exited(1)
+    assert linker.exits == [ghost]
+
+
+def dead_address() -> tuple[str, int]:
+    """A loopback port where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()
+
+
+async def test_link_to_dead_address_times_out(rt: Runtime) -> None:
+    Clock.pause()
+    linker = Linker()
+    rt.spawn(linker)
+    host, port = dead_address()
+    nowhere = UPID("master", host, port)
+    await link(linker, nowhere)
+    Clock.advance(rt.link_timeout - 0.001)
+    await settle()
+    assert linker.exits == []
+    Clock.advance(0.001)
+    await linker.wait_exited(1)
+    assert linker.exits == [nowhere]
+    assert rt.metrics.get("libproc/link_timeouts") == 1
+
+
+async def test_link_timeout_is_configurable(rt: Runtime) -> None:
+    Clock.pause()
+    runtime = await Runtime(link_timeout=30).start()
+    linker = Linker()
+    runtime.spawn(linker)
+    host, port = dead_address()
+    await link(linker, UPID("x", host, port))
+    Clock.advance(29.999)
+    await settle()
+    assert linker.exits == []
+    Clock.advance(0.001)
+    await linker.wait_exited(1)
+
+
+async def test_unlinked_remote_exit_is_not_reported(rt: Runtime, rt2: Runtime) -> None:
+    linker = Linker()
+    rt.spawn(linker)
+    target = rt2.spawn(Echo())
+    await link(linker, target)
+    await round_trip(linker, target)
+    await libproc.dispatch(linker.pid, "unlink", target)
+    await round_trip(linker, target)  # the unlink has reached rt2
+    libproc.terminate(target)
+    await libproc.wait(target)
+    sentinel = rt2.spawn(Echo())
+    await round_trip(linker, sentinel)  # anything rt2 sent after the exit has arrived
+    assert linker.exits == []
+
+
+async def test_kill_9_of_another_os_process_fires_exited(rt: Runtime, child_runtime: Any) -> None:
+    """The remote host is a separate OS process, killed with SIGKILL by its pid: it says
+    nothing, and the linker still hears of it (from the transport), exactly once."""
+    child = await child_runtime("echo")
+    linker = Linker()
+    rt.spawn(linker)
+    await link(linker, child.pid)
+    await round_trip(linker, child.pid)  # connected both ways, link acknowledged
+    other = child.pid.with_id("other")
+    await link(linker, other)  # links to a missing actor are answered too...
+    await linker.wait_exited(1)
+    assert linker.exits == [other]
+    child.kill()
+    await within(linker.wait_exited(2), "exited after kill -9 of the remote process")
+    await within(child.process.wait(), "the child to be reaped")
+    await settle()
+    assert linker.exits == [other, child.pid]
+    assert rt.metrics.get("libproc/peers_lost") >= 1
+
+
+async def test_every_linker_hears_of_a_killed_host(rt: Runtime, child_runtime: Any) -> None:
+    child = await child_runtime("echo")
+    linkers = [Linker() for _ in range(3)]
+    for linker in linkers:
+        rt.spawn(linker)
+        await link(linker, child.pid)
+        await round_trip(linker, child.pid)
+    child.kill()
+    for linker in linkers:
+        await within(linker.wait_exited(1), f"{linker.pid} to hear of the kill")
+    await settle()
+    assert [linker.exits for linker in linkers] == [[child.pid]] * 3
+
+
+async def test_hung_host_is_detected_by_heartbeats(child_runtime: Any) -> None:
+    """A host that stops answering (SIGSTOP: its sockets stay open, nothing resets them) is
+    declared down by ZeroMQ heartbeats after ``heartbeat_timeout``."""
+    runtime = await Runtime(heartbeat_interval=0.2, heartbeat_timeout=1.0).start()
+    child = await child_runtime("echo")
+    linker = Linker()
+    runtime.spawn(linker)
+    await link(linker, child.pid)
+    await round_trip(linker, child.pid)
+    os.kill(child.process.pid, signal.SIGSTOP)
+    await within(linker.wait_exited(1), "exited for a hung host")
+    assert linker.exits == [child.pid]

@@ -1,0 +1,261 @@
+"""Process: the life of one actor — hooks, handlers, sending, links, one handler at a time.
+
+These drive actors the way a user writes them (subclass, ``@handler``/``install``, ``spawn``) and
+observe only what a user can: what handlers saw, in what order, and what ``wait``/``dispatch``
+return."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from lp_support import Linker, Recorder, link, within
+
+import libproc
+from libproc import UPID, Process, Runtime, handler, settle
+
+
+class Journal(Process):
+    """Writes every hook and handler call into ``log``, so tests can check their order."""
+
+    def __init__(self, id: str | None = None, async_hooks: bool = False) -> None:
+        super().__init__(id)
+        self.async_hooks = async_hooks
+        self.journal: list[str] = []
+        self.release = asyncio.Event()
+
+    def initialize(self) -> Any:
+        if not self.async_hooks:
+            self.journal.append("initialize")
+            return None
+
+        async def later() -> None:
+            self.journal.append("initialize:start")
+            await self.release.wait()
+            self.journal.append("initialize:end")
+
+        return later()
+
+    def finalize(self) -> Any:
+        if not self.async_hooks:
+            self.journal.append("finalize")
+            return None
+
+        async def later() -> None:
+            self.journal.append("finalize:start")
+            await asyncio.sleep(0)
+            self.journal.append("finalize:end")
+
+        return later()
+
+    @handler("note")
+    def note(self, sender: UPID, body: Any) -> None:
+        self.journal.append(f"note:{body}")
+
+
+async def test_sync_hooks_bracket_every_message(rt: Runtime) -> None:
+    actor = Journal()
+    pid = rt.spawn(actor)
+    rt.send(pid, "note", 1)
+    rt.send(pid, "note", 2)
+    await settle()
+    libproc.terminate(pid)
+    await libproc.wait(pid)
+    assert actor.journal == ["initialize", "note:1", "note:2", "finalize"]
+
+
+async def test_async_initialize_holds_messages_until_done(rt: Runtime) -> None:
+    actor = Journal(async_hooks=True)
+    pid = rt.spawn(actor)
+    rt.send(pid, "note", 1)
+    probe = Recorder()
+    probe_pid = rt.spawn(probe)
+    rt.send(probe_pid, "tick")
+    await probe.wait_count(1)  # the loop has turned: the note could have been handled by now
+    assert actor.journal == ["initialize:start"]
+    actor.release.set()
+    await within(libproc.dispatch(pid, "send", probe_pid, "tock"), "the held messages")
+    libproc.terminate(pid)
+    await libproc.wait(pid)  # returns only once the async finalize has finished
+    assert actor.journal == [
+        "initialize:start",
+        "initialize:end",
+        "note:1",
+        "finalize:start",
+        "finalize:end",
+    ]
+
+
+async def test_initialize_runs_before_finalize_even_on_immediate_terminate(rt: Runtime) -> None:
+    """``terminate`` jumps the queue, but never ahead of ``initialize``: a finalize that closes
+    what initialize opened must find it opened."""
+    actor = Journal()
+    pid = rt.spawn(actor)
+    libproc.terminate(pid)
+    await libproc.wait(pid)
+    assert actor.journal == ["initialize", "finalize"]
+
+
+async def test_handler_decorator_install_and_inheritance(rt: Runtime) -> None:
+    class Base(Process):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[str, Any]] = []
+
+        @handler("a")
+        def on_a(self, sender: UPID, body: Any) -> None:
+            self.seen.append(("base-a", body))
+
+        @handler("b")
+        def on_b(self, sender: UPID, body: Any) -> None:
+            self.seen.append(("base-b", body))
+
+    class Derived(Base):
+        @handler("b")
+        def on_b2(self, sender: UPID, body: Any) -> None:
+            self.seen.append(("derived-b", body))
+
+        def initialize(self) -> None:
+            self.install("c", lambda sender, body: self.seen.append(("installed-c", body)))
+
+    actor = Derived()
+    pid = rt.spawn(actor)
+    for name in "abc":
+        rt.send(pid, name, name.upper())
+    await settle()
+    assert actor.seen == [("base-a", "A"), ("derived-b", "B"), ("installed-c", "C")]
+
+
+async def test_reserved_names_cannot_be_installed(rt: Runtime) -> None:
+    actor = Process()
+    rt.spawn(actor)
+    with pytest.raises(ValueError, match="reserved"):
+        actor.install("libproc/exited", lambda s, b: None)
+
+
+async def test_send_between_actors_and_sender_is_known(rt: Runtime) -> None:
+    class Pinger(Process):
+        def __init__(self, target: UPID) -> None:
+            super().__init__("pinger")
+            self.target = target
+
+        def initialize(self) -> None:
+            self.send(self.target, "ping", {"n": 1})
+            self.send(str(self.target), "ping", {"n": 2})  # a string address works too
+
+    rec = Recorder("rec")
+    rec_pid = rt.spawn(rec)
+    pinger_pid = rt.spawn(Pinger(rec_pid))
+    await rec.wait_count(2)
+    assert [(s, n, b) for s, n, b in rec.got] == [
+        (pinger_pid, "ping", {"n": 1}),
+        (pinger_pid, "ping", {"n": 2}),
+    ]
+
+
+async def test_unspawned_actor_cannot_act() -> None:
+    actor = Process()
+    with pytest.raises(RuntimeError, match="spawned"):
+        actor.send("a@127.0.0.1:1", "x")
+    with pytest.raises(RuntimeError, match="spawned"):
+        _ = actor.pid
+    assert "unspawned" in repr(actor)
+
+
+async def test_local_link_reports_exit_once(rt: Runtime) -> None:
+    linker = Linker()
+    rt.spawn(linker)
+    target = Recorder()
+    target_pid = rt.spawn(target)
+    await link(linker, target_pid)
+    await link(linker, target_pid)  # linking twice is still one link
+    libproc.terminate(target_pid)
+    await linker.wait_exited(1)
+    await settle()
+    assert linker.exits == [target_pid]
+
+
+async def test_unlink_cancels_the_notice(rt: Runtime) -> None:
+    linker = Linker()
+    rt.spawn(linker)
+    target_pid = rt.spawn(Recorder())
+    await link(linker, target_pid)
+    await libproc.dispatch(linker.pid, "unlink", target_pid)
+    libproc.terminate(target_pid)
+    await libproc.wait(target_pid)
+    await settle()
+    assert linker.exits == []
+
+
+async def test_async_handler_holds_the_mailbox(rt: Runtime) -> None:
+    """An async handler that awaits does not let the next message (or dispatch) in."""
+
+    class Slow(Process):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[str] = []
+            self.started = asyncio.Event()
+            self.release = asyncio.Event()
+
+        @handler("slow")
+        async def slow(self, sender: UPID, body: Any) -> None:
+            self.events.append("slow:start")
+            self.started.set()
+            await self.release.wait()
+            await asyncio.sleep(0)
+            self.events.append("slow:end")
+
+        @handler("fast")
+        def fast(self, sender: UPID, body: Any) -> None:
+            self.events.append("fast")
+
+        def peek(self) -> list[str]:
+            return list(self.events)
+
+    actor = Slow()
+    pid = rt.spawn(actor)
+    rt.send(pid, "slow")
+    rt.send(pid, "fast")
+    peeked = asyncio.ensure_future(libproc.dispatch(pid, "peek"))
+    await within(actor.started.wait(), "the slow handler to start")
+    # Prove the loop has run plenty meanwhile: another actor handles 100 messages.
+    other = Recorder()
+    other_pid = rt.spawn(other)
+    for i in range(100):
+        rt.send(other_pid, "tick", i)
+    await other.wait_count(100)
+    assert actor.events == ["slow:start"]
+    assert not peeked.done()
+    actor.release.set()
+    assert await within(peeked, "the dispatch behind the slow handler") == [
+        "slow:start",
+        "slow:end",
+        "fast",
+    ]
+
+
+async def test_terminate_from_inside_a_handler(rt: Runtime) -> None:
+    class Quitter(Process):
+        @handler("quit")
+        def quit(self, sender: UPID, body: Any) -> None:
+            self.terminate()
+
+    pid = rt.spawn(Quitter())
+    rt.send(pid, "quit")
+    await within(libproc.wait(pid), "the actor to end")
+    assert rt.lookup(pid) is None
+
+
+async def test_spawned_child_actor_and_generated_ids(rt: Runtime) -> None:
+    class Parent(Process):
+        def initialize(self) -> None:
+            self.child = self.spawn(Recorder())
+
+    parent = Parent()
+    parent_pid = rt.spawn(parent)
+    await settle()
+    assert parent_pid.id.startswith("parent(")
+    assert parent.child.id.startswith("recorder(")
+    assert parent.child.address == rt.address
+    assert rt.lookup(parent.child) is not None
