@@ -232,8 +232,6 @@ class ReregisterAgent:
     executors: list[ExecutorInfo] = field(default_factory=list)
     frameworks: list[FrameworkInfo] = field(default_factory=list)
     version: str = "0.1.0"
-    # The framework of each task, aligned with ``tasks`` (TaskInfo carries no framework id).
-    task_framework_ids: list[str] = field(default_factory=list)
     task_frameworks: list[str] = field(default_factory=list)  # framework id of each of `tasks`
 
 
@@ -414,6 +412,9 @@ class AllocatorRecoverResources:
     framework_id: str
     resources: Any  # Resources
     refuse_seconds: float | None = None
+    # Which of the framework's roles they were offered to (``Allocations.roles``); None: the
+    # allocator works it out from what the framework holds on the agent.
+    role: str | None = None
 
 
 @message("allocator.Revive")
@@ -449,11 +450,15 @@ class AllocatorSetWeight:
 class Allocations:
     """Allocator → master, once per cycle: what each framework is offered on which agent.
 
-    ``items`` is a list of ``(framework_id, agent_id, Resources)``.
+    ``items`` is a list of ``(framework_id, agent_id, Resources)``; ``roles[i]`` is the role
+    ``items[i]`` is offered to (the offer's ``allocation_info.role`` in Mesos terms), which a
+    framework subscribed to several roles needs, and which ``AllocatorRecoverResources.role``
+    may hand back.
     """
 
     NAME: ClassVar[str]
     items: list[Any]
+    roles: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------- agent ↔ containerizer

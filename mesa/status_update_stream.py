@@ -26,8 +26,8 @@ from mesa.messages import StatusUpdate
 from mesa.task_state import is_terminal
 
 __all__ = [
-    "Ack",
     "Accept",
+    "Ack",
     "SendFn",
     "StatusUpdateManager",
     "StatusUpdateStream",

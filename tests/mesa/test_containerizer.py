@@ -1,0 +1,209 @@
+"""The containerizer on its own: launch, environment, isolator hooks, destroy, leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import kill_leftovers, read_pid, running, wait_gone, wait_until
+
+from libproc import UPID, Process, Runtime
+from mesa.actors.containerizer import Containerizer, source_root
+from mesa.info import CommandInfo, ExecutorInfo
+from mesa.isolators.base import Isolator
+from mesa.messages import (
+    ContainerLaunched,
+    ContainerTerminated,
+    DestroyContainer,
+    LaunchContainer,
+)
+
+
+class Owner(Process):
+    """Plays the agent: records the containerizer's answers."""
+
+    def __init__(self) -> None:
+        super().__init__("owner")
+        self.launched: dict[str, ContainerLaunched] = {}
+        self.terminated: dict[str, ContainerTerminated] = {}
+
+    def unhandled(self, sender: UPID, name: str, body: Any) -> None:
+        if isinstance(body, ContainerLaunched):
+            self.launched[body.container_id] = body
+        elif isinstance(body, ContainerTerminated):
+            self.terminated[body.container_id] = body
+
+
+class RecordingIsolator(Isolator):
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    async def prepare(self, container_id: str, launch: LaunchContainer) -> dict[str, str]:
+        self.calls.append(("prepare", container_id))
+        return {"ISOLATED_BY": "recording"}
+
+    async def isolate(self, container_id: str, pid: int) -> None:
+        self.calls.append(("isolate", container_id))
+
+    async def pids(self, container_id: str) -> set[int]:
+        self.calls.append(("pids", container_id))
+        return set()
+
+    async def cleanup(self, container_id: str) -> None:
+        self.calls.append(("cleanup", container_id))
+
+
+class Bed:
+    def __init__(self, rt: Runtime, owner: Owner, containerizer: UPID, tmp: Path, iso) -> None:
+        self.rt, self.owner, self.containerizer, self.tmp, self.isolator = (
+            rt,
+            owner,
+            containerizer,
+            tmp,
+            iso,
+        )
+
+    def launch(self, cid: str, command: str, **kw: Any) -> Path:
+        sandbox = self.tmp / cid
+        info = ExecutorInfo(cid, CommandInfo(value=command, **kw))
+        self.owner.send(
+            self.containerizer,
+            LaunchContainer.NAME,
+            LaunchContainer(cid, info, str(sandbox), {"FROM_AGENT": "yes"}),
+        )
+        return sandbox
+
+    async def launched(self, cid: str) -> ContainerLaunched:
+        await wait_until(lambda: cid in self.owner.launched)
+        return self.owner.launched[cid]
+
+    async def terminated(self, cid: str) -> ContainerTerminated:
+        await wait_until(lambda: cid in self.owner.terminated)
+        return self.owner.terminated[cid]
+
+    def destroy(self, cid: str) -> None:
+        self.owner.send(self.containerizer, DestroyContainer.NAME, DestroyContainer(cid))
+
+
+@pytest.fixture
+async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        iso = RecordingIsolator()
+        cpid = rt.spawn(Containerizer([iso], kill_wait=5.0))
+        yield Bed(rt, owner, cpid, tmp_path, iso)
+    finally:
+        await rt.stop()
+        kill_leftovers(list(tmp_path.rglob("*.pid")))
+
+
+async def test_launch_sets_up_the_sandbox_environment_and_session(bed: Bed):
+    sandbox = bed.launch(
+        "c1", "env > env.txt; pwd > pwd.txt; echo out; echo err >&2; exec sleep 60"
+    )
+    launched = await bed.launched("c1")
+    assert launched.error is None and launched.pid
+    pid = launched.pid
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid  # its own session and group
+    await wait_until(lambda: (sandbox / "pwd.txt").exists() and (sandbox / "stderr").stat().st_size)
+    env = dict(
+        line.split("=", 1) for line in (sandbox / "env.txt").read_text().splitlines() if "=" in line
+    )
+    assert env["MESA_CONTAINER_ID"] == "c1"
+    assert env["MESA_SANDBOX"] == env["MESA_DIRECTORY"] == str(sandbox)
+    assert env["FROM_AGENT"] == "yes"
+    assert env["ISOLATED_BY"] == "recording"
+    assert source_root() in env["PYTHONPATH"].split(os.pathsep)
+    assert (sandbox / "pwd.txt").read_text().strip() == str(sandbox)
+    assert (sandbox / "stdout").read_text() == "out\n"
+    assert (sandbox / "stderr").read_text() == "err\n"
+
+    bed.destroy("c1")
+    end = await bed.terminated("c1")
+    assert end.destroyed and end.status == -9
+    assert "SIGKILL" in end.message
+    assert not running(pid)
+    assert [c[0] for c in bed.isolator.calls] == ["prepare", "isolate", "pids", "cleanup"]
+    assert bed.rt.metrics.get("containerizer/containers_destroyed") == 1
+
+
+async def test_destroy_kills_the_session_the_group_and_the_tree(bed: Bed):
+    tmp = bed.tmp
+    # `setsid` leaves the session (but stays a child); the subshell's sleeper is re-parented
+    # away (but stays in the session).
+    command = (
+        f"setsid sleep 60 & echo $! > {tmp}/escaped.pid; "
+        f"(sleep 60 & echo $! > {tmp}/orphan.pid); "
+        f"echo $$ > {tmp}/leader.pid; exec sleep 60"
+    )
+    bed.launch("c2", command)
+    await bed.launched("c2")
+    escaped = await read_pid(tmp / "escaped.pid")
+    orphan = await read_pid(tmp / "orphan.pid")
+    leader = await read_pid(tmp / "leader.pid")
+    await wait_until(lambda: running(escaped) and os.getsid(escaped) == escaped)
+    bed.destroy("c2")
+    await bed.terminated("c2")
+    # Reported only once everything is gone.
+    assert not any(running(p) for p in (escaped, orphan, leader))
+
+
+async def test_an_executor_exiting_takes_its_leftovers_with_it(bed: Bed):
+    tmp = bed.tmp
+    bed.launch("c3", f"(sleep 60 & echo $! > {tmp}/left.pid); exit 4")
+    end = await bed.terminated("c3")
+    assert (end.status, end.destroyed) == (4, False)
+    assert end.message == "Executor exited with status 4"
+    left = int((tmp / "left.pid").read_text())
+    assert not running(left)
+
+
+async def test_launch_errors_and_bad_requests(bed: Bed):
+    bed.launch("c4", str(bed.tmp / "missing"), shell=False)
+    failed = await bed.launched("c4")
+    assert failed.pid is None and "missing" in failed.error
+    assert bed.rt.metrics.get("containerizer/launch_errors") == 1
+    assert ("cleanup", "c4") in bed.isolator.calls
+
+    bed.launch("c5", "exec sleep 60")
+    pid = (await bed.launched("c5")).pid
+    bed.owner.launched.pop("c5")
+    bed.launch("c5", "true")  # the same id again
+    duplicate = await bed.launched("c5")
+    assert "already exists" in duplicate.error
+    assert running(pid)
+
+    bed.destroy("nope")  # unknown: ignored
+    bed.owner.send(bed.containerizer, LaunchContainer.NAME, {"not": "a record"})
+    bed.owner.send(bed.containerizer, DestroyContainer.NAME, 42)
+    await wait_until(lambda: bed.rt.metrics.get("containerizer/invalid_messages") == 2)
+    bed.destroy("c5")
+    await bed.terminated("c5")
+    await wait_gone(pid)
+
+
+async def test_stopping_the_containerizer_destroys_everything(tmp_path: Path):
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        containerizer = rt.spawn(Containerizer())
+        bed = Bed(rt, owner, containerizer, tmp_path, None)
+        bed.launch("a", f"echo $$ > {tmp_path}/a.pid; exec sleep 60")
+        bed.launch("b", f"(sleep 60 & echo $! > {tmp_path}/b.pid); exec sleep 60")
+        a = (await bed.launched("a")).pid
+        b = (await bed.launched("b")).pid
+        child = await read_pid(tmp_path / "b.pid")
+        await asyncio.wait_for(rt.stop(), 30)
+        assert not any(running(p) for p in (a, b, child))
+    finally:
+        await rt.stop()
+        kill_leftovers(list(tmp_path.rglob("*.pid")))
