@@ -1,4 +1,4 @@
-"""HTTP for a runtime: ``/metrics/snapshot``, ``/__processes__`` and actors' own routes.
+"""HTTP for a runtime: ``/health``, ``/metrics/snapshot``, ``/__processes__`` and actors' own routes.
 
 An actor's route runs in the actor's context (it is queued like a message), so it reads the
 actor's state without locks and sees a consistent snapshot between two handlers.
@@ -28,6 +28,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def start_http(runtime: Runtime, host: str, port: int) -> tuple[web.AppRunner, int]:
+    async def health(_: web.Request) -> web.Response:
+        # The runtime answers, so its loop turns: what a load balancer or operator asks first.
+        return _json({"healthy": True, "address": runtime.address, "actors": len(runtime._actors)})
+
     async def metrics(_: web.Request) -> web.Response:
         return _json(runtime.metrics.snapshot())
 
@@ -63,6 +67,7 @@ async def start_http(runtime: Runtime, host: str, port: int) -> tuple[web.AppRun
         return _json(result)
 
     app = web.Application()
+    app.router.add_get("/health", health)
     app.router.add_get("/metrics/snapshot", metrics)
     app.router.add_get("/__processes__", processes)
     app.router.add_route("*", "/{actor}/{path:.*}", actor_route)

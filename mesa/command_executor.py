@@ -106,6 +106,8 @@ class CommandExecutor(Executor):
                 raise ValueError("the task has no command")
             executable, argv = command_argv(task.command)
             env = dict(os.environ)
+            # Like Mesos's MESOS_TASK_ID: a command can tell which task it is.
+            env["MESA_TASK_ID"] = task.task_id
             env.update({str(k): str(v) for k, v in (task.command.environment or {}).items()})
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,

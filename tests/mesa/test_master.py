@@ -1,0 +1,206 @@
+"""The master with a real agent and a real framework in the test process, over real ZeroMQ.
+
+Everything runs in this process except executors and tasks, so libproc's message filters can
+drop what the master sends or receives — the way to show that status updates are retried until
+acknowledged — and the master's bad-input handling can be driven with raw messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import libproc
+from libproc import Process, Runtime, handler
+from mesa.actors.agent import Agent
+from mesa.actors.master import Master, MasterFlags
+from mesa.info import FrameworkInfo
+from mesa.messages import (
+    AcceptOffers,
+    FrameworkError,
+    KillTask,
+    StatusUpdate,
+    StatusUpdateAcknowledgement,
+)
+from mesa.scheduler import SchedulerDriver
+from mesa.task_state import TaskState
+from tests.e2e.framework import Recorder, command_task
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Setup:
+    master_rt: Runtime
+    agent_rt: Runtime
+    master: Master
+    agent_pid: libproc.UPID
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    master_rt = await Runtime("127.0.0.1", 0, http_port=0).start()
+    agent_rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
+        master_rt.spawn(master)
+        agent_pid = agent_rt.spawn(
+            Agent(
+                master_rt.address,
+                tmp_path / "agent",
+                resources="cpus:2;mem:512;disk:64",
+                status_update_backoff=0.1,
+                status_update_backoff_max=0.2,
+            )
+        )
+        yield Setup(master_rt, agent_rt, master, agent_pid)
+    finally:
+        await agent_rt.stop()
+        await master_rt.stop()
+
+
+async def _framework(setup: Setup, **info: object) -> tuple[Recorder, SchedulerDriver]:
+    recorder = Recorder()
+    driver = SchedulerDriver(
+        recorder, FrameworkInfo(user="", name="t", **info), setup.master_rt.address  # type: ignore[arg-type]
+    )
+    await driver.start()
+    await recorder.until(lambda: recorder.registered_ids, "registered")
+    return recorder, driver
+
+
+async def test_status_updates_are_retried_until_acknowledged(setup: Setup) -> None:
+    fw, driver = await _framework(setup)
+    try:
+        offer = await fw.offer()
+        # Every acknowledgement the master would pass to the agent is lost on the way.
+        dropped = libproc.drop_messages(name=StatusUpdateAcknowledgement.NAME, to=setup.agent_pid)
+        driver.launch_tasks([offer.id], [command_task(offer, "t1", "sleep 30")])
+        # The same update (same uuid) comes again and again while acks are lost...
+        await fw.until(
+            lambda: sum(1 for s in fw.updates if s.task_id == "t1" and s.state == "TASK_STARTING")
+            >= 3,
+            "TASK_STARTING retried",
+        )
+        starting = [s for s in fw.updates if s.state == "TASK_STARTING"]
+        assert len({s.uuid for s in starting}) == 1
+        # ...and RUNNING waits behind it: updates for a task stay in order.
+        assert not any(s.state == "TASK_RUNNING" for s in fw.updates)
+        assert dropped.count >= 2
+        dropped.cancel()
+        await fw.state_of("t1", TaskState.TASK_RUNNING)
+        states = [s.state for s in fw.updates if s.task_id == "t1"]
+        assert states.index("TASK_RUNNING") > max(
+            i for i, s in enumerate(states) if s == "TASK_STARTING"
+        )
+        assert setup.agent_rt.metrics.get("agent/status_updates_retried") >= 2
+    finally:
+        await driver.stop()
+
+
+class Stranger(Process):
+    """A peer that sends the master nonsense and records the answers."""
+
+    def __init__(self) -> None:
+        super().__init__("stranger")
+        self.errors: list[str] = []
+
+    @handler(FrameworkError.NAME)
+    def error(self, sender: libproc.UPID, body: FrameworkError) -> None:
+        self.errors.append(body.message)
+
+
+async def test_bad_messages_are_counted_answered_and_survived(setup: Setup) -> None:
+    stranger = Stranger()
+    setup.agent_rt.spawn(stranger)
+    master = setup.master.pid
+    answered = libproc.expect_message(name=FrameworkError.NAME, to=stranger.pid)
+    # A call for a framework that does not exist: answered with an error.
+    stranger.send(master, AcceptOffers.NAME, AcceptOffers("no-such-framework", ["x"], []))
+    assert "not registered" in (await answered).body.message
+    # Malformed bodies: a dict where a record belongs, a string, nothing at all.
+    stranger.send(master, KillTask.NAME, {"framework_id": 1})
+    stranger.send(master, StatusUpdate.NAME, "garbage")
+    stranger.send(master, AcceptOffers.NAME, None)
+    stranger.send(master, "mesa.NoSuchMessage", [1, 2, 3])
+    # The master still serves a real framework afterwards.
+    fw, driver = await _framework(setup)
+    try:
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "ok", "true")])
+        await fw.state_of("ok", TaskState.TASK_FINISHED)
+    finally:
+        await driver.stop()
+    metrics = setup.master_rt.metrics.snapshot()
+    assert metrics["master/invalid_messages"] >= 3
+    assert metrics["libproc/messages_dropped/unknown_message"] >= 1
+    assert metrics.get("libproc/handler_errors", 0) == 0
+
+
+async def test_offers_are_rescinded_after_offer_timeout(tmp_path: Path) -> None:
+    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
+        master_rt.spawn(Master(MasterFlags(allocation_interval=0.05, offer_timeout=0.2)))
+        agent_rt.spawn(Agent(master_rt.address, tmp_path / "a", resources="cpus:1;mem:128"))
+        recorder = Recorder()
+        driver = SchedulerDriver(recorder, FrameworkInfo(user="", name="hoarder"), master_rt.address)
+        await driver.start()
+        try:
+            offer = await recorder.offer()
+            await recorder.until(lambda: offer.id in recorder.rescinded, "rescind")
+            # The resources come back in a fresh offer.
+            again = await recorder.offer()
+            assert again.id != offer.id and again.agent_id == offer.agent_id
+            assert master_rt.metrics.get("master/offers_rescinded") >= 1
+        finally:
+            await driver.stop()
+
+
+async def test_declined_resources_stay_away_for_refuse_seconds(setup: Setup) -> None:
+    libproc.Clock.pause()
+    fw, driver = await _framework(setup)
+    try:
+        libproc.Clock.advance(0.1)
+        offer = await fw.offer()
+        driver.decline_offer(offer.id, refuse_seconds=30)
+        await libproc.settle()
+        for _ in range(10):  # ten allocation intervals: filtered, no offer
+            libproc.Clock.advance(1.0)
+            await libproc.settle()
+        assert fw.offers.empty()
+        libproc.Clock.advance(25)
+        await libproc.settle()
+        again = await fw.offer()
+        assert again.agent_id == offer.agent_id
+    finally:
+        libproc.Clock.resume()
+        await driver.stop()
+
+
+async def test_state_endpoint_names_master_agents_and_tasks(setup: Setup) -> None:
+    import aiohttp
+
+    fw, driver = await _framework(setup)
+    try:
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "s1", "sleep 30")])
+        await fw.state_of("s1", TaskState.TASK_RUNNING)
+        url = f"http://127.0.0.1:{setup.master_rt.http_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/master/state") as r:
+                state = await r.json()
+            async with http.get(f"{url}/metrics/snapshot") as r:
+                metrics = await r.json()
+            async with http.get(f"{url}/health") as r:
+                assert r.status == 200
+        assert state["pid"] == str(setup.master.pid) == state["leader"]
+        assert state["agents"][0]["resources"]["cpus"] == 2
+        task = state["frameworks"][0]["tasks"][0]
+        assert task["id"] == "s1" and task["state"] == "TASK_RUNNING"
+        assert state["resources"]["used"]["cpus"] == pytest.approx(0.1)
+        assert metrics["master/tasks_launched"] == 1
+        assert metrics["master/agents_active"] == 1
+    finally:
+        await driver.stop()
