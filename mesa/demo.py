@@ -3,13 +3,15 @@
 Starts a local cluster (``mesa.local``: a master and two agents) as a child process, runs the
 example framework ``examples/run_n.py`` against it with a handful of real shell tasks, prints what
 the tasks wrote and a summary of ``/master/state``, and stops everything — also when something
-fails on the way, so a demo never leaves processes behind.
+fails on the way, so a demo never leaves processes behind. Its work dir is removed at the end unless
+``MESA_DEMO_KEEP=1``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,6 +121,8 @@ def main() -> int:
         if cluster.stdout is not None:
             for line in cluster.stdout:
                 print(f"  | {line.rstrip()}")
+        if not os.environ.get("MESA_DEMO_KEEP"):
+            shutil.rmtree(work_dir, ignore_errors=True)
     print("== demo", "succeeded" if status == 0 else f"failed (status {status})")
     return status
 
