@@ -1,4 +1,4 @@
-"""HTTP for a runtime: ``/health``, ``/metrics/snapshot``, ``/__processes__`` and actors' own routes.
+"""HTTP for a runtime: `/health`, `/metrics/snapshot`, `/__processes__` and actors' routes.
 
 An actor's route runs in the actor's context (it is queued like a message), so it reads the
 actor's state without locks and sees a consistent snapshot between two handlers.

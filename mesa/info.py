@@ -39,7 +39,7 @@ def new_id(prefix: str = "") -> str:
 class FrameworkInfo:
     user: str
     name: str
-    id: str | None = None  # noqa: A003 - Mesos's field name
+    id: str | None = None
     failover_timeout: float = 0.0
     checkpoint: bool = False
     roles: list[str] = field(default_factory=lambda: ["*"])
@@ -55,7 +55,7 @@ class FrameworkInfo:
 @record("mesa.MasterInfo")
 @dataclass
 class MasterInfo:
-    id: str  # noqa: A003
+    id: str
     pid: str
     hostname: str
     port: int
@@ -68,7 +68,7 @@ class AgentInfo:
     hostname: str
     resources: str
     attributes: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None  # noqa: A003
+    id: str | None = None
     port: int = 0
     http_port: int | None = None
 
@@ -110,7 +110,7 @@ class TaskInfo:
 @record("mesa.Offer")
 @dataclass
 class Offer:
-    id: str  # noqa: A003
+    id: str
     framework_id: str
     agent_id: str
     hostname: str

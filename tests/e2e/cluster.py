@@ -52,10 +52,16 @@ class Node:
         self.known_pids: set[int] = set()
 
     async def start(self, timeout: float = 30.0) -> Node:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's end
+        log = open(self.log_path, "ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mesa.node", f"--role={self.role}", *self.args,
-            stdout=asyncio.subprocess.PIPE, stderr=log, env=env(),
+            sys.executable,
+            "-m",
+            "mesa.node",
+            f"--role={self.role}",
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env=env(),
         )
         log.close()
         self.known_pids.add(self.proc.pid)
@@ -120,8 +126,14 @@ class Cluster:
         port = free_port()
         node = Node(
             "master",
-            ["--ip=127.0.0.1", f"--port={port}", "--http-port=0",
-             f"--work-dir={self.work_dir / 'master'}", "--allocation-interval=0.1", *extra],
+            [
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                "--http-port=0",
+                f"--work-dir={self.work_dir / 'master'}",
+                "--allocation-interval=0.1",
+                *extra,
+            ],
             self.work_dir / "master.log",
         )
         self.nodes.append(node)
@@ -129,14 +141,23 @@ class Cluster:
         return node
 
     async def start_agent(
-        self, name: str = "agent", resources: str = "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
+        self,
+        name: str = "agent",
+        resources: str = "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
         *extra: str,
     ) -> Node:
         assert self.master is not None
         node = Node(
             "agent",
-            [f"--master={self.master.endpoint}", "--ip=127.0.0.1", "--port=0", "--http-port=0",
-             f"--work-dir={self.work_dir / name}", f"--resources={resources}", *extra],
+            [
+                f"--master={self.master.endpoint}",
+                "--ip=127.0.0.1",
+                "--port=0",
+                "--http-port=0",
+                f"--work-dir={self.work_dir / name}",
+                f"--resources={resources}",
+                *extra,
+            ],
             self.work_dir / f"{name}.log",
         )
         self.nodes.append(node)

@@ -31,8 +31,14 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 async def _execute(master: str, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesa.execute", f"--master={master}", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env(),
+        sys.executable,
+        "-m",
+        "mesa.execute",
+        f"--master={master}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env(),
     )
     try:
         async with asyncio.timeout(120):
@@ -48,7 +54,10 @@ async def test_execute_runs_a_task_to_finished(cluster: Cluster) -> None:
     master = await cluster.start_master()
     await cluster.start_agent()
     code, out = await _execute(
-        master.endpoint, "--name=hello", "--command=echo hello-from-mesa", "--resources=cpus:0.1;mem:32"
+        master.endpoint,
+        "--name=hello",
+        "--command=echo hello-from-mesa",
+        "--resources=cpus:0.1;mem:32",
     )
     assert code == 0, out
     assert "TASK_RUNNING" in out and "TASK_FINISHED" in out
@@ -122,12 +131,16 @@ async def test_reconciliation_explicit_and_implicit(cluster: Cluster) -> None:
 
         before = len(fw.updates)
         driver.reconcile_tasks(
-            [TaskStatus("r1", "TASK_STAGING", agent_id=offer.agent_id),
-             TaskStatus("nope", "TASK_STAGING", agent_id=offer.agent_id)]
+            [
+                TaskStatus("r1", "TASK_STAGING", agent_id=offer.agent_id),
+                TaskStatus("nope", "TASK_STAGING", agent_id=offer.agent_id),
+            ]
         )
         explicit = await fw.until(
-            lambda: len([s for s in fw.updates[before:] if s.reason == "REASON_RECONCILIATION"])
-            >= 2 and fw.updates[before:],
+            lambda: (
+                len([s for s in fw.updates[before:] if s.reason == "REASON_RECONCILIATION"]) >= 2
+                and fw.updates[before:]
+            ),
             "explicit reconciliation",
         )
         by_id = {s.task_id: s.state for s in explicit}
@@ -142,9 +155,17 @@ async def test_many_tasks_at_once(cluster: Cluster) -> None:
     await cluster.start_agent("a1", "cpus:2;mem:2048;disk:64")
     await cluster.start_agent("a2", "cpus:2;mem:2048;disk:64")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "examples/run_n.py", f"--master={master.endpoint}", "--count=40",
-        "--command=echo $MESA_TASK_ID", "--cpus=0.1", "--mem=16", "--name=many",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env(),
+        sys.executable,
+        "examples/run_n.py",
+        f"--master={master.endpoint}",
+        "--count=40",
+        "--command=echo $MESA_TASK_ID",
+        "--cpus=0.1",
+        "--mem=16",
+        "--name=many",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env(),
         cwd=str(Path(__file__).resolve().parents[2]),
     )
     try:

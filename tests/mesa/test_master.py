@@ -65,7 +65,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 async def _framework(setup: Setup, **info: object) -> tuple[Recorder, SchedulerDriver]:
     recorder = Recorder()
     driver = SchedulerDriver(
-        recorder, FrameworkInfo(user="", name="t", **info), setup.master_rt.address  # type: ignore[arg-type]
+        recorder,
+        FrameworkInfo(user="", name="t", **info),
+        setup.master_rt.address,  # type: ignore[arg-type]
     )
     await driver.start()
     await recorder.until(lambda: recorder.registered_ids, "registered")
@@ -81,8 +83,9 @@ async def test_status_updates_are_retried_until_acknowledged(setup: Setup) -> No
         driver.launch_tasks([offer.id], [command_task(offer, "t1", "sleep 30")])
         # The same update (same uuid) comes again and again while acks are lost...
         await fw.until(
-            lambda: sum(1 for s in fw.updates if s.task_id == "t1" and s.state == "TASK_STARTING")
-            >= 3,
+            lambda: (
+                sum(1 for s in fw.updates if s.task_id == "t1" and s.state == "TASK_STARTING") >= 3
+            ),
             "TASK_STARTING retried",
         )
         starting = [s for s in fw.updates if s.state == "TASK_STARTING"]
@@ -145,7 +148,9 @@ async def test_offers_are_rescinded_after_offer_timeout(tmp_path: Path) -> None:
         master_rt.spawn(Master(MasterFlags(allocation_interval=0.05, offer_timeout=0.2)))
         agent_rt.spawn(Agent(master_rt.address, tmp_path / "a", resources="cpus:1;mem:128"))
         recorder = Recorder()
-        driver = SchedulerDriver(recorder, FrameworkInfo(user="", name="hoarder"), master_rt.address)
+        driver = SchedulerDriver(
+            recorder, FrameworkInfo(user="", name="hoarder"), master_rt.address
+        )
         await driver.start()
         try:
             offer = await recorder.offer()
