@@ -17,6 +17,7 @@ class Recorder(Scheduler):
         self.rescinded: list[str] = []
         self.lost_agents: list[str] = []
         self.registered_ids: list[str] = []
+        self.messages: list[tuple[str, str, bytes]] = []
         self.reregistrations = 0
         self.disconnections = 0
         self._changed = asyncio.Event()
@@ -47,6 +48,10 @@ class Recorder(Scheduler):
 
     def status_update(self, driver: Any, status: TaskStatus) -> None:
         self.updates.append(status)
+        self._poke()
+
+    def framework_message(self, driver: Any, executor_id: str, agent_id: str, data: bytes) -> None:
+        self.messages.append((executor_id, agent_id, data))
         self._poke()
 
     def agent_lost(self, driver: Any, agent_id: str) -> None:

@@ -247,3 +247,45 @@ async def test_framework_failover_within_and_past_timeout(cluster: Cluster) -> N
     removed = state["completed_frameworks"][0]
     assert removed["id"] == framework_id
     assert removed["completed_tasks"][0]["state"] == "TASK_KILLED"
+
+
+async def test_custom_executor_runs_tasks_and_carries_framework_messages(cluster: Cluster) -> None:
+    from mesa.info import CommandInfo, ExecutorInfo, TaskInfo
+
+    master = await cluster.start_master()
+    await cluster.start_agent()
+    fw, driver = await start_framework(master.endpoint, "custom")
+    try:
+        offer = await fw.offer()
+        script = str(Path(__file__).resolve().parents[2] / "examples" / "echo_executor.py")
+        executor = ExecutorInfo(
+            "echo",
+            CommandInfo(sys.executable, shell=False, arguments=[sys.executable, script]),
+            resources="cpus:0.1;mem:32",
+        )
+        tasks = [
+            TaskInfo(
+                f"e{i}",
+                f"e{i}",
+                offer.agent_id,
+                "cpus:0.1;mem:16",
+                executor=executor,
+                data=f"payload-{i}".encode(),
+                labels={"seconds": "0"},
+            )
+            for i in range(2)
+        ]
+        driver.launch_tasks([offer.id], tasks)
+        for i in range(2):
+            done = await fw.state_of(f"e{i}", TaskState.TASK_FINISHED)
+            assert done.data == f"payload-{i}".encode()
+        # One executor ran both tasks; a message to it comes back through the master.
+        driver.send_framework_message("echo", offer.agent_id, b"ping")
+        await fw.until(lambda: fw.messages, "echoed framework message")
+        assert fw.messages[0] == ("echo", offer.agent_id, b"ping")
+        state = master.state("/master/state")
+        assert state["frameworks"][0]["executors"] == [
+            {"agent_id": offer.agent_id, "executor_id": "echo"}
+        ]
+    finally:
+        await driver.stop()
