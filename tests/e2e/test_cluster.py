@@ -289,3 +289,39 @@ async def test_custom_executor_runs_tasks_and_carries_framework_messages(cluster
         ]
     finally:
         await driver.stop()
+
+
+async def test_partitioned_agent_comes_back_with_its_tasks(cluster: Cluster) -> None:
+    import signal
+
+    master = await cluster.start_master("--agent-ping-interval=0.2", "--max-agent-ping-timeouts=3")
+    agent = await cluster.start_agent("agent")
+    fw, driver = await start_framework(master.endpoint, "aware", capabilities=["PARTITION_AWARE"])
+    try:
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "survivor", "sleep 60")])
+        await fw.state_of("survivor", TaskState.TASK_RUNNING)
+        # Freeze the agent: it cannot answer pings, but its tasks go on running.
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            await fw.state_of("survivor", TaskState.TASK_UNREACHABLE)
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+        # Thawed, it misses the master's pings, reregisters, and reports the task still running.
+        back = await fw.until(
+            lambda: [
+                s
+                for s in fw.updates
+                if s.task_id == "survivor"
+                and s.state == TaskState.TASK_RUNNING
+                and fw.updates.index(s) > 1
+            ],
+            "task back after reregistration",
+        )
+        assert back[-1].agent_id == offer.agent_id
+        state = await cluster.wait_for(lambda s: s["agents"] and s, "agent reregistered")
+        assert state["unreachable"] == []
+        assert state["frameworks"][0]["tasks"][0]["state"] == "TASK_RUNNING"
+    finally:
+        await driver.stop()
