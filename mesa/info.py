@@ -117,6 +117,7 @@ class Offer:
     resources: str
     attributes: dict[str, Any] = field(default_factory=dict)
     url: str = ""  # the agent's UPID
+    allocation_role: str | None = None  # the role it is offered to (Mesos's allocation_info)
 
 
 @record("mesa.TaskStatus")

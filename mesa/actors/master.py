@@ -105,6 +105,7 @@ class _Task:
     agent_id: str
     resources: Resources
     executor_id: str | None
+    role: str | None = None  # the role its offers were allocated to
     state: str = TaskState.TASK_STAGING
     status: TaskStatus | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
@@ -169,6 +170,10 @@ class _Offer:
     offer: Offer
     resources: Resources
     timer: Timer | None = None
+
+    @property
+    def role(self) -> str | None:
+        return self.offer.allocation_role
 
 
 def _resources_json(r: Resources) -> dict[str, Any]:
@@ -490,7 +495,9 @@ class Master(Process):
             self._invalid("allocations", sender, "only the allocator hands out resources")
             return
         by_framework: dict[str, list[Offer]] = {}
-        for framework_id, agent_id, resources in body.items:
+        roles = body.roles if isinstance(body.roles, list) else []
+        for i, (framework_id, agent_id, resources) in enumerate(body.items):
+            role = roles[i] if i < len(roles) else None
             framework = self.frameworks.get(framework_id)
             agent = self.agents.get(agent_id)
             if (
@@ -501,7 +508,7 @@ class Master(Process):
                 or not agent.connected
             ):
                 if agent is not None and framework is not None:
-                    self._recover(agent_id, framework_id, resources)
+                    self._recover(agent_id, framework_id, resources, role=role)
                 continue
             offer = Offer(
                 id=new_id("O-"),
@@ -511,6 +518,7 @@ class Master(Process):
                 resources=str(resources),
                 attributes=agent.info.attributes,
                 url=str(agent.pid),
+                allocation_role=role,
             )
             record = _Offer(offer, resources)
             if self.flags.offer_timeout is not None:
@@ -525,13 +533,18 @@ class Master(Process):
             self.send(framework.pid, ResourceOffers.NAME, ResourceOffers(offers))  # type: ignore[arg-type]
 
     def _recover(
-        self, agent_id: str, framework_id: str, resources: Resources, refuse: float | None = None
+        self,
+        agent_id: str,
+        framework_id: str,
+        resources: Resources,
+        refuse: float | None = None,
+        role: str | None = None,
     ) -> None:
         if resources:
             self.send(
                 self.allocator_pid,  # type: ignore[arg-type]
                 AllocatorRecoverResources.NAME,
-                AllocatorRecoverResources(agent_id, framework_id, resources, refuse),
+                AllocatorRecoverResources(agent_id, framework_id, resources, refuse, role),
             )
 
     def _take_offer(self, offer_id: str) -> _Offer | None:
@@ -557,7 +570,9 @@ class Master(Process):
         if notify and framework is not None and framework.pid is not None:
             self.send(framework.pid, RescindOffer.NAME, RescindOffer(offer_id))
         if recover and record.offer.agent_id in self.agents:
-            self._recover(record.offer.agent_id, record.offer.framework_id, record.resources)
+            self._recover(
+                record.offer.agent_id, record.offer.framework_id, record.resources, role=record.role
+            )
 
     def _offer_expired(self, offer_id: str) -> None:
         if offer_id in self.offers:
@@ -577,7 +592,9 @@ class Master(Process):
                 continue
             self._take_offer(offer_id)
             self.metrics.inc("master/offers_declined")
-            self._recover(record.offer.agent_id, framework.id, record.resources, refuse)
+            self._recover(
+                record.offer.agent_id, framework.id, record.resources, refuse, record.role
+            )
 
     @handler(AcceptOffers.NAME)
     def accept_offers(self, sender: UPID, body: Any) -> None:
@@ -608,13 +625,17 @@ class Master(Process):
         if len(agents) > 1:
             error = error or "offers span more than one agent"
         agent = self.agents.get(next(iter(agents))) if len(agents) == 1 else None
+        if len({r.role for r in records}) > 1:
+            error = error or "offers were allocated to different roles"
         if error is None and (agent is None or not agent.connected):
             error = "the offers' agent is no longer available"
         if error is not None:
             # Valid offers among them go back untouched (no filter); every task is dropped.
             for record in records:
                 self._take_offer(record.offer.id)
-                self._recover(record.offer.agent_id, framework.id, record.resources)
+                self._recover(
+                    record.offer.agent_id, framework.id, record.resources, role=record.role
+                )
             self.metrics.inc("master/invalid_accepts")
             for task in tasks:
                 self._task_error(
@@ -629,6 +650,7 @@ class Master(Process):
             return
 
         assert agent is not None
+        role = records[0].role
         remaining = Resources.sum(r.resources for r in records)
         for record in records:
             self._take_offer(record.offer.id)
@@ -665,10 +687,10 @@ class Master(Process):
             assert resources is not None
             seen.add(task.task_id)
             remaining = remaining - needed
-            self._launch(framework, agent, task, resources, needed - resources)
+            self._launch(framework, agent, task, resources, needed - resources, role)
 
         # 3. Whatever was not used goes back, filtered for refuse_seconds.
-        self._recover(agent.id, framework.id, remaining, refuse)
+        self._recover(agent.id, framework.id, remaining, refuse, role)
 
     def _launch(
         self,
@@ -677,6 +699,7 @@ class Master(Process):
         task: TaskInfo,
         resources: Resources,
         executor_resources: Resources,
+        role: str | None,
     ) -> None:
         task.agent_id = agent.id
         executor_id = task.executor.executor_id if task.executor is not None else None
@@ -692,6 +715,7 @@ class Master(Process):
             agent_id=agent.id,
             resources=resources,
             executor_id=executor_id,
+            role=role,
         )
         framework.tasks[task.task_id] = record
         agent.tasks[(framework.id, task.task_id)] = record
@@ -1184,7 +1208,7 @@ class Master(Process):
             if is_terminal(status.state) and not was_terminal:
                 self.metrics.inc(f"master/tasks_{status.state.lower().removeprefix('task_')}")
                 # The resources are free now; the task itself stays until acknowledged.
-                self._recover(agent.id, framework.id, task.resources)
+                self._recover(agent.id, framework.id, task.resources, role=task.role)
                 if status.uuid is None:
                     self._remove_task(task, framework)
         self.metrics.inc("master/status_updates")
