@@ -1,0 +1,445 @@
+"""The processes of the offer-throughput suite: ``python -m bench.offers.worker ROLE ...``.
+
+* ``master``: the real :class:`~mesa.actors.master.Master` (and its allocator) in a runtime of its
+  own, set up as ``python -m mesa.node --role=master`` sets it up (same flags, same garbage
+  collector thresholds), plus a ``sink`` actor that only counts messages, for the raw one-way
+  baseline.
+* ``agents``: many real :class:`~mesa.actors.agent.Agent` actors (ids ``agent<N>``) in one runtime,
+  each with its own work directory, all using one :class:`~bench.offers.sim.SimContainerizer`.
+* ``frameworks``: many frameworks on the real scheduler SDK (:class:`mesa.scheduler.Scheduler`
+  and :class:`~mesa.scheduler.SchedulerDriver`, sharing one runtime), accepting every offer and
+  filling it with tasks of a configured size, at full speed or at a set rate.
+
+Each worker is driven by the orchestrator (``bench/offers/run.py``) through JSON lines: commands
+on stdin, answers on stdout (one line each). A worker exits when its stdin closes, so it never
+outlives the orchestrator, whatever happened to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import libproc
+from libproc import UPID, Backpressure, Process, Runtime, handler
+from mesa.info import CommandInfo, ExecutorInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from mesa.resources import Resources
+from mesa.scheduler import Scheduler, SchedulerDriver
+from mesa.task_state import TaskState, is_terminal
+
+BLAST = "bench.Blast"
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def _commands() -> Any:
+    """Yield the JSON commands arriving on stdin; ends at EOF."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        line = line.strip()
+        if line:
+            yield json.loads(line)
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ====================================================================== master
+
+
+class Sink(Process):
+    """Counts ``bench.Blast`` messages: the receiving end of the raw one-way baseline."""
+
+    def __init__(self) -> None:
+        super().__init__("sink")
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    @handler(BLAST)
+    def _blast(self, sender: UPID, body: Any) -> None:
+        now = time.perf_counter()
+        if not self.count:
+            self.first = now
+        self.count += 1
+        self.last = now
+
+
+async def run_master(args: argparse.Namespace) -> None:
+    from mesa.actors.master import Master, MasterFlags
+
+    gc.set_threshold(50_000, 20, 10)  # as mesa.node does for a master
+    runtime = await Runtime(args.ip, 0, http_port=0).start()
+    master = Master(
+        MasterFlags(
+            hostname=args.ip,
+            allocation_interval=args.allocation_interval,
+            agent_ping_interval=args.ping_interval,
+            max_agent_ping_timeouts=args.max_ping_timeouts,
+            http_port=runtime.http_port,
+        )
+    )
+    pid = runtime.spawn(master)
+    sink = Sink()
+    sink_pid = runtime.spawn(sink)
+    _emit(
+        {
+            "ready": True,
+            "pid": os.getpid(),
+            "master": str(pid),
+            "endpoint": pid.address,
+            "sink": str(sink_pid),
+            "http_port": runtime.http_port,
+        }
+    )
+    try:
+        async for cmd in _commands():
+            what = cmd.get("cmd")
+            if what == "stats":
+                _emit(
+                    {
+                        "metrics": runtime.metrics.snapshot(),
+                        "cpu_s": _cpu_seconds(),
+                        "time": time.perf_counter(),
+                    }
+                )
+            elif what == "sink_reset":
+                sink.count = 0
+                _emit({"ok": True})
+            elif what == "sink":
+                _emit({"count": sink.count, "seconds": sink.last - sink.first})
+            elif what == "gc":
+                gc.collect()
+                _emit({"ok": True})
+            else:
+                _emit({"error": f"unknown command {what!r}"})
+    finally:
+        await runtime.stop(timeout=2.0)
+
+
+# ====================================================================== agents
+
+
+class Blaster(Process):
+    """The sending end of the raw one-way baseline: ``n`` small messages, as fast as libproc
+    takes them (waiting when it pushes back)."""
+
+    def __init__(self) -> None:
+        super().__init__("blaster")
+
+    async def blast(self, to: str, n: int, chunk: int = 256) -> float:
+        target = UPID.parse(to)
+        body = [0, "x" * 16]
+        started = time.perf_counter()
+        i = 0
+        while i < n:
+            end = min(n, i + chunk)
+            while i < end:
+                try:
+                    self.send(target, BLAST, body)
+                    i += 1
+                except Backpressure:
+                    await self.wait_writable(target)
+            await asyncio.sleep(0)  # let the batch go out
+        return time.perf_counter() - started
+
+
+async def run_agents(args: argparse.Namespace) -> None:
+    from bench.offers.sim import SimContainerizer
+    from mesa.actors.agent import Agent
+
+    gc.set_threshold(50_000, 20, 10)  # many long-lived actors here too
+    runtime = await Runtime(args.ip, 0).start()
+    containerizer = SimContainerizer(args.task_seconds)
+    cz = runtime.spawn(containerizer)
+    blaster = Blaster()
+    runtime.spawn(blaster)
+    base = Path(args.work_dir)
+    agents: list[Agent] = []
+    _emit({"ready": True, "pid": os.getpid(), "address": runtime.address})
+
+    async def spawn_all() -> None:
+        batch = max(1, int(args.spawn_rate * 0.05))
+        for k in range(args.count):
+            i = args.offset + k
+            agent = Agent(
+                args.master,
+                base / f"a{i}",
+                resources=args.resources,
+                hostname=f"sim{i}",
+                containerizer=cz,
+                id=f"agent{i}",
+            )
+            runtime.spawn(agent)
+            agents.append(agent)
+            if (k + 1) % batch == 0:
+                await asyncio.sleep(0.05)
+
+    spawner: asyncio.Task[None] | None = None
+    try:
+        async for cmd in _commands():
+            what = cmd.get("cmd")
+            if what == "spawn":
+                if spawner is None:
+                    spawner = asyncio.get_running_loop().create_task(spawn_all())
+                _emit({"ok": True})
+            elif what == "stats":
+                _emit(
+                    {
+                        "spawned": len(agents),
+                        "registered": sum(1 for a in agents if a.registered),
+                        "containers": containerizer.launched,
+                        "cpu_s": _cpu_seconds(),
+                    }
+                )
+            elif what == "blast":
+                seconds = await libproc.dispatch(
+                    blaster.pid, blaster.blast, cmd["to"], int(cmd["n"])
+                )
+                _emit({"sent": int(cmd["n"]), "seconds": seconds})
+            else:
+                _emit({"error": f"unknown command {what!r}"})
+    finally:
+        if spawner is not None:
+            spawner.cancel()
+        await runtime.stop(timeout=2.0)
+
+
+# ====================================================================== frameworks
+
+
+class Stats:
+    """What the frameworks of one process saw, reset at every measurement window."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.offers = 0
+        self.accepts = 0
+        self.declines = 0
+        self.launched = 0
+        self.running = 0
+        self.finished = 0
+        self.failed = 0
+        self.latencies: list[float] = []
+        self.since = time.perf_counter()
+
+
+class Launcher:
+    """Turns offers into launches: at once, or paced by a token bucket (``rate`` tasks/s)."""
+
+    def __init__(self, args: argparse.Namespace, stats: Stats) -> None:
+        self.stats = stats
+        self.task = Resources.parse(args.task_resources)
+        self.task_text = str(self.task)
+        self.task_q = self.task.scalar_quantities()
+        self.max_tasks = args.max_tasks_per_offer
+        self.executor = args.executor
+        self.rate: float | None = None
+        self.tokens = 0.0
+        self.held: deque[tuple[Any, Offer]] = deque()
+        self._fit: dict[str, int] = {}
+
+    def fit(self, resources: str) -> int:
+        n = self._fit.get(resources)
+        if n is None:
+            q = Resources.parse(resources).scalar_quantities()
+            n = min(q.get(name, 0) // need for name, need in self.task_q.items() if need > 0)
+            if self.max_tasks:
+                n = min(n, self.max_tasks)
+            self._fit[resources] = n
+        return n
+
+    def offers(self, sched: BenchScheduler, driver: Any, offers: list[Offer]) -> None:
+        self.stats.offers += len(offers)
+        if self.rate is None:
+            for offer in offers:
+                self.launch(sched, driver, offer, self.fit(offer.resources))
+        else:
+            self.held.extend((driver, offer) for offer in offers)
+
+    def launch(self, sched: BenchScheduler, driver: Any, offer: Offer, n: int) -> None:
+        if not driver.connected:
+            return
+        if n <= 0:
+            self.stats.declines += 1
+            driver.decline_offer(offer.id, 5.0)
+            return
+        tasks = []
+        now = time.perf_counter()
+        for _ in range(n):
+            sched.seq += 1
+            task_id = f"t{sched.seq}"
+            if self.executor == "command":
+                task = TaskInfo(
+                    task_id, task_id, offer.agent_id, self.task_text, command=CommandInfo("sim")
+                )
+            else:
+                task = TaskInfo(
+                    task_id, task_id, offer.agent_id, self.task_text, executor=sched.executor_info
+                )
+            tasks.append(task)
+            sched.launched_at[task_id] = now
+        self.stats.accepts += 1
+        self.stats.launched += n
+        # What the tasks leave of the offer comes back at once (no filter): the next cycle
+        # may offer it again, with whatever finished meanwhile.
+        driver.launch_tasks([offer.id], tasks, refuse_seconds=0.0)
+
+    async def pace(self, sched_of: dict[int, BenchScheduler]) -> None:
+        """Spend the token bucket on held offers, every few milliseconds."""
+        tick = 0.005
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.perf_counter()
+            if self.rate is None:
+                while self.held:
+                    driver, offer = self.held.popleft()
+                    self.launch(sched_of[id(driver)], driver, offer, self.fit(offer.resources))
+                last = now
+                continue
+            self.tokens = min(self.tokens + (now - last) * self.rate, max(1.0, self.rate * 0.05))
+            last = now
+            while self.held and self.tokens >= 1:
+                driver, offer = self.held.popleft()
+                n = min(self.fit(offer.resources), int(self.tokens))
+                self.tokens -= n
+                self.launch(sched_of[id(driver)], driver, offer, n)
+
+
+class BenchScheduler(Scheduler):
+    """A framework: every offer filled with tasks; RUNNING and terminal updates counted."""
+
+    def __init__(self, launcher: Launcher, stats: Stats, name: str) -> None:
+        self.launcher = launcher
+        self.stats = stats
+        self.seq = 0
+        self.launched_at: dict[str, float] = {}
+        self.executor_info = ExecutorInfo(
+            executor_id=f"{name}-executor", command=CommandInfo("sim-executor")
+        )
+
+    def registered(self, driver: Any, framework_id: str, master_info: Any) -> None:
+        pass
+
+    def resource_offers(self, driver: Any, offers: list[Offer]) -> None:
+        self.launcher.offers(self, driver, offers)
+
+    def status_update(self, driver: Any, status: TaskStatus) -> None:
+        state = status.state
+        if state == TaskState.TASK_RUNNING:
+            t0 = self.launched_at.pop(status.task_id, None)
+            if t0 is not None:
+                self.stats.running += 1
+                self.stats.latencies.append(time.perf_counter() - t0)
+        elif is_terminal(state):
+            self.launched_at.pop(status.task_id, None)
+            if state == TaskState.TASK_FINISHED:
+                self.stats.finished += 1
+            else:
+                self.stats.failed += 1
+
+
+async def run_frameworks(args: argparse.Namespace) -> None:
+    runtime = await Runtime(args.ip, 0).start()
+    stats = Stats()
+    launcher = Launcher(args, stats)
+    drivers = []
+    sched_of: dict[int, BenchScheduler] = {}
+    for k in range(args.count):
+        name = f"bench-{args.offset + k}"
+        sched = BenchScheduler(launcher, stats, name)
+        driver = SchedulerDriver(
+            sched, FrameworkInfo(user="bench", name=name), args.master, runtime=runtime
+        )
+        await driver.start()
+        drivers.append(driver)
+        sched_of[id(driver)] = sched
+    pacer = asyncio.get_running_loop().create_task(launcher.pace(sched_of))
+    _emit({"ready": True, "pid": os.getpid(), "address": runtime.address})
+    try:
+        async for cmd in _commands():
+            what = cmd.get("cmd")
+            if what == "stats":
+                now = time.perf_counter()
+                out = {
+                    "registered": sum(1 for d in drivers if d.connected),
+                    "seconds": now - stats.since,
+                    "offers": stats.offers,
+                    "accepts": stats.accepts,
+                    "declines": stats.declines,
+                    "launched": stats.launched,
+                    "running": stats.running,
+                    "finished": stats.finished,
+                    "failed": stats.failed,
+                    "latencies": [round(x, 6) for x in stats.latencies],
+                    "cpu_s": _cpu_seconds(),
+                }
+                if cmd.get("reset"):
+                    stats.reset()
+                _emit(out)
+            elif what == "rate":
+                rate = cmd.get("per_second")
+                launcher.rate = float(rate) if rate is not None else None
+                launcher.tokens = 0.0
+                _emit({"ok": True})
+            else:
+                _emit({"error": f"unknown command {what!r}"})
+    finally:
+        pacer.cancel()
+        await runtime.stop(timeout=2.0)
+
+
+# ====================================================================== entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.offers.worker")
+    p.add_argument("role", choices=["master", "agents", "frameworks"])
+    p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument("--master", default="")
+    p.add_argument("--count", type=int, default=0)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--allocation-interval", type=float, default=1.0)
+    p.add_argument("--ping-interval", type=float, default=1.0)
+    p.add_argument("--max-ping-timeouts", type=int, default=5)
+    p.add_argument("--resources", default="cpus:4;mem:4096;disk:4096;ports:[31000-32000]")
+    p.add_argument("--task-resources", default="cpus:1;mem:1024")
+    p.add_argument("--task-seconds", type=float, default=1.0)
+    p.add_argument("--max-tasks-per-offer", type=int, default=0)
+    p.add_argument("--executor", choices=["command", "custom"], default="command")
+    p.add_argument("--spawn-rate", type=float, default=5000.0)
+    p.add_argument("--work-dir", default="")
+    args = p.parse_args(argv)
+    libproc.configure_logging(level=os.environ.get("LIBPROC_LOG_LEVEL", "warning"))
+    role = {"master": run_master, "agents": run_agents, "frameworks": run_frameworks}[args.role]
+    try:
+        libproc.run(role(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
