@@ -209,6 +209,7 @@ class RawClient:
         self.done: asyncio.Future[Any] | None = None
         self.writable: asyncio.Future[None] | None = None
         loop.add_reader(self.sock.FD, self._on_event)
+        loop.call_soon(self._on_event)
 
     def _on_event(self) -> None:
         sock = self.sock
@@ -234,6 +235,9 @@ class RawClient:
         self.left = n
         self.done = self.loop.create_future()
         self.sock.send(_packb([self.TO, self.ME, "ping", n]), zmq.NOBLOCK)
+        # ZeroMQ signals the fd only for a pipe whose reader has looked and found it empty; look
+        # now, or a pong arriving before anything else wakes the fd is never noticed.
+        self._on_event()
         await self.done
 
     async def blast(self, n: int) -> int:
@@ -252,6 +256,7 @@ class RawClient:
                     self.loop.call_soon(self._on_event)
                     await self.writable
         sock.send(_packb([to, me, "done", None]))
+        self._on_event()  # as in round_trips: arm the fd for the count
         return await self.done  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -265,7 +270,7 @@ class RawClient:
 async def zmq_asyncio_server(sock: zmq.asyncio.Socket) -> None:
     while True:
         ident, data = await sock.recv_multipart()
-        to, sender, name, body = _unpackb(data)
+        to, sender, _, body = _unpackb(data)
         await sock.send_multipart([ident, _packb([sender, to, "pong", body])])
 
 
@@ -397,9 +402,15 @@ class Figure:
         }
 
 
-async def timed(n: int, body: Callable[[], Awaitable[Any]]) -> float:
+RUN_TIMEOUT = 60.0  # seconds; a run that takes longer has lost a message and never will finish
+
+
+async def timed(what: str, n: int, body: Callable[[int], Awaitable[Any]]) -> float:
     t0 = time.perf_counter()
-    await body()
+    try:
+        await asyncio.wait_for(body(n), RUN_TIMEOUT)
+    except TimeoutError:
+        raise RuntimeError(f"{what}: {n} messages did not complete in {RUN_TIMEOUT}s") from None
     return n / (time.perf_counter() - t0)
 
 
@@ -484,10 +495,10 @@ async def measure_loop(
                 plan = [(fig, run) for fig, run in plan if fig.key.split("/")[0] in only]
             # Warm up: connections made, code paths hot, caches filled.
             for fig, run in plan:
-                await run(max(100, fig.n // 10))
+                await timed(f"{fig.key} warm-up", max(100, fig.n // 10), run)
             for i in range(s.runs):
                 for fig, run in plan:
-                    fig.rates.append(await timed(fig.n, lambda run=run, n=fig.n: run(n)))
+                    fig.rates.append(await timed(fig.key, fig.n, run))
                 log(f"  {loop_name}: run {i + 1}/{s.runs} done")
             return [fig for fig, _ in plan]
     finally:
@@ -545,12 +556,37 @@ def pykka_pingpong(n: int) -> float | None:
         pong.stop()
 
 
+try:  # thespian wants its actor classes at module level
+    from thespian.actors import Actor as _ThespianActor
+    from thespian.actors import ActorSystem as _ThespianSystem
+
+    class TPong(_ThespianActor):
+        def receiveMessage(self, message: Any, sender: Any) -> None:
+            if isinstance(message, int):
+                self.send(sender, message)
+
+    class TPing(_ThespianActor):
+        def receiveMessage(self, message: Any, sender: Any) -> None:
+            if isinstance(message, tuple):  # ("start", n, pong) from the asking thread
+                _, self.left, self.peer = message
+                self.client = sender
+                self.send(self.peer, self.left)
+            elif isinstance(message, int):  # a pong
+                self.left -= 1
+                if self.left:
+                    self.send(self.peer, self.left)
+                else:
+                    self.send(self.client, "done")
+
+except ImportError:  # reported as skipped
+    _ThespianSystem = None
+
+
 def thespian_pingpong(n: int) -> float | None:
-    try:
-        from thespian.actors import Actor, ActorSystem
-    except ImportError:
+    if _ThespianSystem is None:
         return None
-    system = ActorSystem("simpleSystemBase", logDefs=False)
+    # simpleSystemBase runs every actor in the calling thread, inside ask().
+    system = _ThespianSystem("simpleSystemBase", logDefs=False)
     try:
         ping = system.createActor(TPing)
         pong = system.createActor(TPong)
@@ -561,32 +597,6 @@ def thespian_pingpong(n: int) -> float | None:
         return n / (time.perf_counter() - t0)
     finally:
         system.shutdown()
-    del Actor  # only imported to check availability
-
-
-try:  # thespian needs its actor classes at module level
-    from thespian.actors import Actor as _TActor
-
-    class TPong(_TActor):
-        def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
-            if isinstance(message, int):
-                self.send(sender, message)
-
-    class TPing(_TActor):
-        def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
-            if isinstance(message, tuple):
-                _, self.left, self.peer = message
-                self.client = sender
-                self.send(self.peer, self.left)
-            elif isinstance(message, int):
-                self.left -= 1
-                if self.left:
-                    self.send(self.peer, self.left)
-                else:
-                    self.send(self.client, "done")
-
-except ImportError:  # pragma: no cover - reported as skipped
-    pass
 
 
 def measure_peers(sizes: Sizes, log: Callable[[str], None]) -> list[Figure]:
@@ -635,7 +645,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def build_report(figures: list[Figure], sizes: Sizes, elapsed: float) -> dict[str, Any]:
+def build_report(
+    figures: list[Figure], sizes: Sizes, elapsed: float, load: dict[str, list[float]]
+) -> dict[str, Any]:
     by = {(f.key, f.loop): f for f in figures}
     ratios = []
     for fig, base, target in [*TARGETS, *((f, b, None) for f, b in REFERENCES)]:
@@ -644,12 +656,15 @@ def build_report(figures: list[Figure], sizes: Sizes, elapsed: float) -> dict[st
             if a is None or b is None:
                 continue
             ratio = a.median / b.median
+            # Runs were interleaved, so run i of each pair saw the same minute of the machine.
+            paired = [x / y for x, y in zip(a.rates, b.rates, strict=False) if y]
             ratios.append(
                 {
                     "figure": fig,
                     "baseline": base,
                     "loop": loop_name,
                     "ratio": ratio,
+                    "paired_ratio_median": statistics.median(paired) if paired else None,
                     "target": target,
                     "met": None if target is None else ratio >= target,
                 }
@@ -657,7 +672,7 @@ def build_report(figures: list[Figure], sizes: Sizes, elapsed: float) -> dict[st
     targets = [r for r in ratios if r["target"] is not None]
     return {
         "machine": machine(),
-        "config": {**sizes.__dict__, "elapsed_s": elapsed},
+        "config": {**sizes.__dict__, "elapsed_s": elapsed, **load},
         "figures": [f.as_json() for f in figures],
         "ratios": ratios,
         "targets_met": all(r["met"] for r in targets),
@@ -690,8 +705,7 @@ def format_table(report: dict[str, Any]) -> str:
             note += f"; {ref['ratio']:.2f}x {ref['baseline'].split('/')[1]}"
         name = "  " + f["figure"].split("/")[1]
         lines.append(
-            f"{name:<34}{f['loop']:<9}{f['median']:>12,.0f}  {f['unit']:<6}"
-            f"{spread:>7.0f}%  {note}"
+            f"{name:<34}{f['loop']:<9}{f['median']:>12,.0f}  {f['unit']:<6}{spread:>7.0f}%  {note}"
         )
     met = sum(1 for v in report["targets"].values() if v)
     lines.append("-" * 100)
@@ -740,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
+    load = {"loadavg_start": list(os.getloadavg())}
     figures: list[Figure] = []
     for name in loops:
         log(f"measuring on {name} ({sizes.runs} runs)...")
@@ -747,11 +762,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peers and (not only or "inproc" in only):
         log("measuring peers...")
         figures += measure_peers(sizes, log)
-    report = build_report(figures, sizes, time.perf_counter() - started)
-    m = report["machine"]
+    load["loadavg_end"] = list(os.getloadavg())
+    report = build_report(figures, sizes, time.perf_counter() - started, load)
+    m, c = report["machine"], report["config"]
     print(
         f"libproc bench: {m['cpu_count']} cpus, Python {m['python']}, {m['platform']},"
-        f" libzmq {m['libzmq']}, {report['config']['elapsed_s']:.0f}s"
+        f" libzmq {m['libzmq']}, {c['elapsed_s']:.0f}s, load average"
+        f" {c['loadavg_start'][0]:.1f} -> {c['loadavg_end'][0]:.1f}"
     )
     print(format_table(report))
     if args.json:
