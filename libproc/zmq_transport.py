@@ -28,6 +28,11 @@ __all__ = ["ZmqOptions", "ZmqTransport"]
 
 log = get_logger("libproc.zmq")
 
+# Plain ints: arithmetic on pyzmq's IntFlag constants costs about a microsecond a test.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
 _READ_BUDGET = 1024  # frames per readable callback, so one busy peer cannot starve the loop
 
 
@@ -118,9 +123,17 @@ class ZmqTransport:
         if router is None or not self._reading:
             return
         events = self._events
+        getsockopt = router.getsockopt
+        recv = router.recv
         for _ in range(_READ_BUDGET):
+            # Ask ZMQ_EVENTS rather than recv until zmq.Again: raising Again costs more than
+            # handling a message, and reading EVENTS re-arms the edge-triggered fd the same way.
+            if not getsockopt(_EVENTS) & _POLLIN:
+                return
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK)
+                parts = [recv(_NOBLOCK)]
+                while getsockopt(_RCVMORE):
+                    parts.append(recv(_NOBLOCK))
             except zmq.Again:
                 return
             except zmq.ZMQError as e:  # pragma: no cover - socket closed under us
@@ -150,7 +163,7 @@ class ZmqTransport:
                 events._on_bad_frame("internal_error", source, repr(e))  # type: ignore[union-attr]
             if not self._reading:
                 return
-        if router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if getsockopt(_EVENTS) & _POLLIN:
             self._loop.call_soon(self._on_readable)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ sending
