@@ -394,6 +394,13 @@ class Runtime:
         linker_id, pid = key
         self.metrics.inc("libproc/link_timeouts")
         self._remote_exited(pid, only=linker_id)
+        if pid.address not in self._remote_links or not self._remote_links[pid.address]:
+            # Nobody answered and nobody else waits on that address: stop reconnecting to it.
+            self._remote_links.pop(pid.address, None)
+            queue = self._peers.pop(pid.address, None)
+            if queue is not None and queue.msgs:
+                self.metrics.inc("libproc/messages_dropped/peer_down", len(queue.msgs))
+            self.transport.forget(pid.address)
 
     def _remote_exited(self, pid: UPID, only: str | None = None) -> None:
         """Report ``exited(pid)`` to local linkers of a remote actor (all, or just ``only``)."""
@@ -482,6 +489,8 @@ class Runtime:
     def _flush(self, queue: _OutQueue) -> None:
         """Send what waits for one peer, coalesced into as few frames as the size cap allows."""
         queue.scheduled = False
+        if self._peers.get(queue.address) is not queue:
+            return  # the peer went down after this flush was scheduled
         msgs = queue.msgs
         send = self.transport.send
         cap = self._batch_bytes
@@ -570,9 +579,16 @@ class Runtime:
         self.log.info("peer_down", peer=address, dropped=dropped)
         self.transport.forget(address)
         if queue is not None:
+            queue.msgs.clear()  # a flush already scheduled must not reopen the connection
+            queue.bytes = 0
             for fut in queue.waiters:
                 if not fut.done():
                     fut.set_result(None)
+        # Actors there that linked to ours are gone too: telling them of our ends later would
+        # only open a connection to a dead address.
+        for proc in self._actors.values():
+            if proc._linkers:
+                proc._linkers = {p for p in proc._linkers if p.address != address}
         by_pid = self._remote_links.get(address)
         if by_pid:
             for pid in list(by_pid):

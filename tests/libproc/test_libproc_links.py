@@ -111,6 +111,9 @@ async def test_link_to_dead_address_times_out(rt: Runtime) -> None:
     await linker.wait_exited(1)
     assert linker.exits == [nowhere]
     assert rt.metrics.get("libproc/link_timeouts") == 1
+    # Nothing keeps reconnecting to an address that never answered.
+    assert nowhere.address not in rt._peers
+    assert nowhere.address not in rt.transport._peers
 
 
 async def test_link_timeout_is_configurable(rt: Runtime) -> None:
