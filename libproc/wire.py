@@ -15,6 +15,7 @@ registered name and its fields, and come back as the same class. Anything else i
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 _records_by_name: dict[str, type] = {}
 _names_by_type: dict[type, str] = {}
+# type -> (the record's name, packed, as the head of its payload; a getter of its fields)
+_encoders: dict[type, tuple[bytes, Callable[[Any], Any]]] = {}
 
 
 class EncodeError(TypeError):
@@ -67,20 +70,47 @@ def record(name: str) -> Callable[[type[T]], type[T]]:
             raise ValueError(f"record name {name!r} is already used by {existing!r}")
         _records_by_name[name] = cls
         _names_by_type[cls] = name
-        cls._libproc_fields = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[attr-defined]
+        fields = tuple(f.name for f in dataclasses.fields(cls))
+        cls._libproc_fields = fields  # type: ignore[attr-defined]
+        # The payload is ``[name, [fields...]]``: a fixarray of two, the name, the fields. The
+        # first two never change, so they are packed once here.
+        head = b"\x92" + msgpack.packb(name, use_bin_type=True)
+        if len(fields) == 1:
+            one = operator.attrgetter(fields[0])
+            getter: Callable[[Any], Any] = lambda obj: (one(obj),)  # noqa: E731
+        elif fields:
+            getter = operator.attrgetter(*fields)
+        else:
+            getter = lambda obj: ()  # noqa: E731
+        _encoders[cls] = (head, getter)
         return cls
 
     return register
 
 
+# Packers are reused: ``msgpack.packb`` makes a new Packer per call, and a Packer starts with a
+# buffer of hundreds of kilobytes, which the C allocator maps and unmaps each time (that was a
+# third of a busy master's time, most of it in the kernel). Packing nests (a record inside a
+# record is packed while the outer one is), so each level takes its own packer from the pool.
+_pool: list[msgpack.Packer] = []
+
+
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+
+
 def _default(obj: Any) -> Any:
-    name = _names_by_type.get(type(obj))
-    if name is None:
+    enc = _encoders.get(type(obj))
+    if enc is None:
         raise EncodeError(
             f"cannot send a {type(obj).__name__}: bodies are msgpack types or @record dataclasses"
         )
-    fields = [getattr(obj, f) for f in obj._libproc_fields]
-    return msgpack.ExtType(_RECORD_EXT, _packb([name, fields]))
+    head, getter = enc
+    packer = _pool.pop() if _pool else _new_packer()
+    try:
+        return msgpack.ExtType(_RECORD_EXT, head + packer.pack(getter(obj)))
+    finally:
+        _pool.append(packer)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -109,24 +139,29 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    packer = _pool.pop() if _pool else _new_packer()
+    try:
+        return packer.pack(obj)
+    finally:
+        _pool.append(packer)
 
 
 def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 
-_packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
-
-
 def encode_message(recipient: str, sender: str, name: str, body: Any) -> bytes:
     """Pack one message; raises :class:`EncodeError` for a body that cannot travel."""
+    packer = _pool.pop() if _pool else _new_packer()
     try:
-        return _packer.pack([recipient, sender, name, body])
+        return packer.pack((recipient, sender, name, body))
     except EncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as e:
+        # (msgpack empties a packer's buffer when a pack fails, so it can be reused.)
         raise EncodeError(f"cannot encode body of {name!r}: {e}") from None
+    finally:
+        _pool.append(packer)
 
 
 def _array_header(n: int) -> bytes:
