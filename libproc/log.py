@@ -64,6 +64,40 @@ def _logger_factory(*args: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
+_Base: Any = structlog.make_filtering_bound_logger(logging.DEBUG)
+
+
+def _dropped(level: int) -> bool:
+    """Whether an event at ``level`` would be dropped by :func:`_filter_level` anyway.
+
+    Only while that processor is in force: ``structlog.testing.capture_logs`` swaps the
+    processors for its own and must then see every event, whatever the level.
+    """
+    return level < _level and bool(_processors) and _processors[0] is _filter_level
+
+
+class _BoundLogger(_Base):  # type: ignore[misc,valid-type]
+    """structlog's bound logger, with debug and info lines below the level dropped at the call.
+
+    A hot path (a status update, a launch) logs at info; with the level at warning, building
+    the event dict and running it through the processors only to drop it was a tenth of a busy
+    agent's time. The check reads the level live, so loggers bound before :func:`configure` obey
+    a later configuration, as they do through the processor.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _dropped(logging.DEBUG):
+            return None
+        return _Base.debug(self, event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _dropped(logging.INFO):
+            return None
+        return _Base.info(self, event, *args, **kw)
+
+    msg = info
+
+
 def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     """Configure structlog once for the process (later calls reconfigure).
 
@@ -100,15 +134,27 @@ def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     _processors[:] = processors
     structlog.configure(
         processors=_processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_BoundLogger,
         logger_factory=_logger_factory,
         cache_logger_on_first_use=False,
     )
     _configured = True
 
 
+_plain: dict[str, Any] = {}
+
+
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger bound to ``logger=name``; configures defaults on first use."""
+    """A structlog logger bound to ``logger=name``; configures defaults on first use.
+
+    Bound loggers are immutable (``bind`` makes a new one), so the plain one of each name is
+    made once: every actor takes one when it is created, and an actor per task is common.
+    """
     if not _configured:
         configure()
+    if not context:
+        logger = _plain.get(name)
+        if logger is None:
+            logger = _plain[name] = structlog.get_logger().bind(logger=name)
+        return logger
     return structlog.get_logger().bind(logger=name, **context)
