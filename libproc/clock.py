@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from asyncio import get_running_loop as _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
@@ -143,9 +144,12 @@ class _Clock:
     @classmethod
     def schedule(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call ``callback(*args)`` after ``seconds`` of clock time (on the loop, not an actor)."""
-        timer = Timer(
-            cls._now_ns() + max(0, _to_ns(seconds)), next(cls._seq), callback, args, cls._epoch
-        )
+        if cls._paused_ns is not None:
+            now = cls._paused_ns
+        else:
+            now = round(_get_running_loop().time() * _NS) + cls._offset_ns
+        when = now + round(seconds * _NS) if seconds > 0 else now
+        timer = Timer(when, next(cls._seq), callback, args, cls._epoch)
         heapq.heappush(cls._heap, timer)
         if cls._paused_ns is not None:
             if timer._when_ns <= cls._paused_ns:
