@@ -22,6 +22,7 @@ Failure handling follows Mesos:
 from __future__ import annotations
 
 import collections
+import itertools
 import socket
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,9 @@ class Master(Process):
         super().__init__(id=id)
         self.flags = flags or MasterFlags()
         self.master_id = new_id()
+        # Offer ids as Mesos makes them, ``<master id>-O<n>``: unique across masters (the
+        # master id is a uuid) and far cheaper than a uuid per offer.
+        self._offer_ids = itertools.count()
         self.start_time = time.time()
         self.frameworks: dict[str, _Framework] = {}
         self.completed_frameworks: collections.deque[_Framework] = collections.deque(
@@ -511,7 +515,7 @@ class Master(Process):
                     self._recover(agent_id, framework_id, resources, role=role)
                 continue
             offer = Offer(
-                id=new_id("O-"),
+                id=f"{self.master_id}-O{next(self._offer_ids)}",
                 framework_id=framework_id,
                 agent_id=agent_id,
                 hostname=agent.info.hostname,
