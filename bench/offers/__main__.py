@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
-    plot_path = args.plot or (args.json.with_suffix(".png") if args.json else Path("bench-offers.png"))
+    plot_path = args.plot or (
+        args.json.with_suffix(".png") if args.json else Path("bench-offers.png")
+    )
     for path in plot(report, plot_path):
         print(f"wrote {path}")
     return 0

@@ -75,7 +75,7 @@ class Config:
     allocation_interval: float = 1.0
     ping_interval: float = 5.0
     max_ping_timeouts: int = 5
-    agents_per_process: int = 12_500
+    agents_per_process: int = 5_000
     max_agent_processes: int = 4
     frameworks_per_process: int = 500
     blast_messages: int = 100_000
@@ -159,7 +159,7 @@ class Child:
             raise RuntimeError(f"{self.name}: {msg['error']}")
         return msg
 
-    def ask(self, cmd: str, timeout: float = 60.0, **kw: Any) -> dict[str, Any]:
+    def ask(self, cmd: str, timeout: float = 180.0, **kw: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
@@ -470,16 +470,41 @@ class Cluster:
             progress.show(f"{label} {seconds - max(0.0, left):.0f}/{seconds:.0f}s")
         return cycles
 
+    def drain(self, progress: Progress, label: str, timeout: float = 90.0) -> float:
+        """Stop launching until every task launched so far has been seen RUNNING (or ended):
+        a saturated run leaves a queue behind that would otherwise be measured as latency."""
+        for c in self.fw_procs:
+            c.ask("rate", per_second=0.0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            left = sum(c.ask("stats")["outstanding"] for c in self.fw_procs)
+            progress.show(f"{label}: draining, {left} launches outstanding")
+            if not left:
+                break
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def _cpu(self) -> dict[str, float]:
+        out = {"agents": 0.0, "frameworks": 0.0}
+        for kind, procs in (("agents", self.agent_procs), ("frameworks", self.fw_procs)):
+            for c in procs:
+                with contextlib.suppress(psutil.Error):
+                    t = psutil.Process(c.pid).cpu_times()
+                    out[kind] += t.user + t.system
+        return out
+
     def window(self, seconds: float, progress: Progress, label: str) -> dict[str, Any]:
         assert self.master is not None and self.mproc is not None
         for c in self.fw_procs:
             c.ask("stats", reset=True)
         m0 = self.master.ask("stats")
         cpu0 = self.mproc.cpu_times()
+        others0 = self._cpu()
         t0 = time.perf_counter()
         cycles = self._sample(seconds, progress, label)
         m1 = self.master.ask("stats")
         cpu1 = self.mproc.cpu_times()
+        others1 = self._cpu()
         dt = time.perf_counter() - t0
         fws = [c.ask("stats", reset=True) for c in self.fw_procs]
         lat = [x for f in fws for x in f["latencies"]]
@@ -507,7 +532,8 @@ class Cluster:
             "master_cpu_us_per_launch": cpu * 1e6 / running if running else float("nan"),
             "wire_msgs_per_s": wire / dt,
             "msgs_per_launch": wire / running if running else float("nan"),
-            "framework_cpu_s": sum(f["cpu_s"] for f in fws),
+            "agents_cpu_util": (others1["agents"] - others0["agents"]) / dt,
+            "frameworks_cpu_util": (others1["frameworks"] - others0["frameworks"]) / dt,
         }
 
 
@@ -544,6 +570,7 @@ def measure_point(
         summary = _summarise(runs)
         half: dict[str, Any] = {}
         if half_rate:
+            cluster.drain(progress, label)
             target = summary["launches_per_s"] / 2
             for c in cluster.fw_procs:
                 share = target * c.info["count"] / frameworks
@@ -720,7 +747,8 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 HEADER = (
     f"{'agents':>6} {'fws':>5} | {'offers/s':>8} {'launch/s':>8} {'t/acc':>5} |"
     f" {'p50 ms':>7} {'p99 ms':>7} {'½p50':>6} {'½p99':>6} | {'cycle':>6} |"
-    f" {'mCPU':>5} {'µs/l':>5} {'msg/l':>5} {'%wire':>5} | {'RSS MiB':>7} {'KiB/a':>5}"
+    f" {'mCPU':>5} {'µs/l':>5} {'msg/l':>5} {'%wire':>5} | {'aCPU':>5} {'fCPU':>5} |"
+    f" {'RSS MiB':>7} {'KiB/a':>5}"
 )
 
 
@@ -736,7 +764,8 @@ def _row(r: dict[str, Any]) -> str:
         f" {h.get('latency_p99_ms', float('nan')):>6.1f} |"
         f" {m['cycle_ms']:>6.2f} | {m['master_cpu_util'] * 100:>4.0f}%"
         f" {m['master_cpu_us_per_launch']:>5.0f} {m['msgs_per_launch']:>5.1f}"
-        f" {(frac or 0) * 100:>4.0f}% | {r['master_peak_rss_bytes'] / 2**20:>7.0f}"
+        f" {(frac or 0) * 100:>4.0f}% | {m['agents_cpu_util'] * 100:>4.0f}%"
+        f" {m['frameworks_cpu_util'] * 100:>4.0f}% | {r['master_peak_rss_bytes'] / 2**20:>7.0f}"
         f" {r['master_kib_per_agent']:>5.1f}"
     )
 

@@ -20,8 +20,8 @@ owner), exactly as the real containerizer does.
 from __future__ import annotations
 
 import itertools
+import os
 import time
-import uuid
 from typing import Any
 
 from libproc import UPID, Process, Timer, handler
@@ -178,7 +178,7 @@ class SimExecutor(Process):
             source=Source.SOURCE_EXECUTOR,
             executor_id=self.executor_id,
             timestamp=time.time(),
-            uuid=uuid.uuid4().bytes,
+            uuid=os.urandom(16),
         )
         self.unacked[status.uuid] = state != TaskState.TASK_RUNNING  # type: ignore[index]
         self.send(

@@ -188,6 +188,9 @@ async def run_agents(args: argparse.Namespace) -> None:
                 hostname=f"sim{i}",
                 containerizer=cz,
                 id=f"agent{i}",
+                # Mesos's first status update retry is after 10 s; mesa's default of 1 s turns a
+                # saturated run into a storm of duplicate updates and acknowledgements.
+                status_update_backoff=args.status_update_backoff,
             )
             runtime.spawn(agent)
             agents.append(agent)
@@ -366,6 +369,7 @@ async def run_frameworks(args: argparse.Namespace) -> None:
     stats = Stats()
     launcher = Launcher(args, stats)
     drivers = []
+    scheds: list[BenchScheduler] = []
     sched_of: dict[int, BenchScheduler] = {}
     for k in range(args.count):
         name = f"bench-{args.offset + k}"
@@ -375,6 +379,7 @@ async def run_frameworks(args: argparse.Namespace) -> None:
         )
         await driver.start()
         drivers.append(driver)
+        scheds.append(sched)
         sched_of[id(driver)] = sched
     pacer = asyncio.get_running_loop().create_task(launcher.pace(sched_of))
     _emit({"ready": True, "pid": os.getpid(), "address": runtime.address})
@@ -394,6 +399,7 @@ async def run_frameworks(args: argparse.Namespace) -> None:
                     "finished": stats.finished,
                     "failed": stats.failed,
                     "latencies": [round(x, 6) for x in stats.latencies],
+                    "outstanding": sum(len(s.launched_at) for s in scheds),
                     "cpu_s": _cpu_seconds(),
                 }
                 if cmd.get("reset"):
@@ -429,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-seconds", type=float, default=1.0)
     p.add_argument("--max-tasks-per-offer", type=int, default=0)
     p.add_argument("--executor", choices=["command", "custom"], default="command")
+    p.add_argument("--status-update-backoff", type=float, default=10.0)
     p.add_argument("--spawn-rate", type=float, default=5000.0)
     p.add_argument("--work-dir", default="")
     args = p.parse_args(argv)
