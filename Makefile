@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.libproc_bench --json bench-libproc.json
 	$(PY) -m bench.allocator_bench --json bench-allocator.json
+	$(PY) -m bench.offers --json bench-offers.json
 
 # A whole local cluster (a master, two agents) running a framework with real tasks, then stopped.
 demo: $(STAMP)
