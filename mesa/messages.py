@@ -470,7 +470,11 @@ class Allocations:
 
 @message("containerizer.Launch")
 class LaunchContainer:
-    """Start ``executor.command`` in a new container whose working directory is ``sandbox``."""
+    """Start ``executor.command`` in a new container whose working directory is ``sandbox``.
+
+    ``resources`` is the container's total (the executor's own plus its tasks'): what the
+    isolators limit it to.
+    """
 
     NAME: ClassVar[str]
     container_id: str
@@ -490,6 +494,15 @@ class ContainerLaunched:
     error: str | None = None
 
 
+@message("containerizer.Update")
+class UpdateContainer:
+    """The container's executor gained or lost tasks: ``resources`` is its new total."""
+
+    NAME: ClassVar[str]
+    container_id: str
+    resources: str = ""
+
+
 @message("containerizer.Destroy")
 class DestroyContainer:
     """Kill every process of the container; ContainerTerminated follows."""
@@ -504,7 +517,8 @@ class ContainerTerminated:
 
     ``status`` is the executor's exit code, or minus the signal that ended it (as ``Popen``'s
     ``returncode``); ``None`` when it is unknown. ``destroyed`` says the end came from
-    DestroyContainer.
+    DestroyContainer or a limitation. ``reason`` is set when the container hit a limit
+    (``REASON_CONTAINER_LIMITATION_MEMORY``, ``_DISK``); ``message`` then names the limit.
     """
 
     NAME: ClassVar[str]
@@ -512,3 +526,4 @@ class ContainerTerminated:
     status: int | None = None
     destroyed: bool = False
     message: str = ""
+    reason: str | None = None

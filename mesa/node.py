@@ -99,6 +99,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds an executor has to register before its container is destroyed",
     )
+    a.add_argument(
+        "--isolation",
+        default=None,
+        help="comma-separated isolators, e.g. 'cgroups/cpu,cgroups/mem,cgroups/pids,disk/du' "
+        "(also posix/cpu, posix/mem, namespaces/pid, an entry point of group mesa.isolators, "
+        "or module:Class); default: the best this machine offers, logged at start",
+    )
+    a.add_argument(
+        "--cgroups-root",
+        default=None,
+        help="path below each cgroup hierarchy for this agent's containers "
+        "(default: mesa/agent-<hash of the work dir>)",
+    )
+    a.add_argument(
+        "--cgroups-enable-cfs",
+        action="store_true",
+        help="hard-cap each container's cpu at its cpus with a CFS quota (not just shares)",
+    )
+    a.add_argument(
+        "--cgroups-max-pids",
+        type=flags.positive_int,
+        default=4096,
+        help="cgroups/pids: most processes a container may have (unless it asks for 'pids')",
+    )
+    a.add_argument(
+        "--enforce-container-disk-quota",
+        action="store_true",
+        help="disk/du: destroy a container whose sandbox outgrows its disk resource",
+    )
+    a.add_argument(
+        "--container-disk-watch-interval",
+        type=flags.positive_float,
+        default=15.0,
+        help="disk/du: seconds between measurements of each sandbox",
+    )
     return p
 
 
@@ -134,7 +169,12 @@ async def _serve(args: argparse.Namespace) -> int:
         work_dir = args.work_dir or os.path.join(os.getcwd(), "mesa-agent")
         runtime = libproc.Runtime(args.ip, port, http_port=http_port)
         await runtime.start()
-        agent = Agent(**_agent_kwargs(args, work_dir, runtime))
+        try:
+            agent = Agent(**_agent_kwargs(args, work_dir, runtime))
+        except ValueError as e:  # e.g. an --isolation this machine cannot do: one clear line
+            print(f"mesa.node: error: {e}", file=sys.stderr, flush=True)
+            await runtime.stop()
+            return 2
         pid = runtime.spawn(agent)
     print(
         f"mesa {args.role} started: pid={pid} http=http://{args.ip}:{runtime.http_port}",
@@ -155,6 +195,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict[str, Any]:
+    from mesa.isolators import IsolationOptions
+
     return {
         "master": args.master,
         "work_dir": work_dir,
@@ -163,6 +205,14 @@ def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict
         "hostname": args.hostname or args.ip,
         "http_port": runtime.http_port,
         "executor_registration_timeout": args.executor_registration_timeout,
+        "isolation": args.isolation,
+        "isolation_options": IsolationOptions(
+            cgroups_root=args.cgroups_root,
+            cgroups_enable_cfs=args.cgroups_enable_cfs,
+            cgroups_max_pids=args.cgroups_max_pids,
+            enforce_container_disk_quota=args.enforce_container_disk_quota,
+            container_disk_watch_interval=args.container_disk_watch_interval,
+        ),
     }
 
 

@@ -35,6 +35,7 @@ frameworks) so the master can clean up.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -44,6 +45,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -61,7 +63,7 @@ from mesa.info import (
     TaskInfo,
     TaskStatus,
 )
-from mesa.isolators.base import Isolator
+from mesa.isolators import IsolationOptions, Isolator, resolve_isolation
 from mesa.messages import (
     AgentRegistered,
     AgentReregistered,
@@ -84,12 +86,24 @@ from mesa.messages import (
     ShutdownFramework,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    UpdateContainer,
     UpdateFramework,
 )
+from mesa.resources import ResourceError, Resources
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
 
-__all__ = ["Agent", "command_executor_info", "master_upid"]
+__all__ = [
+    "COMMAND_EXECUTOR_RESOURCES",
+    "Agent",
+    "agent_cgroups_root",
+    "command_executor_info",
+    "master_upid",
+]
+
+# What the command executor itself is given on top of its task's resources (Mesos's
+# DEFAULT_EXECUTOR_CPUS and DEFAULT_EXECUTOR_MEM): its container is limited to the sum.
+COMMAND_EXECUTOR_RESOURCES = "cpus:0.1;mem:32"
 
 # Ids become path components of sandboxes: keep them to one harmless component.
 _SAFE_ID = re.compile(r"[^/\x00]{1,255}")
@@ -102,6 +116,14 @@ def master_upid(master: UPID | str) -> UPID:
         return master
     text = str(master).strip()
     return UPID.parse(text if "@" in text else f"master@{text}")
+
+
+def agent_cgroups_root(work_dir: str | os.PathLike[str]) -> str:
+    """The cgroup root of the agent working in ``work_dir``: ``mesa/agent-<hash>``. Stable
+    across restarts (so a restarted agent finds what its predecessor left) and distinct for two
+    agents on one machine (so neither cleans up the other's containers)."""
+    digest = hashlib.sha1(str(Path(work_dir).resolve()).encode()).hexdigest()[:12]
+    return f"mesa/agent-{digest}"
 
 
 def command_executor_info(task: TaskInfo, framework_id: str) -> ExecutorInfo:
@@ -169,6 +191,7 @@ class _Executor:
     exit_status: int | None = None
     exit_message: str = ""
     timers: list[Timer] = field(default_factory=list)
+    container_resources: str = ""  # the total the container was last given
 
     @property
     def id(self) -> str:
@@ -231,7 +254,10 @@ class Agent(Process):
     checkpointed agent id. ``resources``: a resource string; names it leaves out are detected.
     ``attributes``: ``"rack:r1;zone:a"`` or a dict. ``containerizer``: the UPID of a containerizer
     in the same runtime; by default the agent spawns its own and stops it (destroying every
-    container) when it ends; ``isolators`` go to that containerizer (default: posix).
+    container) when it ends. That containerizer drives the isolators ``isolation`` names
+    (``"cgroups/cpu,cgroups/mem"``; None: the best this machine offers, see
+    :func:`mesa.isolators.default_isolation`), built with ``isolation_options`` (whose
+    ``cgroups_root`` defaults to :func:`agent_cgroups_root`), or the ready ``isolators`` given.
     ``hostname`` and ``http_port`` are what the agent advertises
     (defaults: this host's name, and the runtime's HTTP port).
 
@@ -254,6 +280,8 @@ class Agent(Process):
         http_port: int | None = None,
         containerizer: UPID | str | None = None,
         isolators: list[Isolator] | None = None,
+        isolation: str | Sequence[str] | None = None,
+        isolation_options: IsolationOptions | None = None,
         registration_backoff: float = 1.0,
         registration_backoff_max: float = 10.0,
         status_update_backoff: float = 1.0,
@@ -271,7 +299,8 @@ class Agent(Process):
         self._http_port = http_port
         self._containerizer = UPID.parse(str(containerizer)) if containerizer else None
         self._own_containerizer = containerizer is None
-        self._isolators = isolators
+        self._isolators: list[Isolator] | None = None
+        self._isolation_reasons: list[str] = []
         if registration_backoff <= 0 or registration_backoff_max < registration_backoff:
             raise ValueError("need 0 < registration_backoff <= registration_backoff_max")
         self.registration_backoff = registration_backoff
@@ -286,6 +315,17 @@ class Agent(Process):
         # command line reports it instead of an actor logging it.
         self.resources = str(resolve_resources(resources, self.work_dir))
         (self.work_dir / "meta").mkdir(parents=True, exist_ok=True)
+        if self._own_containerizer:
+            if isolators is not None:
+                self._isolators = list(isolators)
+                self._isolation_reasons = ["isolators given by the caller"]
+            else:
+                options = dataclasses.replace(isolation_options or IsolationOptions())
+                if options.cgroups_root is None:
+                    options.cgroups_root = agent_cgroups_root(self.work_dir)
+                chosen = resolve_isolation(isolation, options)
+                self._isolators = chosen.isolators
+                self._isolation_reasons = chosen.reasons
         self.agent_id: str | None = self._read_agent_id()
         self.registered = False
         self._registration_timer: Timer | None = None
@@ -309,6 +349,12 @@ class Agent(Process):
 
     def initialize(self) -> None:
         if self._containerizer is None:
+            assert self._isolators is not None
+            self.log.info(
+                "isolation",
+                isolators=[i.name for i in self._isolators],
+                why=self._isolation_reasons,
+            )
             self._containerizer = self.spawn(Containerizer(self._isolators))
         m = self.metrics
         m.gauge("agent/registered", lambda: 1 if self.registered else 0)
@@ -616,9 +662,10 @@ class Agent(Process):
             )
             return
         if executor is None:
-            executor = self._launch_executor(framework, executor_info, has_command)
+            executor = self._launch_executor(framework, executor_info, has_command, task)
         self.metrics.inc("agent/tasks_launched")
         executor.tasks[task.task_id] = _Task(task, fid, executor.id)
+        self._update_container(executor)
         self.log.info(
             "task_launching",
             framework_id=fid,
@@ -632,7 +679,7 @@ class Agent(Process):
             executor.queued.append(task.task_id)
 
     def _launch_executor(
-        self, framework: _Framework, info: ExecutorInfo, command_executor: bool
+        self, framework: _Framework, info: ExecutorInfo, command_executor: bool, first: TaskInfo
     ) -> _Executor:
         cid = str(uuid.uuid4())
         sandbox = (
@@ -664,15 +711,46 @@ class Agent(Process):
             container_id=cid,
             sandbox=str(sandbox),
         )
+        executor.container_resources = self._container_resources(executor, [first])
         self.send(
             self._containerizer,  # type: ignore[arg-type]
             LaunchContainer.NAME,
-            LaunchContainer(cid, info, str(sandbox), env, info.resources),
+            LaunchContainer(cid, info, str(sandbox), env, executor.container_resources),
         )
         executor.timers.append(
             self.delay(self.executor_registration_timeout, self._registration_timed_out, cid)
         )
         return executor
+
+    def _container_resources(self, executor: _Executor, extra: Sequence[TaskInfo] = ()) -> str:
+        """What the executor's container may use: the executor's own resources (for the command
+        executor, :data:`COMMAND_EXECUTOR_RESOURCES`) plus those of its live tasks."""
+        texts = [executor.info.resources or ""]
+        if executor.command_executor:
+            texts.append(COMMAND_EXECUTOR_RESOURCES)
+        texts.extend(t.info.resources for t in executor.tasks.values())
+        texts.extend(t.resources for t in extra)
+        parsed = []
+        for text in texts:
+            try:
+                parsed.append(Resources.parse(text) if isinstance(text, str) else Resources())
+            except ResourceError as e:  # the master validated them; never fatal here
+                self.log.warning("bad_task_resources", executor_id=executor.id, error=str(e))
+        return str(Resources.sum(parsed))
+
+    def _update_container(self, executor: _Executor) -> None:
+        """Tasks came or went: give the container its new total (custom executors run many)."""
+        if executor.state in (_ExecutorState.TERMINATING, _ExecutorState.TERMINATED):
+            return
+        total = self._container_resources(executor)
+        if total == executor.container_resources:
+            return
+        executor.container_resources = total
+        self.send(
+            self._containerizer,  # type: ignore[arg-type]
+            UpdateContainer.NAME,
+            UpdateContainer(executor.container_id, total),
+        )
 
     def _registration_timed_out(self, cid: str) -> None:
         executor = self._containers.get(cid)
@@ -760,10 +838,21 @@ class Agent(Process):
         executor = self._containers.get(msg.container_id)
         if executor is None:
             return
-        self._executor_terminated(executor, msg.status, msg.message)
+        reason = msg.reason if isinstance(msg.reason, str) and msg.reason else None
+        self._executor_terminated(executor, msg.status, msg.message, reason)
 
-    def _executor_terminated(self, executor: _Executor, status: int | None, message: str) -> None:
-        """The executor's process is gone: settle its tasks, tell the master, keep a record."""
+    def _executor_terminated(
+        self,
+        executor: _Executor,
+        status: int | None,
+        message: str,
+        limitation: str | None = None,
+    ) -> None:
+        """The executor's process is gone: settle its tasks, tell the master, keep a record.
+
+        ``limitation``: the container hit a limit (a ``REASON_CONTAINER_LIMITATION_*``), and
+        ``message`` names it; its tasks fail with that reason unless the agent had already
+        decided what they become."""
         self._containers.pop(executor.container_id, None)
         executor.cancel_timers()
         if executor.pid is not None:
@@ -780,11 +869,15 @@ class Agent(Process):
             executor_id=executor.id,
             status=status,
             message=message,
+            limitation=limitation,
         )
         if executor.launch_error is not None:
             state, reason = TaskState.TASK_FAILED, Reason.REASON_CONTAINER_LAUNCH_FAILED
         elif executor.kill_state is not None:
             state, reason = executor.kill_state, executor.kill_reason
+        elif limitation is not None:
+            state, reason = TaskState.TASK_FAILED, limitation
+            self.metrics.inc("agent/executors_limited")
         elif framework is not None and framework.terminating:
             state, reason = TaskState.TASK_KILLED, Reason.REASON_FRAMEWORK_REMOVED
         else:
@@ -954,6 +1047,7 @@ class Agent(Process):
                 executor.completed_tasks.append(task)  # type: ignore[union-attr]
                 state_name = str(status.state).removeprefix("TASK_").lower()
                 self.metrics.inc(f"agent/tasks_{state_name}")
+                self._update_container(executor)  # type: ignore[arg-type]
         return result
 
     def _forward_update(self, update: StatusUpdate, retry: bool) -> None:
@@ -1144,6 +1238,30 @@ class Agent(Process):
             "completed_frameworks": [f.describe() for f in self._completed_frameworks],
             "pending_status_updates": self._updates.describe(),
         }
+
+    @route("containers")
+    async def _http_containers(self, request: Any) -> list[dict[str, Any]]:
+        """Each running container with its usage, in the shape of Mesos's ``/containers``."""
+        if self._containerizer is None:
+            return []
+        report = await self.runtime.dispatch(self._containerizer, "usage_report")
+        out = []
+        for entry in report:
+            executor = self._containers.get(entry["container_id"])
+            out.append(
+                {
+                    "container_id": entry["container_id"],
+                    "executor_id": executor.id if executor else None,
+                    "executor_name": executor.info.name if executor else None,
+                    "framework_id": executor.framework_id if executor else None,
+                    "source": executor.info.name if executor else None,
+                    "resources": entry["resources"],
+                    "status": {"executor_pid": entry["pid"]},
+                    "limitation": entry["limitation"],
+                    "statistics": entry["statistics"],
+                }
+            )
+        return out
 
 
 def _lost_state(framework: FrameworkInfo | None) -> str:

@@ -1,53 +1,101 @@
-"""The containerizer: runs executors as OS processes, and makes sure they and theirs go away.
+"""The containerizer: runs each executor in a container, and makes sure nothing of it outlives it.
 
 One actor per agent (libproc id ``containerizer``). The agent asks by message —
-:class:`~mesa.messages.LaunchContainer`, :class:`~mesa.messages.DestroyContainer` — and the
-containerizer answers whoever launched the container (its *owner*) with
-:class:`~mesa.messages.ContainerLaunched` and, when the executor process has ended and every
-process of the container is gone, :class:`~mesa.messages.ContainerTerminated`.
+:class:`~mesa.messages.LaunchContainer`, :class:`~mesa.messages.UpdateContainer`,
+:class:`~mesa.messages.DestroyContainer` — and the containerizer answers whoever launched the
+container (its *owner*) with :class:`~mesa.messages.ContainerLaunched` and, when the executor has
+ended and every process of the container is gone, :class:`~mesa.messages.ContainerTerminated`
+(with the :class:`~mesa.isolators.base.Limitation` that ended it, if one did).
 
-A container, with posix isolation only, is a process *session*: the executor starts with
-``start_new_session=True``, so it leads a new session and process group whose id is its pid, and
-everything it forks stays in that session unless it calls ``setsid`` itself. Destroying a container
-therefore kills the process group, every process still in the session (found by scanning the
-process table, which also catches double-forked orphans whose parent is gone), and every
-descendant of the executor (which catches those that left the session but not the tree). What
-escapes all three is the cgroups isolators' business (a later issue): they plug in through the
-``isolators`` list (:class:`~mesa.isolators.base.Isolator`) and can name more pids to kill.
+A container is a process session (the executor starts with ``start_new_session=True``) plus
+whatever the isolators make of it: cgroups, a pid namespace. The isolators are actors the
+containerizer spawns next to itself and drives through each container's life (see
+:mod:`mesa.isolators.base`): recover at start, then prepare → launch → isolate → watch → update
+→ usage → kill → cleanup. When an isolator is ``gated`` (cgroups), the executor is started
+behind a gate — a few lines of Python that block on a pipe and then ``exec`` the executor — so
+it is inside its cgroups before it runs a single instruction of its own, and nothing it forks can
+start outside them.
 
-When an executor exits by itself the same sweep runs before the agent hears of it, so a task the
-executor forgot to kill never outlives its container.
+Destroying a container kills everything the containerizer and its isolators can see: the session,
+the process group, the executor's descendants (posix), and every member of its cgroups (frozen
+first, so a fork bomb cannot outrun the kill). It then waits until the executor has exited and
+every isolator reports its container empty, cleans the isolators up (removing the cgroups), and
+only then tells the owner. When an executor exits by itself the same sweep runs first, so a task
+the executor forgot to kill never outlives its container. When an isolator's ``watch`` resolves
+(out of memory, over the disk quota), the container is destroyed and the owner is told why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
 
-from libproc import UPID, Clock, Process, ProcessNotFound, get_logger, handler, route
+from libproc import (
+    UPID,
+    Clock,
+    Process,
+    ProcessNotFound,
+    ProcessTerminated,
+    Timer,
+    get_logger,
+    handler,
+    route,
+)
 from mesa import exit_status
 from mesa.commands import command_argv
-from mesa.isolators.base import Isolator
-from mesa.isolators.posix import PosixIsolator
+from mesa.isolators.base import ContainerConfig, Isolator, LaunchInfo, Limitation
+from mesa.isolators.posix import session_pids
 from mesa.messages import (
     ContainerLaunched,
     ContainerTerminated,
     DestroyContainer,
     LaunchContainer,
+    UpdateContainer,
 )
+from mesa.resources import ResourceError, Resources
 
-__all__ = ["Containerizer", "source_root"]
+__all__ = ["USAGE_KEYS", "Containerizer", "source_root"]
 
 # How long, after SIGKILL, to wait for the processes of a container to disappear.
 _KILL_WAIT = 5.0
+
+# The gate a gated executor starts behind: wait for one byte on the pipe the containerizer
+# writes once every isolator has placed the process, then become the executor. EOF (the
+# containerizer gave up) means exit without running anything.
+_GATE = (
+    "import os,sys\n"
+    "fd=int(sys.argv[1])\n"
+    "ok=os.read(fd,1)\n"
+    "os.close(fd)\n"
+    "if not ok: os._exit(125)\n"
+    "os.execvp(sys.argv[2],sys.argv[3:])\n"
+)
+
+# Statistics summed over live containers into /metrics/snapshot (containerizer/<key>).
+USAGE_KEYS = (
+    "cpus_limit",
+    "cpus_user_time_secs",
+    "cpus_system_time_secs",
+    "cpus_throttled_time_secs",
+    "mem_rss_bytes",
+    "mem_total_bytes",
+    "mem_limit_bytes",
+    "disk_used_bytes",
+    "disk_limit_bytes",
+    "processes",
+)
 
 
 def source_root() -> str:
@@ -60,20 +108,27 @@ class _Container:
     id: str
     owner: UPID
     sandbox: Path
+    resources: Resources = field(default_factory=Resources.empty)
     pid: int | None = None
     process: asyncio.subprocess.Process | None = None
     watcher: asyncio.Task[None] | None = None
+    watches: list[asyncio.Task[None]] = field(default_factory=list)
     destroying: bool = False
-    doomed: set[int] = field(default_factory=set)  # pids already sent SIGKILL by destroy
+    limitation: Limitation | None = None
+    doomed: set[int] = field(default_factory=set)  # pids already sent SIGKILL
     files: list[IO[bytes]] = field(default_factory=list)
+    gate: int | None = None  # write end of the gate's pipe, until the executor is let go
     launched_at: float = 0.0
 
 
 class Containerizer(Process):
-    """Launches, watches and destroys executor containers for its owner (the agent).
+    """Launches, watches, updates and destroys executor containers for its owner (the agent).
 
-    ``isolators``: hooks run at each step (default: posix only). ``kill_wait``: how long destroy
-    waits for killed processes to disappear before reporting anyway.
+    ``isolators``: the isolator actors to drive (default: posix/cpu and posix/mem); the
+    containerizer spawns them and stops them when it stops. ``kill_wait``: how long destroy waits
+    for killed processes to disappear before reporting anyway. ``usage_interval``: how often the
+    usage behind ``/metrics/snapshot`` is refreshed (``/agent/containers`` always reads afresh).
+    ``live``: containers an isolator must not clean up at start (for agent recovery).
     """
 
     def __init__(
@@ -81,16 +136,56 @@ class Containerizer(Process):
         isolators: list[Isolator] | None = None,
         *,
         kill_wait: float = _KILL_WAIT,
+        usage_interval: float = 5.0,
+        live: set[str] | None = None,
         id: str = "containerizer",
     ) -> None:
         super().__init__(id)
-        self.isolators: list[Isolator] = list(isolators) if isolators else [PosixIsolator()]
+        if isolators is None:
+            from mesa.isolators.posix import PosixCpuIsolator, PosixMemIsolator
+
+            isolators = [PosixCpuIsolator(), PosixMemIsolator()]
+        self.isolators: list[Isolator] = list(isolators)
         self.kill_wait = kill_wait
+        self.usage_interval = usage_interval
+        self._live = set(live or ())
         self._containers: dict[str, _Container] = {}
+        self._usage: dict[str, dict[str, float]] = {}
+        self._usage_timer: Timer | None = None
+        self._spawned: list[Isolator] = []
         self.log = get_logger("mesa.containerizer")
 
-    def initialize(self) -> None:
-        self.metrics.gauge("containerizer/containers_running", lambda: len(self._containers))
+    async def initialize(self) -> None:
+        for isolator in self.isolators:
+            self.spawn(isolator)
+            self._spawned.append(isolator)
+        for isolator in self.isolators:
+            try:
+                await self.runtime.dispatch(isolator.pid, isolator.recover, set(self._live))
+            except Exception as e:
+                self.log.warning("isolator_recover_failed", isolator=isolator.name, error=repr(e))
+        m = self.metrics
+        m.gauge("containerizer/containers_running", lambda: len(self._containers))
+        for key in USAGE_KEYS:
+            m.gauge(f"containerizer/{key}", lambda k=key: self._aggregate(k))
+        self._usage_timer = self.delay(self.usage_interval, self._refresh_usage)
+        self.log.info("containerizer_started", isolators=[i.name for i in self.isolators])
+
+    # ------------------------------------------------------------------ calling isolators
+
+    async def _call(self, isolator: Isolator, method: str, *args: Any) -> Any:
+        """Run an isolator hook in the isolator's own context."""
+        return await self.runtime.dispatch(isolator.pid, getattr(isolator, method), *args)
+
+    async def _call_quiet(self, isolator: Isolator, method: str, *args: Any) -> Any:
+        """The same, for hooks whose failure must not stop a destroy or a cleanup."""
+        try:
+            return await self._call(isolator, method, *args)
+        except (ProcessNotFound, ProcessTerminated):
+            return None  # it is stopping, and cleans up what it holds itself
+        except Exception as e:
+            self.log.warning(f"isolator_{method}_failed", isolator=isolator.name, error=repr(e))
+            return None
 
     # ------------------------------------------------------------------ launch
 
@@ -106,21 +201,34 @@ class Containerizer(Process):
         container = _Container(cid, sender, Path(msg.sandbox), launched_at=Clock.now())
         self._containers[cid] = container
         try:
+            container.resources = _parse_resources(msg.resources)
             await self._start(container, msg)
         except Exception as e:
             self.metrics.inc("containerizer/launch_errors")
             self.log.warning("container_launch_failed", container_id=cid, error=repr(e))
             self._close_files(container)
-            if container.pid is not None:
-                self._kill_all(container, self._collect(container))
+            self._close_gate(container)
+            pids = await self._kill(container)
+            if container.process is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(container.process.wait(), self.kill_wait)
+            await self._wait_empty(container, pids)
             del self._containers[cid]
-            await self._cleanup_isolators(cid)
+            await self._cleanup_isolators(container)
             command = msg.executor.command.value if msg.executor else None
             self._reply_launched(sender, cid, error=f"{type(e).__name__}: {e} ({command!r})")
             return
         self.metrics.inc("containerizer/containers_launched")
-        self.log.info("container_launched", container_id=cid, pid=container.pid)
-        container.watcher = asyncio.get_running_loop().create_task(self._watch(container))
+        self.log.info(
+            "container_launched",
+            container_id=cid,
+            pid=container.pid,
+            resources=str(container.resources),
+        )
+        loop = asyncio.get_running_loop()
+        for isolator in self.isolators:
+            container.watches.append(loop.create_task(self._watch_limits(container, isolator)))
+        container.watcher = loop.create_task(self._watch(container))
         self._reply_launched(sender, cid, pid=container.pid)
 
     async def _start(self, container: _Container, msg: LaunchContainer) -> None:
@@ -128,30 +236,61 @@ class Containerizer(Process):
         sandbox = container.sandbox
         sandbox.mkdir(parents=True, exist_ok=True)
         env = self._environment(container, msg)
+        config = ContainerConfig(container.id, sandbox, container.resources, msg.executor)
+        prefix: list[str] = []
         for isolator in self.isolators:
-            extra = await isolator.prepare(container.id, msg)
-            if extra:
-                env.update(extra)
+            info: LaunchInfo | None = await self._call(
+                isolator, "_run_prepare", container.id, config
+            )
+            if info is not None:
+                env.update({str(k): str(v) for k, v in info.environment.items()})
+                prefix.extend(info.command_prefix)
+        if prefix:
+            # The launcher runs the command by path; argv[0] becomes that path.
+            executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
+        gated = any(isolator.gated for isolator in self.isolators)
         stdout = open(sandbox / "stdout", "ab")
         container.files.append(stdout)
         stderr = open(sandbox / "stderr", "ab")
         container.files.append(stderr)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            executable=executable,
-            cwd=str(sandbox),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        common: dict[str, Any] = {
+            "cwd": str(sandbox),
+            "env": env,
+            "stdin": subprocess.DEVNULL,
+            "stdout": stdout,
+            "stderr": stderr,
+            "start_new_session": True,
+        }
+        if gated:
+            if shutil.which(executable, path=os.pathsep.join(os.get_exec_path(env))) is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
+            read_end, container.gate = os.pipe()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _GATE,
+                    str(read_end),
+                    executable,
+                    *argv,
+                    pass_fds=(read_end,),
+                    **common,
+                )
+            finally:
+                os.close(read_end)
+        else:
+            proc = await asyncio.create_subprocess_exec(*argv, executable=executable, **common)
         container.process = proc
         container.pid = proc.pid
         # The child holds its own copies of the log files.
         self._close_files(container)
         for isolator in self.isolators:
-            await isolator.isolate(container.id, proc.pid)
+            await self._call(isolator, "isolate", container.id, proc.pid)
+        if container.gate is not None:
+            os.write(container.gate, b"\x01")
+            self._close_gate(container)
 
     def _environment(self, container: _Container, msg: LaunchContainer) -> dict[str, str]:
         env = dict(os.environ)
@@ -175,6 +314,59 @@ class Containerizer(Process):
     ) -> None:
         self.send(to, ContainerLaunched.NAME, ContainerLaunched(cid, pid=pid, error=error))
 
+    # ------------------------------------------------------------------ update
+
+    @handler(UpdateContainer.NAME)
+    async def _update(self, sender: UPID, msg: Any) -> None:
+        if not isinstance(msg, UpdateContainer) or not isinstance(msg.container_id, str):
+            self._invalid(sender, "UpdateContainer", msg)
+            return
+        container = self._containers.get(msg.container_id)
+        if container is None or container.destroying:
+            self.log.info("update_unknown_container", container_id=msg.container_id)
+            return
+        try:
+            resources = _parse_resources(msg.resources)
+        except ResourceError as e:
+            self._invalid(sender, "UpdateContainer", f"bad resources: {e}")
+            return
+        if resources == container.resources:
+            return
+        container.resources = resources
+        self.log.info("container_updated", container_id=container.id, resources=str(resources))
+        self.metrics.inc("containerizer/containers_updated")
+        for isolator in self.isolators:
+            await self._call_quiet(isolator, "update", container.id, resources)
+
+    # ------------------------------------------------------------------ limits
+
+    async def _watch_limits(self, container: _Container, isolator: Isolator) -> None:
+        """Outside the actor: wait for the isolator to report a limit, then act on it inside."""
+        try:
+            limitation = await isolator.watch(container.id)
+        except asyncio.CancelledError:
+            return
+        with contextlib.suppress(ProcessNotFound, ProcessTerminated):
+            await self.runtime.dispatch(
+                self.pid, self._limited, container.id, isolator.name, limitation
+            )
+
+    async def _limited(self, cid: str, source: str, limitation: Limitation) -> None:
+        container = self._containers.get(cid)
+        if container is None or container.limitation is not None:
+            return
+        container.limitation = limitation
+        kind = str(limitation.reason).removeprefix("REASON_CONTAINER_LIMITATION").strip("_")
+        self.metrics.inc(f"containerizer/limitations_{(kind or 'other').lower()}")
+        self.log.warning(
+            "container_limitation",
+            container_id=cid,
+            isolator=source,
+            reason=limitation.reason,
+            message=limitation.message,
+        )
+        await self._destroy_container(container)
+
     # ------------------------------------------------------------------ watch and reap
 
     async def _watch(self, container: _Container) -> None:
@@ -186,34 +378,50 @@ class Containerizer(Process):
         except Exception as e:  # pragma: no cover - the child watcher failed
             self.log.error("container_wait_failed", container_id=container.id, error=repr(e))
             status = None
-        # Whatever is left in the session goes with the executor.
-        leftovers = self._collect(container)
-        if leftovers:
-            self._kill_all(container, leftovers)
-        await _wait_gone(leftovers | container.doomed, self.kill_wait)
-        with contextlib.suppress(ProcessNotFound):
+        try:
+            # Whatever is left in the container goes with the executor.
+            pids = await self.runtime.dispatch(self.pid, self._kill, container)
+        except (ProcessNotFound, ProcessTerminated):
+            return  # the containerizer is stopping: finalize takes it from here
+        await self._wait_empty(container, pids)
+        with contextlib.suppress(ProcessNotFound, ProcessTerminated):
             await self.runtime.dispatch(self.pid, self._reaped, container.id, status)
 
     async def _reaped(self, cid: str, status: int | None) -> None:
         container = self._containers.pop(cid, None)
         if container is None:
             return
-        await self._cleanup_isolators(cid)
+        self._usage.pop(cid, None)
+        if container.limitation is None:
+            # The kernel may have been quicker than the watcher (a v2 OOM kill of the whole
+            # group): ask each isolator to look now.
+            for isolator in self.isolators:
+                found = await self._call_quiet(isolator, "check", cid)
+                if isinstance(found, Limitation):
+                    container.limitation = found
+                    break
+        await self._cleanup_isolators(container)
         if container.destroying:
             self.metrics.inc("containerizer/containers_destroyed")
-        message = f"Executor {exit_status.describe(status)}"
+        limitation = container.limitation
+        message = limitation.message if limitation else f"Executor {exit_status.describe(status)}"
         self.log.info(
             "container_terminated",
             container_id=cid,
             pid=container.pid,
             status=status,
             destroyed=container.destroying,
+            reason=limitation.reason if limitation else None,
         )
         self.send(
             container.owner,
             ContainerTerminated.NAME,
             ContainerTerminated(
-                cid, status=status, destroyed=container.destroying, message=message
+                cid,
+                status=status,
+                destroyed=container.destroying,
+                message=message,
+                reason=str(limitation.reason) if limitation else None,
             ),
         )
 
@@ -228,37 +436,53 @@ class Containerizer(Process):
         if container is None:
             self.log.info("destroy_unknown_container", container_id=msg.container_id)
             return
+        await self._destroy_container(container)
+
+    async def _destroy_container(self, container: _Container) -> None:
         container.destroying = True
-        pids = self._collect(container)
-        for isolator in self.isolators:
-            try:
-                pids |= await isolator.pids(container.id)
-            except Exception as e:
-                self.log.warning("isolator_pids_failed", isolator=isolator.name, error=repr(e))
+        pids = await self._kill(container)
         self.log.info("destroying_container", container_id=container.id, pids=len(pids))
-        container.doomed |= pids
-        self._kill_all(container, pids)
         # The watcher sees the executor die, sweeps again, and reports ContainerTerminated.
 
-    def _collect(self, container: _Container) -> set[int]:
-        """Every pid of the container that posix can see: tree, session and process group."""
-        pids: set[int] = set()
-        leader = container.pid
-        if leader is None:
-            return pids
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(leader)
-            pids.add(leader)
-            pids.update(child.pid for child in root.children(recursive=True))
-        for pid in psutil.pids():
-            try:
-                if os.getsid(pid) == leader or os.getpgid(pid) == leader:
-                    pids.add(pid)
-            except OSError:
-                continue
-        pids.discard(os.getpid())
-        pids.discard(1)
+    async def _kill(self, container: _Container) -> set[int]:
+        """SIGKILL every process of the container anyone can see; returns the pids."""
+        pids = session_pids(container.pid) if container.pid is not None else set()
+        for isolator in self.isolators:
+            found = await self._call_quiet(isolator, "pids", container.id)
+            if found:
+                pids |= found
+        for isolator in self.isolators:
+            await self._call_quiet(isolator, "kill", container.id)
+        self._kill_all(container, pids)
+        container.doomed |= pids
         return pids
+
+    async def _wait_empty(self, container: _Container, pids: set[int]) -> None:
+        """Poll (outside the actor) until none of ``pids`` runs and every isolator reports the
+        container empty, killing latecomers; give up after ``kill_wait``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.kill_wait
+        remaining = set(pids) | container.doomed
+        delay = 0.005
+        while True:
+            remaining = {pid for pid in remaining if _running(pid)}
+            for isolator in self.isolators:
+                found = await self._call_quiet(isolator, "pids", container.id)
+                remaining |= {pid for pid in found or () if _running(pid)}
+            if not remaining:
+                return
+            if loop.time() > deadline:
+                self.log.warning(
+                    "container_processes_survived",
+                    container_id=container.id,
+                    pids=sorted(remaining),
+                )
+                return
+            for pid in remaining:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _kill_all(self, container: _Container, pids: set[int]) -> None:
         if container.pid is not None:
@@ -268,14 +492,67 @@ class Containerizer(Process):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
+    # ------------------------------------------------------------------ usage
+
+    async def usage_report(self) -> list[dict[str, Any]]:
+        """Every container with fresh statistics from every isolator (``/agent/containers``)."""
+        out = []
+        for container in list(self._containers.values()):
+            stats: dict[str, float] = {"timestamp": time.time()}
+            if not container.destroying and container.pid is not None:
+                for isolator in self.isolators:
+                    found = await self._call_quiet(isolator, "usage", container.id)
+                    if found:
+                        stats.update(found)
+                if container.id in self._containers:
+                    self._usage[container.id] = stats
+            out.append(
+                {
+                    "container_id": container.id,
+                    "pid": container.pid,
+                    "sandbox": str(container.sandbox),
+                    "resources": str(container.resources),
+                    "destroying": container.destroying,
+                    "owner": str(container.owner),
+                    "limitation": (
+                        {
+                            "reason": container.limitation.reason,
+                            "message": container.limitation.message,
+                        }
+                        if container.limitation
+                        else None
+                    ),
+                    "statistics": stats,
+                }
+            )
+        return out
+
+    async def _refresh_usage(self) -> None:
+        self._usage_timer = None
+        try:
+            await self.usage_report()
+        finally:
+            self._usage_timer = self.delay(self.usage_interval, self._refresh_usage)
+
+    def _aggregate(self, key: str) -> float:
+        return sum(
+            stats.get(key, 0)
+            for cid, stats in self._usage.items()
+            if cid in self._containers and not self._containers[cid].destroying
+        )
+
+    @route("containers")
+    async def _containers_route(self, request: Any) -> list[dict[str, Any]]:
+        return await self.usage_report()
+
     # ------------------------------------------------------------------ helpers
 
-    async def _cleanup_isolators(self, cid: str) -> None:
+    async def _cleanup_isolators(self, container: _Container) -> None:
+        for task in container.watches:
+            task.cancel()
+        container.watches.clear()
         for isolator in reversed(self.isolators):
-            try:
-                await isolator.cleanup(cid)
-            except Exception as e:
-                self.log.warning("isolator_cleanup_failed", isolator=isolator.name, error=repr(e))
+            await self._call_quiet(isolator, "_run_cleanup", container.id)
 
     def _close_files(self, container: _Container) -> None:
         for f in container.files:
@@ -283,53 +560,55 @@ class Containerizer(Process):
                 f.close()
         container.files.clear()
 
+    def _close_gate(self, container: _Container) -> None:
+        """Closing the gate's pipe unwritten makes a waiting executor exit without running."""
+        if container.gate is not None:
+            with contextlib.suppress(OSError):
+                os.close(container.gate)
+            container.gate = None
+
     def _invalid(self, sender: UPID, what: str, body: Any) -> None:
         self.metrics.inc("containerizer/invalid_messages")
         self.log.warning("invalid_message", sender=str(sender), message=what, body=repr(body)[:200])
 
-    @route("containers")
-    def _containers_route(self, request: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "container_id": c.id,
-                "pid": c.pid,
-                "sandbox": str(c.sandbox),
-                "destroying": c.destroying,
-                "owner": str(c.owner),
-            }
-            for c in self._containers.values()
-        ]
-
     # ------------------------------------------------------------------ shutdown
 
     async def finalize(self) -> None:
-        """No orphans: the agent going away takes every container with it."""
+        """No orphans: the agent going away takes every container with it, then the isolators
+        (which remove the agent's cgroup roots)."""
+        if self._usage_timer is not None:
+            self._usage_timer.cancel()
         containers = list(self._containers.values())
         for container in containers:
             container.destroying = True
-            self._kill_all(container, self._collect(container))
-        watchers = [c.watcher for c in containers if c.watcher is not None]
-        if watchers:
-            await asyncio.wait(watchers, timeout=self.kill_wait + 1.0)
+            self._close_gate(container)
+            await self._kill(container)
         for container in containers:
+            if container.process is not None and container.process.returncode is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(container.process.wait(), self.kill_wait)
+            # Its watcher may be waiting on a dispatch into this (terminating) actor, which
+            # would only fail once finalize is over: it has nothing left to do but report.
+            if container.watcher is not None:
+                container.watcher.cancel()
+            await self._wait_empty(container, container.doomed)
             self._close_files(container)
-            await self._cleanup_isolators(container.id)
+            await self._cleanup_isolators(container)
         self._containers.clear()
         if containers:
             self.log.info("containers_destroyed_on_exit", count=len(containers))
+        for isolator in self._spawned:
+            self.runtime.terminate(isolator.pid)
+        for isolator in self._spawned:
+            await self.runtime.wait(isolator.pid)
 
 
-async def _wait_gone(pids: set[int], timeout: float) -> None:
-    """Poll until none of ``pids`` runs (zombies count as gone: they cannot run again)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    remaining = set(pids)
-    delay = 0.005
-    while remaining and loop.time() < deadline:
-        remaining = {pid for pid in remaining if _running(pid)}
-        if remaining:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+def _parse_resources(text: Any) -> Resources:
+    if not text:
+        return Resources.empty()
+    if not isinstance(text, str):
+        raise ResourceError(f"resources must be a string, not {type(text).__name__}")
+    return Resources.parse(text)
 
 
 def _running(pid: int) -> bool:

@@ -121,6 +121,7 @@ class Cluster:
         self.work_dir = work_dir
         self.nodes: list[Node] = []
         self.master: Node | None = None
+        self.agent_dirs: set[Path] = set()
 
     async def start_master(self, *extra: str) -> Node:
         port = free_port()
@@ -161,9 +162,13 @@ class Cluster:
             self.work_dir / f"{name}.log",
         )
         self.nodes.append(node)
+        self.agent_dirs.add(self.work_dir / name)
         return await node.start()
 
     async def close(self) -> None:
+        from mesa.actors.agent import agent_cgroups_root
+        from mesa.isolators.cgroupfs import purge
+
         for node in reversed(self.nodes):
             with contextlib.suppress(Exception):
                 await node.stop()
@@ -171,6 +176,9 @@ class Cluster:
             for pid in node.known_pids:
                 with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                     psutil.Process(pid).kill()
+        # An agent killed with SIGKILL leaves its containers' cgroups (and anything in them).
+        for work_dir in self.agent_dirs:
+            purge(agent_cgroups_root(work_dir))
 
     async def wait_for(self, predicate: Any, what: str, timeout: float = 30.0) -> Any:
         """Poll master state until ``predicate(state)`` is truthy (HTTP has no push)."""

@@ -14,7 +14,7 @@ from agent_harness import kill_leftovers, read_pid, running, wait_gone, wait_unt
 from libproc import UPID, Process, Runtime
 from mesa.actors.containerizer import Containerizer, source_root
 from mesa.info import CommandInfo, ExecutorInfo
-from mesa.isolators.base import Isolator
+from mesa.isolators.base import ContainerConfig, Isolator, LaunchInfo
 from mesa.messages import (
     ContainerLaunched,
     ContainerTerminated,
@@ -42,21 +42,36 @@ class RecordingIsolator(Isolator):
     name = "recording"
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[str, ...]] = []
 
-    async def prepare(self, container_id: str, launch: LaunchContainer) -> dict[str, str]:
+    async def recover(self, live: set[str]) -> None:
+        self.calls.append(("recover",))
+
+    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo:
         self.calls.append(("prepare", container_id))
-        return {"ISOLATED_BY": "recording"}
+        return LaunchInfo(environment={"ISOLATED_BY": "recording"})
 
     async def isolate(self, container_id: str, pid: int) -> None:
         self.calls.append(("isolate", container_id))
 
-    async def pids(self, container_id: str) -> set[int]:
-        self.calls.append(("pids", container_id))
-        return set()
+    async def kill(self, container_id: str) -> None:
+        self.calls.append(("kill", container_id))
+
+    async def check(self, container_id: str):
+        self.calls.append(("check", container_id))
+        return None
 
     async def cleanup(self, container_id: str) -> None:
         self.calls.append(("cleanup", container_id))
+
+    def steps(self, container_id: str) -> list[str]:
+        """The hooks called for one container, repeats collapsed."""
+        out: list[str] = []
+        for call in self.calls:
+            if call[1:] == (container_id,) and (not out or out[-1] != call[0]):
+                out.append(call[0])
+        return out
 
 
 class Bed:
@@ -131,7 +146,8 @@ async def test_launch_sets_up_the_sandbox_environment_and_session(bed: Bed):
     assert end.destroyed and end.status == -9
     assert "SIGKILL" in end.message
     assert not running(pid)
-    assert [c[0] for c in bed.isolator.calls] == ["prepare", "isolate", "pids", "cleanup"]
+    assert bed.isolator.calls[0] == ("recover",)
+    assert bed.isolator.steps("c1") == ["prepare", "isolate", "kill", "check", "cleanup"]
     assert bed.rt.metrics.get("containerizer/containers_destroyed") == 1
 
 

@@ -1,0 +1,355 @@
+"""The cgroup filesystem, v1 and v2: where hierarchies are mounted, and one cgroup's files.
+
+**v1** (one hierarchy per controller, e.g. ``/sys/fs/cgroup/memory``) goes through cgroupspy's
+typed controllers (``CpuController.shares``, ``MemoryController.limit_in_bytes`` …): they read
+and write the kernel's files with the right parsing (``-1`` is "unlimited", ``memory.stat`` is a
+dict). cgroupspy has no ``pids`` or ``freezer`` controller, builds whole trees eagerly and speaks
+bytes paths, so it is used only as that typed layer: each :class:`V1Cgroup` wraps one controller
+object bound to one directory, untyped files (``pids.max``, ``freezer.state``) go through
+cgroupspy's generic ``get_property``/``set_property``, and creating, removing and moving
+processes are plain ``mkdir``/``rmdir``/``cgroup.procs`` writes.
+
+**v2** (one unified tree, ``cgroup2``) has no library worth the name; :class:`V2Cgroup` reads and
+writes the unified files (``cpu.weight``, ``cpu.max``, ``memory.max``, ``memory.events``,
+``pids.max``, ``cgroup.kill``, ``cgroup.events``) directly. A controller must be enabled in the
+``cgroup.subtree_control`` of every ancestor before a cgroup gets its files.
+
+Everything here is synchronous and fast (cgroupfs lives in kernel memory): isolators call it from
+their handlers. Paths are overridable (:class:`Mounts`), so tests can drive the file-level logic
+against a fake tree in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Mounts",
+    "V1Cgroup",
+    "V2Cgroup",
+    "make_dirs",
+    "mounts",
+    "purge",
+    "remove_tree_upwards",
+]
+
+MOUNTINFO = "/proc/self/mountinfo"
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """Where cgroup hierarchies are mounted: v1 per controller, and the v2 unified tree."""
+
+    v1: dict[str, Path] = field(default_factory=dict)
+    v1_writable: frozenset[str] = frozenset()
+    v2: Path | None = None
+    v2_writable: bool = False
+
+    def v2_controllers(self) -> set[str]:
+        """Controllers the unified tree's root can hand down (empty when none)."""
+        if self.v2 is None:
+            return set()
+        try:
+            return set((self.v2 / "cgroup.controllers").read_text().split())
+        except OSError:
+            return set()
+
+
+def mounts(mountinfo: str = MOUNTINFO) -> Mounts:
+    """Read ``/proc/self/mountinfo``: each ``cgroup`` mount names its controllers in its super
+    options (``rw,cpu,cpuacct``); a ``cgroup2`` mount is the unified tree. The first mount of a
+    controller wins (bind mounts repeat them)."""
+    v1: dict[str, Path] = {}
+    writable: set[str] = set()
+    v2: Path | None = None
+    v2_writable = False
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return Mounts()
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = left.split(), right.split()
+        if len(fields) < 6 or len(tail) < 3:
+            continue
+        point = Path(_unescape(fields[4]))
+        mount_rw = "rw" in fields[5].split(",")
+        fstype, super_opts = tail[0], tail[2].split(",")
+        if fstype == "cgroup2" and v2 is None:
+            v2 = point
+            v2_writable = mount_rw and "rw" in super_opts
+        elif fstype == "cgroup":
+            for opt in super_opts:
+                if opt in ("rw", "ro") or "=" in opt or opt.startswith("name"):
+                    continue
+                if opt not in v1:
+                    v1[opt] = point
+                    if mount_rw and "rw" in super_opts:
+                        writable.add(opt)
+    writable = {c for c in writable if os.access(v1[c], os.W_OK)}
+    if v2 is not None and not os.access(v2, os.W_OK):
+        v2_writable = False
+    return Mounts(v1=v1, v1_writable=frozenset(writable), v2=v2, v2_writable=v2_writable)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` that tolerates another agent removing an empty shared parent (``mesa``)
+    between our steps: try again a few times."""
+    for attempt in range(5):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+
+
+def remove_tree_upwards(path: Path, stop: Path) -> None:
+    """Remove ``path`` and then each empty parent up to (not including) ``stop``; quietly stop
+    at the first that is busy or not empty (another agent's root, a live container)."""
+    current = path
+    while current != stop and stop in current.parents:
+        try:
+            current.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        current = current.parent
+
+
+def purge(root: str, where: Mounts | None = None, timeout: float = 5.0) -> list[Path]:
+    """Kill every process in every cgroup under ``<hierarchy>/<root>`` (v1 and v2) and remove
+    them all, deepest first; then the empty parents of ``root``. For tools and test teardown
+    (an agent killed with SIGKILL leaves its cgroups behind until it starts again). Returns
+    what could not be removed."""
+    import time
+
+    where = where if where is not None else mounts()
+    tops = {point / root.strip("/") for point in where.v1.values()}
+    if where.v2 is not None:
+        tops.add(where.v2 / root.strip("/"))
+    failed: list[Path] = []
+    for top in sorted(tops):
+        if not top.is_dir():
+            continue
+        dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
+        for path in dirs:
+            deadline = time.monotonic() + timeout
+            while True:
+                pids = _procs_of(path)
+                for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                    if pids and (path / name).exists():
+                        with contextlib.suppress(OSError):
+                            (path / name).write_text(thawed)
+                if (path / "cgroup.kill").exists() and pids:
+                    with contextlib.suppress(OSError):
+                        (path / "cgroup.kill").write_text("1")
+                _kill_pids(pids)
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        failed.append(path)
+                        break
+                    time.sleep(0.01)
+        mount = next(m for m in [*where.v1.values(), where.v2] if m and m in top.parents)
+        remove_tree_upwards(top.parent, mount)
+    return failed
+
+
+def _procs_of(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _read_int(text: str) -> int | None:
+    text = text.strip()
+    return None if text in ("max", "") else int(text)
+
+
+def _kill_pids(pids: list[int] | set[int]) -> int:
+    killed = 0
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+class V1Cgroup:
+    """One cgroup in one v1 hierarchy (``subsystem``), through a cgroupspy controller."""
+
+    def __init__(self, subsystem: str, path: Path) -> None:
+        from cgroupspy.controllers import (
+            Controller,
+            CpuAcctController,
+            CpuController,
+            MemoryController,
+        )
+        from cgroupspy.nodes import Node
+
+        typed: dict[str, Any] = {
+            "cpu": CpuController,
+            "cpuacct": CpuAcctController,
+            "memory": MemoryController,
+        }
+        self.subsystem = subsystem
+        self.path = path
+        self.controller: Any = typed.get(subsystem, Controller)(Node(os.fsencode(path)))
+
+    def __repr__(self) -> str:
+        return f"V1Cgroup({self.subsystem}:{self.path})"
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def create(self) -> None:
+        make_dirs(self.path)
+
+    def read(self, name: str) -> str:
+        return str(self.controller.get_property(os.fsencode(name)))
+
+    def write(self, name: str, value: object) -> None:
+        self.controller.set_property(os.fsencode(name), value)
+
+    def procs(self) -> list[int]:
+        try:
+            return list(self.controller.procs)
+        except FileNotFoundError:
+            return []
+
+    def add(self, pid: int) -> None:
+        self.write("cgroup.procs", pid)
+
+    def sweep(self) -> int:
+        """SIGKILL every process in the cgroup once; returns how many were signalled."""
+        return _kill_pids(self.procs())
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self.path)
+
+    # freezer ------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        self.write("freezer.state", "FROZEN")
+
+    def thaw(self) -> None:
+        self.write("freezer.state", "THAWED")
+
+    def freezer_state(self) -> str:
+        return self.read("freezer.state").strip()
+
+
+class V2Cgroup:
+    """One cgroup of the unified (v2) tree; plain reads and writes of its interface files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"V2Cgroup({self.path})"
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def create(self) -> None:
+        make_dirs(self.path)
+
+    def read(self, name: str) -> str:
+        return (self.path / name).read_text()
+
+    def write(self, name: str, value: object) -> None:
+        with open(self.path / name, "w") as f:
+            f.write(str(value))
+
+    def read_int(self, name: str) -> int | None:
+        """An integer file, with ``max`` as None."""
+        return _read_int(self.read(name))
+
+    def read_keyed(self, name: str) -> dict[str, int]:
+        """A flat keyed file (``memory.events``, ``cpu.stat``, ``cgroup.events``)."""
+        out: dict[str, int] = {}
+        for line in self.read(name).splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                with contextlib.suppress(ValueError):
+                    out[parts[0]] = int(parts[1])
+        return out
+
+    def procs(self) -> list[int]:
+        try:
+            return [int(p) for p in self.read("cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def add(self, pid: int) -> None:
+        self.write("cgroup.procs", pid)
+
+    def populated(self) -> bool:
+        """From ``cgroup.events`` (which also counts descendants), else from ``cgroup.procs``."""
+        try:
+            return bool(self.read_keyed("cgroup.events").get("populated", 0))
+        except FileNotFoundError:
+            return bool(self.procs())
+
+    def kill(self) -> None:
+        """Kill everything in the cgroup and its descendants at once: ``cgroup.kill`` (Linux
+        5.14+) is atomic against forks. Older kernels: freeze, SIGKILL each, thaw."""
+        if (self.path / "cgroup.kill").exists():
+            try:
+                self.write("cgroup.kill", 1)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+        frozen = False
+        if (self.path / "cgroup.freeze").exists():
+            with contextlib.suppress(OSError):
+                self.write("cgroup.freeze", 1)
+                frozen = True
+        _kill_pids(self.procs())
+        if frozen:
+            with contextlib.suppress(OSError):
+                self.write("cgroup.freeze", 0)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self.path)
+
+    def enable(self, controllers: set[str] | list[str], mount: Path) -> None:
+        """Enable ``controllers`` in ``cgroup.subtree_control`` from the mount root down to
+        this cgroup's parent, so this cgroup gets their interface files."""
+        if not controllers:
+            return
+        chain = [p for p in reversed(self.path.parents) if p == mount or mount in p.parents]
+        for node in chain:
+            control = node / "cgroup.subtree_control"
+            try:
+                enabled = set(control.read_text().split())
+            except FileNotFoundError:
+                enabled = set()
+            missing = [c for c in controllers if c not in enabled]
+            if missing:
+                with open(control, "w") as f:
+                    f.write(" ".join(f"+{c}" for c in missing))

@@ -1,0 +1,597 @@
+"""Linux cgroups isolators: ``cgroups/cpu``, ``cgroups/mem``, ``cgroups/pids``, ``cgroups/freezer``.
+
+Each container gets one cgroup per hierarchy an isolator uses, at
+``<hierarchy>/<cgroups_root>/<container_id>`` (v1: ``/sys/fs/cgroup/memory/mesa/agent-…/<id>``;
+v2: ``<unified>/mesa/agent-…/<id>``, one directory shared by every controller). The executor is
+placed in them before it runs (the isolators are ``gated``), so everything it and its tasks ever
+fork is inside, including processes that double-fork out of the session and the process tree.
+
+The version is chosen per isolator from what the machine mounts: v1 where the controller has its
+own hierarchy (that is where the kernel put it), else v2 where the unified root offers the
+controller. :meth:`CgroupsIsolator.choose` says which and why; the agent logs it.
+
+* ``cgroups/cpu``: ``cpu.shares`` = 1024 per cpu (v2: the matching ``cpu.weight``), and with
+  ``cgroups_enable_cfs`` a hard CFS quota of ``cpus`` * period (v2: ``cpu.max``). Usage from
+  ``cpuacct`` (v2: ``cpu.stat``).
+* ``cgroups/mem``: hard limit ``mem`` (``memory.limit_in_bytes`` / ``memory.max``), raised when
+  tasks arrive but never lowered under a running container (that could OOM it, as Mesos notes).
+  Out of memory ends the container with ``REASON_CONTAINER_LIMITATION_MEMORY``. On v1 the
+  kernel's OOM killer is disabled for the cgroup (``memory.oom_control``): the container stalls at
+  its limit, an eventfd on ``oom_control`` wakes the isolator, and the containerizer destroys it,
+  so no process dies first and sends a misleading "killed by signal 9". On v2 there is no such
+  switch; ``memory.oom.group`` makes the kernel kill the whole container at once, and
+  ``memory.events`` tells why it died.
+* ``cgroups/pids``: ``pids.max`` (a ``pids`` resource, else ``cgroups_max_pids``): a fork bomb
+  hits the ceiling and stays there.
+* ``cgroups/freezer``: no limit; makes destroy airtight. v1: freeze the cgroup, SIGKILL every
+  process, thaw (a frozen fork bomb cannot fork faster than it is killed). v2: ``cgroup.kill``.
+  The resolver adds it whenever another cgroups isolator is in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from libproc import Timer
+from mesa.isolators import cgroupfs
+from mesa.isolators.base import (
+    MIN_CPUS,
+    MIN_MEMORY_BYTES,
+    ContainerConfig,
+    IsolationOptions,
+    Isolator,
+    LaunchInfo,
+    Limitation,
+)
+from mesa.isolators.cgroupfs import Mounts, V1Cgroup, V2Cgroup
+from mesa.resources import Resources
+from mesa.task_state import Reason
+
+__all__ = [
+    "CgroupsCpuIsolator",
+    "CgroupsFreezerIsolator",
+    "CgroupsIsolator",
+    "CgroupsMemIsolator",
+    "CgroupsPidsIsolator",
+]
+
+_MB = 1024 * 1024
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_FREEZE_WAIT = 0.1  # how long to wait for FROZEN before killing anyway (a task stalled
+# in an OOM wait may never freeze; SIGKILL reaches it regardless)
+
+
+class CgroupsIsolator(Isolator):
+    """Shared machinery: a cgroup per container in each hierarchy this isolator uses.
+
+    ``mounts`` and ``version`` are for tests (a fake tree, or forcing v2); by default they are
+    read from ``/proc/self/mountinfo`` and chosen by :meth:`choose`.
+    """
+
+    gated = True
+    v1_subsystems: ClassVar[tuple[str, ...]] = ()
+    v2_controllers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        options: IsolationOptions | None = None,
+        *,
+        mounts: Mounts | None = None,
+        version: int | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(options, id=id)
+        self.mounts = mounts if mounts is not None else cgroupfs.mounts()
+        if version is None:
+            version, why = self.choose(self.mounts)
+            if version is None:
+                raise ValueError(f"{self.name} is not available here: {why}")
+            self.why = why
+        else:
+            self.why = f"cgroups v{version} (forced)"
+        self.version = version
+
+    # ------------------------------------------------------------------ choosing v1 or v2
+
+    @classmethod
+    def choose(cls, mounts: Mounts) -> tuple[int | None, str]:
+        """``(1 or 2, why)``, or ``(None, why not)``, for this machine's mounts."""
+        subsystems = cls.v1_subsystems
+        on_v1 = [s for s in subsystems if s in mounts.v1]
+        if subsystems and len(on_v1) == len(subsystems):
+            read_only = [s for s in subsystems if s not in mounts.v1_writable]
+            where = ", ".join(f"{s} at {mounts.v1[s]}" for s in subsystems)
+            if read_only:
+                return None, f"the v1 hierarchy of {', '.join(read_only)} is not writable"
+            try:
+                import cgroupspy  # noqa: F401
+            except ImportError:
+                return None, "cgroups v1 needs the cgroupspy package (pip install cgroupspy)"
+            return 1, f"cgroups v1 ({where})"
+        if on_v1:
+            return None, (
+                f"{', '.join(on_v1)} mounted as v1 but "
+                f"{', '.join(s for s in subsystems if s not in on_v1)} not"
+            )
+        if mounts.v2 is None:
+            return None, "no cgroup hierarchy is mounted for " + (
+                ", ".join(subsystems) or "the freezer"
+            )
+        offered = mounts.v2_controllers()
+        missing = [c for c in cls.v2_controllers if c not in offered]
+        if missing:
+            return None, (
+                f"the cgroup2 tree at {mounts.v2} does not offer {', '.join(missing)} "
+                f"(its cgroup.controllers lists: {' '.join(sorted(offered)) or 'nothing'})"
+            )
+        if not mounts.v2_writable:
+            return None, f"the cgroup2 tree at {mounts.v2} is not writable"
+        return 2, f"cgroups v2 at {mounts.v2}"
+
+    @classmethod
+    def unavailable(cls, options: IsolationOptions) -> str | None:
+        version, why = cls.choose(cgroupfs.mounts())
+        return None if version is not None else why
+
+    # ------------------------------------------------------------------ paths
+
+    def _roots(self) -> list[tuple[Path, Path]]:
+        """``(mount, root)`` for each distinct hierarchy."""
+        rel = self.options.root
+        if self.version == 2:
+            assert self.mounts.v2 is not None
+            return [(self.mounts.v2, self.mounts.v2 / rel)]
+        seen: dict[Path, Path] = {}
+        for s in self.v1_subsystems:
+            mount = self.mounts.v1[s]
+            seen.setdefault(mount, mount / rel)
+        return list(seen.items())
+
+    def _v1(self, container_id: str) -> dict[str, V1Cgroup]:
+        rel = self.options.root
+        return {s: V1Cgroup(s, self.mounts.v1[s] / rel / container_id) for s in self.v1_subsystems}
+
+    def _v2(self, container_id: str) -> V2Cgroup:
+        assert self.mounts.v2 is not None
+        return V2Cgroup(self.mounts.v2 / self.options.root / container_id)
+
+    def _distinct(self, container_id: str) -> list[V1Cgroup | V2Cgroup]:
+        """One object per directory (co-mounted v1 controllers share one)."""
+        if self.version == 2:
+            return [self._v2(container_id)]
+        out: dict[Path, V1Cgroup] = {}
+        for cg in self._v1(container_id).values():
+            out.setdefault(cg.path, cg)
+        return list(out.values())
+
+    def cgroup_paths(self, container_id: str) -> list[Path]:
+        """Where this container's cgroups are (for operators and tests)."""
+        return [cg.path for cg in self._distinct(container_id)]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def recover(self, live: set[str]) -> None:
+        """Make the agent's root; kill and remove every container cgroup under it that is not
+        ``live`` (left by an agent that died without cleaning up)."""
+        for mount, root in self._roots():
+            cgroupfs.make_dirs(root)
+            if self.version == 2 and self.v2_controllers:
+                # Enabling in the root's own subtree_control gives container cgroups the files.
+                V2Cgroup(root / "_").enable(list(self.v2_controllers), mount)
+        orphans: set[str] = set()
+        for _mount, root in self._roots():
+            with contextlib.suppress(OSError):
+                orphans.update(p.name for p in root.iterdir() if p.is_dir())
+        orphans -= live
+        orphans -= self._known
+        for container_id in sorted(orphans):
+            self._known.add(container_id)
+            await self.kill(container_id)
+            if not await self._wait_empty(container_id, self.options.kill_wait):
+                self.log.warning("orphan_not_empty", container_id=container_id)
+            await self._run_cleanup(container_id)
+            self.metrics.inc(f"isolator/{self.name}/orphans_removed")
+        if orphans:
+            self.log.info("orphan_cgroups_removed", count=len(orphans), root=self.options.root)
+
+    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+        for cg in self._distinct(container_id):
+            cg.create()
+        self._apply(container_id, config.resources, initial=True)
+        return None
+
+    async def isolate(self, container_id: str, pid: int) -> None:
+        for cg in self._distinct(container_id):
+            cg.add(pid)
+
+    async def update(self, container_id: str, resources: Resources) -> None:
+        self._apply(container_id, resources, initial=False)
+
+    async def pids(self, container_id: str) -> set[int]:
+        out: set[int] = set()
+        for cg in self._distinct(container_id):
+            out.update(cg.procs())
+        return out
+
+    async def kill(self, container_id: str) -> None:
+        for cg in self._distinct(container_id):
+            if isinstance(cg, V2Cgroup):
+                if cg.exists():
+                    cg.kill()
+            else:
+                cg.sweep()
+
+    async def cleanup(self, container_id: str) -> None:
+        """Remove the container's cgroups, once they are empty (killing stragglers meanwhile)."""
+        if not await self._wait_empty(container_id, self.options.kill_wait):
+            left = sorted(await self.pids(container_id))
+            self.log.warning("cgroup_not_empty", container_id=container_id, pids=left)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.kill_wait
+        for cg in self._distinct(container_id):
+            while True:
+                try:
+                    cg.remove()
+                    break
+                except OSError as e:
+                    # EBUSY: the kernel has not let go of the last exited member yet.
+                    if e.errno != errno.EBUSY or loop.time() > deadline:
+                        self.log.warning("cgroup_remove_failed", path=str(cg.path), error=repr(e))
+                        break
+                    await asyncio.sleep(0.01)
+
+    async def teardown(self) -> None:
+        for mount, root in self._roots():
+            cgroupfs.remove_tree_upwards(root, mount)
+
+    def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
+        """Write the limits ``resources`` imply. Subclasses override."""
+        return None
+
+
+# ====================================================================== cgroups/cpu
+
+
+def cpu_shares(cpus: float) -> int:
+    """1024 per cpu, as Mesos; the kernel's floor is 2."""
+    return max(2, int(1024 * cpus))
+
+
+def cpu_weight(shares: int) -> int:
+    """cgroup v1 shares [2, 262144] → v2 weight [1, 10000] (the kernel's and runc's mapping)."""
+    return max(1, min(10000, 1 + ((shares - 2) * 9999) // 262142))
+
+
+class CgroupsCpuIsolator(CgroupsIsolator):
+    name = "cgroups/cpu"
+    v1_subsystems = ("cpu", "cpuacct")
+    v2_controllers = ("cpu",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._cpus: dict[str, float] = {}
+
+    def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
+        if "cpus" not in resources.names():
+            return
+        cpus = max(MIN_CPUS, resources.scalar("cpus"))
+        self._cpus[container_id] = cpus
+        shares = cpu_shares(cpus)
+        period = self.options.cgroups_cfs_period_us
+        quota = max(1000, int(period * cpus))
+        if self.version == 1:
+            cpu = self._v1(container_id)["cpu"].controller
+            cpu.shares = shares
+            if self.options.cgroups_enable_cfs:
+                cpu.cfs_period_us = period
+                cpu.cfs_quota_us = quota
+        else:
+            cg = self._v2(container_id)
+            cg.write("cpu.weight", cpu_weight(shares))
+            if self.options.cgroups_enable_cfs:
+                cg.write("cpu.max", f"{quota} {period}")
+            else:
+                cg.write("cpu.max", f"max {period}")
+        self.log.debug("cpu_limits", container_id=container_id, cpus=cpus, shares=shares)
+
+    async def usage(self, container_id: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if container_id in self._cpus:
+            out["cpus_limit"] = self._cpus[container_id]
+        with contextlib.suppress(OSError, ValueError):
+            if self.version == 1:
+                groups = self._v1(container_id)
+                acct = groups["cpuacct"].controller
+                ticks = acct.acct_stat
+                out["cpus_user_time_secs"] = ticks.get("user", 0) / _CLK_TCK
+                out["cpus_system_time_secs"] = ticks.get("system", 0) / _CLK_TCK
+                out["cpus_time_secs"] = acct.usage / 1e9
+                stat = groups["cpu"].controller.stat
+                out["cpus_nr_periods"] = stat.get("nr_periods", 0)
+                out["cpus_nr_throttled"] = stat.get("nr_throttled", 0)
+                out["cpus_throttled_time_secs"] = stat.get("throttled_time", 0) / 1e9
+            else:
+                stat = self._v2(container_id).read_keyed("cpu.stat")
+                out["cpus_user_time_secs"] = stat.get("user_usec", 0) / 1e6
+                out["cpus_system_time_secs"] = stat.get("system_usec", 0) / 1e6
+                out["cpus_time_secs"] = stat.get("usage_usec", 0) / 1e6
+                out["cpus_nr_periods"] = stat.get("nr_periods", 0)
+                out["cpus_nr_throttled"] = stat.get("nr_throttled", 0)
+                out["cpus_throttled_time_secs"] = stat.get("throttled_usec", 0) / 1e6
+        return out
+
+    async def cleanup(self, container_id: str) -> None:
+        self._cpus.pop(container_id, None)
+        await super().cleanup(container_id)
+
+
+# ====================================================================== cgroups/mem
+
+
+class CgroupsMemIsolator(CgroupsIsolator):
+    name = "cgroups/mem"
+    v1_subsystems = ("memory",)
+    v2_controllers = ("memory",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._limit: dict[str, int] = {}
+        self._eventfds: dict[str, tuple[int, int]] = {}  # container -> (eventfd, oom_control fd)
+        self._timer: Timer | None = None
+
+    def _memory(self, container_id: str) -> Any:
+        return self._v1(container_id)["memory"].controller
+
+    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+        for cg in self._distinct(container_id):
+            cg.create()
+        if self.version == 1:
+            memory = self._memory(container_id)
+            # Stall at the limit instead of killing: we end the container, and say why.
+            memory.oom_control = True
+            self._listen_for_oom(container_id)
+        else:
+            cg = self._v2(container_id)
+            cg.write("memory.oom.group", 1)
+            if (cg.path / "memory.swap.max").exists():
+                cg.write("memory.swap.max", 0)  # the limit is hard: no escape into swap
+        self._apply(container_id, config.resources, initial=True)
+        self._arm_poll()
+        return None
+
+    def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
+        if "mem" not in resources.names():
+            return
+        limit = max(MIN_MEMORY_BYTES, int(resources.scalar("mem") * _MB))
+        current = self._limit.get(container_id)
+        if not initial and current is not None and limit <= current:
+            # Never shrink the hard limit under a running container: it could OOM on the spot.
+            if self.version == 1:
+                self._memory(container_id).soft_limit_in_bytes = limit
+            return
+        self._limit[container_id] = limit
+        if self.version == 1:
+            memory = self._memory(container_id)
+            has_memsw = self._v1(container_id)["memory"].path.joinpath(
+                "memory.memsw.limit_in_bytes"
+            )
+            # memsw must stay >= limit: raise it first when raising, set it last when new.
+            if not initial and has_memsw.exists():
+                memory.memsw_limit_in_bytes = limit
+            memory.limit_in_bytes = limit
+            memory.soft_limit_in_bytes = limit
+            if initial and has_memsw.exists():
+                memory.memsw_limit_in_bytes = limit
+        else:
+            self._v2(container_id).write("memory.max", limit)
+        self.log.debug("memory_limit", container_id=container_id, bytes=limit)
+
+    # ------------------------------------------------------------------ watching
+
+    def _listen_for_oom(self, container_id: str) -> None:
+        """v1: the kernel signals an eventfd registered through ``cgroup.event_control`` when
+        the cgroup is out of memory (and when it is removed)."""
+        cg = self._v1(container_id)["memory"]
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except (AttributeError, OSError) as e:  # pragma: no cover - very old kernels
+            self.log.info("oom_eventfd_unavailable", error=repr(e))
+            return
+        try:
+            ofd = os.open(cg.path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                cg.write("cgroup.event_control", f"{efd} {ofd}")
+            except OSError:
+                os.close(ofd)
+                raise
+        except OSError as e:
+            os.close(efd)
+            self.log.info("oom_eventfd_unavailable", error=repr(e))
+            return
+        self._eventfds[container_id] = (efd, ofd)
+        asyncio.get_running_loop().add_reader(efd, self._on_eventfd, container_id, efd)
+
+    def _on_eventfd(self, container_id: str, efd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.eventfd_read(efd)
+        self.post(self._look, container_id)
+
+    def _stop_listening(self, container_id: str) -> None:
+        fds = self._eventfds.pop(container_id, None)
+        if fds is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fds[0])
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _arm_poll(self) -> None:
+        """The safety net behind the eventfd (and the only watcher on v2): look every
+        ``poll_interval`` while any container is held."""
+        if self._timer is None or not self._timer.pending:
+            self._timer = self.delay(self.options.poll_interval, self._poll)
+
+    def _poll(self) -> None:
+        self._timer = None
+        for container_id in list(self._limit.keys() | self._eventfds.keys()):
+            self._look(container_id)
+        if self._known:
+            self._arm_poll()
+
+    def _look(self, container_id: str) -> None:
+        if container_id not in self._known:
+            return
+        limitation = self._oom(container_id)
+        if limitation is not None:
+            self.limit(container_id, limitation)
+
+    async def check(self, container_id: str) -> Limitation | None:
+        if container_id in self._known:
+            self._look(container_id)
+        return await super().check(container_id)
+
+    def _oom(self, container_id: str) -> Limitation | None:
+        """Out of memory? v1: ``oom_control`` (under_oom, oom_kill), else ``failcnt`` at the
+        limit; v2: ``memory.events`` (oom, oom_kill, oom_group_kill)."""
+        limit = self._limit.get(container_id)
+        try:
+            if self.version == 1:
+                memory = self._memory(container_id)
+                hit = False
+                try:
+                    oom = memory.oom_control
+                    hit = bool(oom.get("under_oom") or oom.get("oom_kill"))
+                except (OSError, AttributeError, ValueError):
+                    peak = memory.max_usage_in_bytes or 0
+                    hit = bool(memory.failcnt) and limit is not None and peak >= limit - 65536
+                if not hit:
+                    return None
+                peak = memory.max_usage_in_bytes or 0
+            else:
+                cg = self._v2(container_id)
+                events = cg.read_keyed("memory.events")
+                if not (events.get("oom_kill") or events.get("oom_group_kill")):
+                    if not events.get("oom"):
+                        return None
+                try:
+                    peak = cg.read_int("memory.peak") or 0
+                except OSError:
+                    peak = cg.read_int("memory.current") or 0
+        except OSError:
+            return None
+        requested = f"{limit // _MB}MB" if limit else "unknown"
+        return Limitation(
+            Reason.REASON_CONTAINER_LIMITATION_MEMORY,
+            f"Memory limit exceeded: Requested: {requested} Maximum Used: {peak // _MB}MB",
+            f"mem:{limit // _MB}" if limit else "",
+        )
+
+    async def usage(self, container_id: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with contextlib.suppress(OSError, ValueError):
+            if self.version == 1:
+                memory = self._memory(container_id)
+                stat = memory.stat
+                out["mem_rss_bytes"] = stat.get("total_rss", stat.get("rss", 0))
+                out["mem_cache_bytes"] = stat.get("total_cache", stat.get("cache", 0))
+                out["mem_total_bytes"] = memory.usage_in_bytes or 0
+                out["mem_max_bytes"] = memory.max_usage_in_bytes or 0
+                limit = memory.limit_in_bytes
+                if limit is not None and limit < 2**62:
+                    out["mem_limit_bytes"] = limit
+                out["mem_soft_limit_bytes"] = memory.soft_limit_in_bytes or 0
+            else:
+                cg = self._v2(container_id)
+                stat = cg.read_keyed("memory.stat")
+                out["mem_rss_bytes"] = stat.get("anon", 0)
+                out["mem_cache_bytes"] = stat.get("file", 0)
+                out["mem_total_bytes"] = cg.read_int("memory.current") or 0
+                limit = cg.read_int("memory.max")
+                if limit is not None:
+                    out["mem_limit_bytes"] = limit
+        return out
+
+    async def cleanup(self, container_id: str) -> None:
+        self._stop_listening(container_id)
+        self._limit.pop(container_id, None)
+        await super().cleanup(container_id)
+
+    async def teardown(self) -> None:
+        for container_id in list(self._eventfds):
+            self._stop_listening(container_id)
+        if self._timer is not None:
+            self._timer.cancel()
+        await super().teardown()
+
+
+# ====================================================================== cgroups/pids
+
+
+class CgroupsPidsIsolator(CgroupsIsolator):
+    """A ceiling on processes (and threads): a ``pids`` resource, else ``cgroups_max_pids``."""
+
+    name = "cgroups/pids"
+    v1_subsystems = ("pids",)
+    v2_controllers = ("pids",)
+
+    def _cgroup(self, container_id: str) -> V1Cgroup | V2Cgroup:
+        return self._distinct(container_id)[0]
+
+    def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
+        if "pids" in resources.names():
+            limit: int | None = max(1, int(resources.scalar("pids")))
+        else:
+            limit = self.options.cgroups_max_pids
+        if not initial and limit is None:
+            return
+        self._cgroup(container_id).write("pids.max", "max" if limit is None else limit)
+
+    async def usage(self, container_id: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        cg = self._cgroup(container_id)
+        with contextlib.suppress(OSError, ValueError):
+            out["processes"] = int(cg.read("pids.current").strip())
+            limit = cg.read("pids.max").strip()
+            if limit != "max":
+                out["pids_limit"] = int(limit)
+            for line in cg.read("pids.events").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    out["pids_fork_failures"] = int(value)
+        return out
+
+
+# ====================================================================== cgroups/freezer
+
+
+class CgroupsFreezerIsolator(CgroupsIsolator):
+    """No limit: destroy through the freezer (v1) or ``cgroup.kill`` (v2), so a container that
+    forks as fast as it can is still killed to the last process."""
+
+    name = "cgroups/freezer"
+    v1_subsystems = ("freezer",)
+    v2_controllers = ()
+
+    async def kill(self, container_id: str) -> None:
+        if self.version == 2:
+            await super().kill(container_id)
+            return
+        cg = self._v1(container_id)["freezer"]
+        if not cg.exists() or not cg.procs():
+            return
+        try:
+            cg.freeze()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _FREEZE_WAIT
+            while cg.freezer_state() != "FROZEN" and loop.time() < deadline:
+                await asyncio.sleep(0.001)
+            cg.sweep()
+        finally:
+            with contextlib.suppress(OSError):
+                cg.thaw()
