@@ -1,0 +1,451 @@
+"""Isolation for real: an agent with cgroups (and posix) isolators running real tasks.
+
+Each test runs an agent (and a fake master) on this machine with real executors. The cgroups
+tests skip, saying why, where the hierarchies they need are not mounted writable; each uses a
+cgroup root of its own (``mesa/test-<random>``) that is purged when it ends, pass or fail, so
+parallel runs never meet. Nothing sleeps for a fixed time: tests await status updates, and poll
+with a deadline only for process and cgroup state. The one measured window (the CFS check) is a
+correctness check of the quota, not of our speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from agent_harness import (
+    Cluster,
+    FakeMaster,
+    command_task,
+    executor_task,
+    framework,
+    new_task_id,
+    python_executor,
+    read_pid,
+    running,
+    running_cluster,
+    wait_gone,
+    wait_until,
+)
+from isolation_support import leftover_cgroups, need_cgroups, unique_root
+
+from mesa.actors.containerizer import source_root
+from mesa.info import TaskInfo
+from mesa.isolators import IsolationOptions, cgroupfs
+from mesa.isolators.cgroups import (
+    CgroupsCpuIsolator,
+    CgroupsFreezerIsolator,
+    CgroupsMemIsolator,
+    CgroupsPidsIsolator,
+)
+from mesa.isolators.namespaces import PidNamespaceIsolator
+from mesa.messages import ExitedExecutor
+from mesa.task_state import Reason, TaskState
+
+MB = 1024 * 1024
+PY = shlex.quote(sys.executable)
+# Allocates (and touches) 256 MB, then waits to be killed.
+HOG = f"{PY} -c \"b = bytearray(b'x') * (256 << 20); import time; time.sleep(60)\""
+BUSY = "exec sh -c 'while :; do :; done'"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path) as c:
+        yield c
+
+
+async def start(cluster: Cluster, isolation: str | None, **options: Any) -> FakeMaster:
+    """A fake master and an agent with ``isolation`` and these IsolationOptions."""
+    await cluster.start_master()
+    await cluster.start_agent(isolation=isolation, isolation_options=IsolationOptions(**options))
+    return await cluster.registered()
+
+
+def task(task_id: str, command: str, resources: str = "cpus:0.1;mem:32") -> TaskInfo:
+    """A command task; with the command executor's own cpus:0.1;mem:32 its container gets
+    cpus 0.2 and 64 MB."""
+    t = command_task(task_id, command)
+    t.resources = resources
+    return t
+
+
+async def container_of(cluster: Cluster, task_id: str) -> dict[str, Any]:
+    """The task's entry in /agent/containers."""
+    found: list[dict[str, Any]] = []
+
+    async def look() -> bool:
+        found[:] = [
+            c for c in await cluster.http_get("/agent/containers") if c["executor_id"] == task_id
+        ]
+        return bool(found)
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await look():
+        assert asyncio.get_running_loop().time() < deadline, "container never listed"
+        await asyncio.sleep(0.02)
+    return found[0]
+
+
+async def statistics_until(cluster: Cluster, task_id: str, predicate: Any) -> dict[str, float]:
+    """Poll /agent/containers (with a deadline) until the task's statistics satisfy it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        stats = (await container_of(cluster, task_id))["statistics"]
+        if predicate(stats):
+            return stats
+        assert loop.time() < deadline, f"statistics never satisfied the check: {stats}"
+        await asyncio.sleep(0.05)
+
+
+async def sandbox_file(cluster: Cluster, name: str) -> Path:
+    """A file in the sandbox of the (only) running executor."""
+    state = await cluster.http_get("/agent/state")
+    return Path(state["frameworks"][0]["executors"][0]["directory"]) / name
+
+
+def cgroup_dir(mounts: cgroupfs.Mounts, subsystem: str, root: str, cid: str) -> Path:
+    return mounts.v1[subsystem] / root / cid
+
+
+# --------------------------------------------------------------------------- cgroups/mem
+
+
+async def test_memory_hog_fails_with_the_memory_reason(cluster: Cluster):
+    mounts = need_cgroups(CgroupsMemIsolator)
+    with unique_root(mounts) as root:
+        master = await start(cluster, "cgroups/mem", cgroups_root=root)
+        tid = new_task_id("hog")
+        master.run_task(framework(), task(tid, HOG))
+        failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+        assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
+        assert "Memory limit exceeded" in failed.status.message
+        assert "Requested: 64MB" in failed.status.message  # the limit, named
+        assert TaskState.TASK_FINISHED not in master.states(tid)
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+        # The container is gone: its cgroups too (the freezer's and memory's).
+        assert leftover_cgroups(root, mounts) == []
+        assert cluster.agent_rt.metrics.get("containerizer/limitations_memory") == 1
+
+
+# --------------------------------------------------------------------------- cgroups/cpu
+
+
+async def test_cfs_quota_holds_a_busy_loop_to_its_cpus(cluster: Cluster, record_property: Any):
+    mounts = need_cgroups(CgroupsCpuIsolator)
+    with unique_root(mounts) as root:
+        master = await start(cluster, "cgroups/cpu", cgroups_root=root, cgroups_enable_cfs=True)
+        tid = new_task_id("busy")
+        master.run_task(framework(), task(tid, BUSY, "cpus:0.4;mem:32"))  # 0.5 with the executor's
+        await master.wait_state(tid, TaskState.TASK_RUNNING)
+        cid = (await container_of(cluster, tid))["container_id"]
+        cpu = cgroup_dir(mounts, "cpu", root, cid)
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+        assert (cpu / "cpu.shares").read_text().strip() == "512"
+        usage = cgroup_dir(mounts, "cpuacct", root, cid) / "cpuacct.usage"
+
+        def sample() -> tuple[float, int]:
+            return time.monotonic(), int(usage.read_text())
+
+        # The loop is running once usage grows; then measure over a short window (2 s, i.e.
+        # 20 CFS periods). This checks the quota, not our speed: no lower bound.
+        first = sample()
+        await wait_until(lambda: sample()[1] > first[1])
+        t0, u0 = sample()
+        while time.monotonic() - t0 < 2.0:
+            await asyncio.sleep(0.1)
+        t1, u1 = sample()
+        rate = (u1 - u0) / 1e9 / (t1 - t0)
+        record_property("cfs_cpu_seconds_per_second", round(rate, 4))
+        print(f"\nCFS: {rate:.3f} cpu-seconds per second under a 0.5 cpu quota")
+        assert 0 < rate <= 0.55
+        master.kill("fw-1", tid, grace=0.1)
+        await master.wait_state(tid, TaskState.TASK_KILLED)
+
+
+# --------------------------------------------------------------------------- cgroups/pids
+
+FORK_BOMB = textwrap.dedent(
+    """
+    import os, time
+    made = failed = 0
+    for _ in range(300):  # bounded by design: even unconfined it stops at 300 processes
+        try:
+            pid = os.fork()
+        except OSError:
+            failed += 1
+            continue
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        made += 1
+    with open("bomb.txt", "w") as f:
+        f.write(f"{made} {failed}")
+    time.sleep(60)
+    """
+)
+
+
+async def test_a_fork_bomb_stays_inside_its_pids_limit(cluster: Cluster, tmp_path: Path):
+    mounts = need_cgroups(CgroupsPidsIsolator)
+    script = tmp_path / "bomb.py"
+    script.write_text(FORK_BOMB)
+    with unique_root(mounts) as root:
+        master = await start(cluster, "cgroups/pids", cgroups_root=root, cgroups_max_pids=64)
+        tid = new_task_id("bomb")
+        master.run_task(framework(), task(tid, f"exec {PY} {script}"))
+        await master.wait_state(tid, TaskState.TASK_RUNNING)
+        cid = (await container_of(cluster, tid))["container_id"]
+        pids = cgroup_dir(mounts, "pids", root, cid)
+        sandbox = Path(
+            (await cluster.http_get("/agent/state"))["frameworks"][0]["executors"][0]["directory"]
+        )
+        await wait_until(
+            lambda: (sandbox / "bomb.txt").exists() and (sandbox / "bomb.txt").read_text()
+        )
+        made, failed = map(int, (sandbox / "bomb.txt").read_text().split())
+        assert failed > 0 and made < 64
+        assert int((pids / "pids.current").read_text()) <= 64
+        stats = (await container_of(cluster, tid))["statistics"]
+        assert stats["pids_limit"] == 64 and stats["processes"] <= 64
+        assert stats["pids_fork_failures"] >= failed
+        members = [int(p) for p in (pids / "cgroup.procs").read_text().split()]
+        master.kill("fw-1", tid, grace=0.1)
+        await master.wait_state(tid, TaskState.TASK_KILLED)
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+        await wait_gone(*members)
+        assert leftover_cgroups(root, mounts) == []
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+async def test_a_double_forked_sleeper_dies_with_its_container(cluster: Cluster, tmp_path: Path):
+    mounts = need_cgroups(CgroupsFreezerIsolator)
+    escaped_file = tmp_path / "escaped.pid"
+    # The subshell starts a sleeper in a session of its own and exits: the sleeper is neither in
+    # the executor's session nor its descendant. Only the cgroup still knows it.
+    command = f"(setsid sleep 60 & echo $! > {escaped_file}); exec sleep 60"
+    with unique_root(mounts) as root:
+        master = await start(cluster, "cgroups/freezer,posix/cpu", cgroups_root=root)
+        tid = new_task_id("escape")
+        master.run_task(framework(), task(tid, command))
+        await master.wait_state(tid, TaskState.TASK_RUNNING)
+        escaped = await read_pid(escaped_file)
+        executor_pid = (await container_of(cluster, tid))["status"]["executor_pid"]
+        await wait_until(lambda: running(escaped) and os.getsid(escaped) == escaped)
+        assert escaped not in {p.pid for p in psutil.Process(executor_pid).children(recursive=True)}
+        master.kill("fw-1", tid, grace=0.1)
+        await master.wait_state(tid, TaskState.TASK_KILLED)
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+        # The containerizer reports the end only when its cgroups are empty.
+        assert not running(escaped)
+        assert leftover_cgroups(root, mounts) == []
+
+
+# --------------------------------------------------------------------------- posix
+
+
+async def test_posix_mem_enforces_the_limit_by_polling(cluster: Cluster):
+    master = await start(cluster, "posix/cpu,posix/mem", poll_interval=0.1)
+    tid = new_task_id("hog")
+    master.run_task(framework(), task(tid, HOG))
+    failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+    assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
+    assert "Memory limit exceeded: Requested: 64MB" in failed.status.message
+    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+
+
+# --------------------------------------------------------------------------- disk/du
+
+
+async def test_disk_quota_is_enforced_when_asked(cluster: Cluster):
+    master = await start(
+        cluster,
+        "posix/cpu,disk/du",
+        enforce_container_disk_quota=True,
+        container_disk_watch_interval=0.1,
+    )
+    tid = new_task_id("writer")
+    command = "dd if=/dev/zero of=big bs=1M count=20 2>/dev/null; exec sleep 60"
+    master.run_task(framework(), task(tid, command, "cpus:0.1;mem:32;disk:8"))
+    failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+    assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_DISK
+    assert "exceeds quota (8MB)" in failed.status.message
+    assert cluster.agent_rt.metrics.get("containerizer/limitations_disk") == 1
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize("isolation", ["default", "posix/cpu,posix/mem,disk/du"])
+async def test_usage_moves_when_the_task_works(cluster: Cluster, isolation: str):
+    # The default is whatever this machine offers (cgroups here, posix elsewhere).
+    with unique_root(required=False) as root:
+        master = await start(
+            cluster,
+            None if isolation == "default" else isolation,
+            cgroups_root=root,
+            container_disk_watch_interval=0.1,
+        )
+        tid = new_task_id("work")
+        master.run_task(framework(), task(tid, BUSY, "cpus:0.1;mem:32;disk:16"))
+        await master.wait_state(tid, TaskState.TASK_RUNNING)
+
+        def cpu(s: dict[str, float]) -> float:
+            return s.get("cpus_user_time_secs", 0) + s.get("cpus_system_time_secs", 0)
+
+        first = await statistics_until(cluster, tid, lambda s: cpu(s) > 0)
+        later = await statistics_until(
+            cluster, tid, lambda s: cpu(s) > cpu(first) and "disk_used_bytes" in s
+        )
+        assert later["cpus_limit"] == pytest.approx(0.2)
+        assert later["mem_rss_bytes"] > 0
+        assert later["mem_limit_bytes"] == 64 * MB
+        assert later["disk_limit_bytes"] == 16 * MB
+        assert later["timestamp"] >= first["timestamp"]
+        entry = await container_of(cluster, tid)
+        assert entry["framework_id"] == "fw-1" and entry["resources"] == "cpus:0.2;mem:64;disk:16"
+        # /agent/containers refreshed the numbers behind the aggregates in /metrics/snapshot.
+        metrics = await cluster.http_get("/metrics/snapshot")
+        assert metrics["containerizer/cpus_limit"] == pytest.approx(0.2)
+        assert metrics["containerizer/mem_limit_bytes"] == 64 * MB
+        assert metrics["containerizer/cpus_user_time_secs"] > 0
+        assert metrics["containerizer/containers_running"] == 1
+        master.kill("fw-1", tid, grace=0.1)
+        await master.wait_state(tid, TaskState.TASK_KILLED)
+
+
+# --------------------------------------------------------------------------- updates
+
+
+async def test_limits_follow_a_custom_executors_tasks(cluster: Cluster):
+    mounts = need_cgroups(CgroupsCpuIsolator, CgroupsMemIsolator)
+    echo = Path(source_root()) / "examples" / "echo_executor.py"
+    info = python_executor("echo", echo)
+    info.resources = "cpus:0.1;mem:32"
+
+    def echo_task(task_id: str) -> TaskInfo:
+        t = executor_task(task_id, info)  # cpus:0.1;mem:32 each
+        t.labels = {"seconds": "60"}
+        return t
+
+    with unique_root(mounts) as root:
+        master = await start(cluster, "cgroups/cpu,cgroups/mem", cgroups_root=root)
+        t1, t2 = new_task_id("a"), new_task_id("b")
+        master.run_task(framework(), echo_task(t1))
+        await master.wait_state(t1, TaskState.TASK_RUNNING)
+        cid = (await container_of(cluster, "echo"))["container_id"]
+        memory = cgroup_dir(mounts, "memory", root, cid) / "memory.limit_in_bytes"
+        shares = cgroup_dir(mounts, "cpu", root, cid) / "cpu.shares"
+        assert (int(memory.read_text()), int(shares.read_text())) == (64 * MB, 204)
+
+        master.run_task(framework(), echo_task(t2))
+        await master.wait_state(t2, TaskState.TASK_RUNNING)
+        await wait_until(lambda: int(memory.read_text()) == 96 * MB)
+        assert int(shares.read_text()) == 307
+
+        # A task ends: cpu follows down; memory is never lowered under a running container.
+        master.kill("fw-1", t2)
+        await master.wait_state(t2, TaskState.TASK_KILLED)
+        await wait_until(lambda: int(shares.read_text()) == 204)
+        assert int(memory.read_text()) == 96 * MB
+        assert (await container_of(cluster, "echo"))["resources"] == "cpus:0.2;mem:64"
+        master.shutdown_framework("fw-1")
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == "echo")
+
+
+# --------------------------------------------------------------------------- namespaces/pid
+
+
+async def test_pid_namespace_shows_the_task_only_its_own_processes(cluster: Cluster):
+    if (why := PidNamespaceIsolator.unavailable(IsolationOptions())) is not None:
+        pytest.skip(f"namespaces/pid unavailable: {why}")
+    master = await start(cluster, "namespaces/pid,posix/cpu")
+    tid = new_task_id("ns")
+    # Every pid this task can see, from its own /proc.
+    command = "ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' ' > pids.txt; exec sleep 60"
+    master.run_task(framework(), task(tid, command))
+    await master.wait_state(tid, TaskState.TASK_RUNNING)  # the executor reached its agent
+    listing = await sandbox_file(cluster, "pids.txt")
+    await wait_until(lambda: listing.exists() and listing.read_text().strip() != "")
+    seen = {int(p) for p in listing.read_text().split()}
+    assert 1 in seen  # the executor is the namespace's init
+    assert len(seen) < 10 and max(seen) < 100, seen  # not the host's processes
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
+
+
+# --------------------------------------------------------------------------- third party
+
+THIRD_PARTY = textwrap.dedent(
+    """
+    from mesa.isolators import Isolator, LaunchInfo
+
+    class Stamp(Isolator):
+        name = "test/stamp"
+
+        async def prepare(self, container_id, config):
+            mem = config.resources.scalar("mem")
+            return LaunchInfo(environment={"STAMPED": f"{container_id}:{mem:g}"})
+
+        async def usage(self, container_id):
+            return {"stamp": 42.0}
+    """
+)
+
+
+async def test_a_third_party_isolator_loads_by_name(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "third_party_iso.py").write_text(THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    master = await start(cluster, "posix/cpu,third_party_iso:Stamp")
+    tid = new_task_id("stamped")
+    master.run_task(framework(), task(tid, 'echo "$STAMPED"; exec sleep 60'))
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
+    entry = await container_of(cluster, tid)
+    assert entry["statistics"]["stamp"] == 42.0
+    state = await cluster.http_get("/agent/state")
+    sandbox = Path(state["frameworks"][0]["executors"][0]["directory"])
+    await wait_until(
+        lambda: (sandbox / "stdout").exists() and "64" in (sandbox / "stdout").read_text()
+    )
+    assert (sandbox / "stdout").read_text().strip().endswith(f"{entry['container_id']}:64")
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(cluster: Cluster, tmp_path: Path):
+    mounts = need_cgroups(CgroupsFreezerIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
+    with unique_root(mounts) as root:
+        # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside.
+        stale = [mounts.v1[s] / root / "stale-container" for s in ("freezer", "memory", "pids")]
+        proc = await asyncio.create_subprocess_exec("sleep", "60")
+        try:
+            for path in stale:
+                path.mkdir(parents=True)
+                (path / "cgroup.procs").write_text(str(proc.pid))
+            await start(cluster, "cgroups/mem,cgroups/pids", cgroups_root=root)
+            assert await asyncio.wait_for(proc.wait(), 30) == -9
+            await wait_until(lambda: not any(p.exists() for p in stale))
+            metrics = await cluster.http_get("/metrics/snapshot")
+            assert metrics["isolator/cgroups/mem/orphans_removed"] == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
