@@ -65,6 +65,7 @@ from mesa.messages import (
     UpdateContainer,
 )
 from mesa.resources import ResourceError, Resources
+from mesa.zygote import Zygote, ZygoteError, is_command_executor
 
 __all__ = ["USAGE_KEYS", "Containerizer", "source_root"]
 
@@ -138,9 +139,12 @@ class Containerizer(Process):
         kill_wait: float = _KILL_WAIT,
         usage_interval: float = 5.0,
         live: set[str] | None = None,
+        zygote: bool = True,
         id: str = "containerizer",
     ) -> None:
         super().__init__(id)
+        # Command executors are forked from a warm zygote (mesa/zygote.py says why).
+        self.zygote: Zygote | None = Zygote(_zygote_env()) if zygote else None
         if isolators is None:
             from mesa.isolators.posix import PosixCpuIsolator, PosixMemIsolator
 
@@ -169,6 +173,14 @@ class Containerizer(Process):
         for key in USAGE_KEYS:
             m.gauge(f"containerizer/{key}", lambda k=key: self._aggregate(k))
         self._usage_timer = self.delay(self.usage_interval, self._refresh_usage)
+        if self.zygote is not None:
+            z = self.zygote
+            m.gauge("containerizer/zygote_executors_forked", lambda: z.forked)
+            m.gauge("containerizer/zygote_executors_exited", lambda: z.exited)
+            m.gauge("containerizer/zygote_executor_cpu_seconds", lambda: z.executor_cpu_seconds)
+            # Warm it now, off the actor: the first launch awaits it if it is not ready yet.
+            self._zygote_start = asyncio.ensure_future(self.zygote.start())
+            self._zygote_start.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.log.info("containerizer_started", isolators=[i.name for i in self.isolators])
 
     # ------------------------------------------------------------------ calling isolators
@@ -248,6 +260,13 @@ class Containerizer(Process):
         if prefix:
             # The launcher runs the command by path; argv[0] becomes that path.
             executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
+        if self.zygote is not None and not prefix and is_command_executor(msg.executor.command):
+            try:
+                await self._start_forked(container, env)
+                return
+            except ZygoteError as e:  # start it cold instead; a later launch restarts the zygote
+                self.metrics.inc("containerizer/zygote_errors")
+                self.log.warning("zygote_spawn_failed", container_id=container.id, error=repr(e))
         gated = any(isolator.gated for isolator in self.isolators)
         stdout = open(sandbox / "stdout", "ab")
         container.files.append(stdout)
@@ -291,6 +310,27 @@ class Containerizer(Process):
         if container.gate is not None:
             os.write(container.gate, b"\x01")
             self._close_gate(container)
+
+    async def _start_forked(self, container: _Container, env: dict[str, str]) -> None:
+        """A command executor forked from the zygote, parked at its gate until every isolator
+        has placed it (the zygote's gate does what ``_GATE`` does for a cold start)."""
+        assert self.zygote is not None
+        child = await self.zygote.spawn(
+            container.id,
+            cwd=str(container.sandbox),
+            env=env,
+            stdout=str(container.sandbox / "stdout"),
+            stderr=str(container.sandbox / "stderr"),
+        )
+        container.process = child  # type: ignore[assignment]
+        container.pid = child.pid
+        try:
+            for isolator in self.isolators:
+                await self._call(isolator, "isolate", container.id, child.pid)
+        except BaseException:
+            child.abort()
+            raise
+        child.release()
 
     def _environment(self, container: _Container, msg: LaunchContainer) -> dict[str, str]:
         env = dict(os.environ)
@@ -597,10 +637,22 @@ class Containerizer(Process):
         self._containers.clear()
         if containers:
             self.log.info("containers_destroyed_on_exit", count=len(containers))
+        if self.zygote is not None:
+            await self.zygote.stop()
         for isolator in self._spawned:
             self.runtime.terminate(isolator.pid)
         for isolator in self._spawned:
             await self.runtime.wait(isolator.pid)
+
+
+def _zygote_env() -> dict[str, str]:
+    """The zygote's own environment: the agent's, with this checkout on the path."""
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if source_root() not in paths:
+        paths.insert(0, source_root())
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def _parse_resources(text: Any) -> Resources:

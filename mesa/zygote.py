@@ -1,0 +1,567 @@
+"""The executor zygote: command executors forked from a warm process instead of started cold.
+
+Why. A command executor started as ``python -m mesa.command_executor`` spends ~100-130 ms of CPU
+(300 ms of wall time on a busy two-core machine) starting an interpreter and importing asyncio,
+uvloop, ZeroMQ, structlog, msgpack, libproc and mesa — before it runs one instruction of the task.
+With one executor per task that is most of a short task's cost, and caps a machine at a few dozen
+tasks a second. The zygote pays it once per agent: it imports everything a command executor needs
+and then only forks. A fork of the warm process is a couple of milliseconds.
+
+How. The containerizer starts ``python -m mesa.zygote`` (its child, in a session of its own so a
+Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over its stdin/stdout:
+
+* ``{"op": "spawn", "id": CID, "cwd", "env", "stdout", "stderr"}`` → the zygote forks. The child
+  makes itself a session leader (a container is a session, exactly as with ``start_new_session``)
+  and then **waits on a gate** before doing anything else; the zygote answers
+  ``{"op": "spawned", "id", "pid"}``.
+* The containerizer runs every isolator's ``isolate(cid, pid)`` (a cgroup takes the pid while the
+  child is parked, so everything the executor allocates or forks is inside its container), then
+  sends ``{"op": "go", "id"}``: the child opens its sandbox's ``stdout``/``stderr``, moves into
+  the sandbox, takes the container's environment, builds its own event loop, ZeroMQ context and
+  libproc runtime, and runs :func:`mesa.command_executor.main` — the very code a cold start runs.
+  ``{"op": "abort", "id"}`` kills a parked child instead.
+* The zygote is every forked executor's parent, so it reaps them and reports
+  ``{"op": "exited", "id", "pid", "status"}`` (``status`` as asyncio reports it: the exit code, or
+  minus the signal number).
+
+Fork safety: the zygote is single-threaded and creates no event loop, no ZeroMQ context and no
+socket before it forks (importing the modules creates none); each child builds its own after the
+gate, and closes every descriptor it inherited from the zygote. The child leaves with
+``os._exit`` so that nothing of the zygote's (atexit hooks, buffered output) runs twice.
+
+Only mesa's own command executor is forked this way (:func:`is_command_executor`): a framework's
+executor is an arbitrary program, started with ``exec`` as before. If the zygote dies, the
+containerizer starts command executors cold (and starts a new zygote for later launches): the
+zygote is an accelerator, never a point of failure. Children it already forked are unaffected;
+only their exit status is lost (reported as unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import selectors
+import shlex
+import signal
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from libproc import get_logger
+
+__all__ = [
+    "COMMAND_EXECUTOR_MODULE",
+    "Zygote",
+    "ZygoteChild",
+    "ZygoteError",
+    "command_executor_command",
+    "is_command_executor",
+    "main",
+]
+
+COMMAND_EXECUTOR_MODULE = "mesa.command_executor"
+
+log = get_logger("mesa.zygote")
+
+
+def command_executor_command() -> str:
+    """The shell command the agent gives a command executor (see ``command_executor_info``)."""
+    return f"{shlex.quote(sys.executable)} -m {COMMAND_EXECUTOR_MODULE}"
+
+
+def is_command_executor(command: Any) -> bool:
+    """Is this ``CommandInfo`` mesa's own command executor, run by this very interpreter?
+
+    Only then may it be forked from the zygote: the zygote runs the same code with the same
+    interpreter, so the result is the same program minus its start-up.
+    """
+    return (
+        command is not None
+        and getattr(command, "shell", True)
+        and not getattr(command, "arguments", None)
+        and getattr(command, "value", None) == command_executor_command()
+    )
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not fork an executor (or is gone)."""
+
+
+# ====================================================================== client (in the agent)
+
+
+@dataclass
+class _Pending:
+    spawned: asyncio.Future[int]
+    exited: asyncio.Future[int | None]
+
+
+class ZygoteChild:
+    """A forked executor, shaped like the part of ``asyncio.subprocess.Process`` the
+    containerizer uses: ``pid``, ``returncode`` and ``await wait()``."""
+
+    def __init__(self, zygote: Zygote, cid: str, pid: int, exited: asyncio.Future[int | None]):
+        self._zygote = zygote
+        self.container_id = cid
+        self.pid = pid
+        self._exited = exited
+        self.released = False
+
+    @property
+    def returncode(self) -> int | None:
+        if self._exited.done() and not self._exited.cancelled():
+            return self._exited.result()
+        return None
+
+    async def wait(self) -> int | None:
+        """The exit status (``None`` if the zygote died before it could tell)."""
+        return await asyncio.shield(self._exited)
+
+    def release(self) -> None:
+        """Open the gate: the child now becomes the executor. Call after ``isolate``."""
+        if not self.released:
+            self.released = True
+            self._zygote._send({"op": "go", "id": self.container_id})
+
+    def abort(self) -> None:
+        """The launch failed before the gate opened: the parked child is killed."""
+        if not self.released:
+            self.released = True
+            self._zygote._send({"op": "abort", "id": self.container_id})
+
+
+class Zygote:
+    """The agent's handle on its zygote process: start, spawn, stop.
+
+    ``env``: the zygote's own environment (it needs a ``PYTHONPATH`` that finds this ``mesa``);
+    each child's environment is sent with its spawn. ``start_timeout``: how long the zygote may
+    take to import everything.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 30.0,
+        max_failures: int = 3,
+    ) -> None:
+        self._env = dict(env if env is not None else os.environ)
+        self._start_timeout = start_timeout
+        # A zygote that keeps dying is given up on: every launch then starts cold.
+        self.max_failures = max_failures
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._starting: asyncio.Task[None] | None = None
+        self._orphan_watches: set[asyncio.Future[None]] = set()
+        self.pid: int | None = None
+        self.failures = 0
+        # For /metrics/snapshot: how many executors were forked and what they cost in CPU.
+        self.forked = 0
+        self.exited = 0
+        self.executor_cpu_seconds = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and self._reader is not None
+
+    async def start(self) -> None:
+        """Start the zygote (once; concurrent callers share the start) and wait until ready;
+        a zygote that died is replaced, up to ``max_failures`` times."""
+        if self.alive and self._ready is not None and self._ready.done():
+            self._ready.result()
+            return
+        if self.failures >= self.max_failures:
+            raise ZygoteError(f"the zygote failed {self.failures} times; not restarting it")
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mesa.zygote",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=self._env,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+        self.pid = self._proc.pid
+        self._reader = loop.create_task(self._read(self._proc))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self._start_timeout)
+        except asyncio.CancelledError:
+            self._kill_now()  # the containerizer is stopping: no waiting, no failure counted
+            raise
+        except Exception as e:
+            self.failures += 1
+            self._kill_now()
+            if not isinstance(e, ZygoteError):
+                raise ZygoteError(f"the zygote did not start: {e!r}") from e
+            raise
+        log.info("zygote_started", pid=self.pid)
+
+    async def spawn(
+        self,
+        container_id: str,
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        stdout: str,
+        stderr: str,
+        timeout: float = 10.0,
+    ) -> ZygoteChild:
+        """Fork a command executor for ``container_id``, parked at its gate."""
+        await self.start()
+        if container_id in self._pending:
+            raise ZygoteError(f"container {container_id} already spawned")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(loop.create_future(), loop.create_future())
+        self._pending[container_id] = pending
+        self._send(
+            {
+                "op": "spawn",
+                "id": container_id,
+                "cwd": cwd,
+                "env": dict(env),
+                "stdout": stdout,
+                "stderr": stderr,
+            }
+        )
+        try:
+            pid = await asyncio.wait_for(asyncio.shield(pending.spawned), timeout)
+        except BaseException:
+            self._pending.pop(container_id, None)
+            raise
+        self.forked += 1
+        return ZygoteChild(self, container_id, pid, pending.exited)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            raise ZygoteError("the zygote is not running")
+        try:
+            proc.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        except (ConnectionError, RuntimeError) as e:
+            raise ZygoteError(f"the zygote is gone: {e!r}") from e
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while True:
+                line = await proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    log.warning("zygote_bad_line", line=line[:200])
+                    continue
+                self._on_message(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # pragma: no cover - the pipe broke in an unexpected way
+            log.warning("zygote_read_failed", error=repr(e))
+        finally:
+            self._gone()
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        pending = self._pending.get(msg.get("id", ""))
+        if pending is None:
+            return
+        if op == "spawned":
+            if not pending.spawned.done():
+                pending.spawned.set_result(int(msg["pid"]))
+        elif op == "error":
+            self._pending.pop(msg["id"], None)
+            if not pending.spawned.done():
+                pending.spawned.set_exception(ZygoteError(str(msg.get("error"))))
+        elif op == "exited":
+            self._pending.pop(msg["id"], None)
+            self.exited += 1
+            self.executor_cpu_seconds += float(msg.get("cpu") or 0.0)
+            if not pending.spawned.done():  # died before the answer was read
+                pending.spawned.set_exception(ZygoteError("the child exited at once"))
+            if not pending.exited.done():
+                pending.exited.set_result(msg.get("status"))
+
+    def _gone(self) -> None:
+        """The zygote ended: fail launches in flight; children it forked are watched by pid."""
+        self._reader = None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ZygoteError("the zygote exited before it was ready"))
+            self._ready.exception()  # mark retrieved
+        pending, self._pending = self._pending, {}
+        live = 0
+        for cid, p in pending.items():
+            if not p.spawned.done():
+                p.spawned.set_exception(ZygoteError("the zygote exited"))
+                p.spawned.exception()
+            elif not p.exited.done():
+                live += 1
+                watch = asyncio.ensure_future(_watch_orphan(p.spawned.result(), p.exited))
+                self._orphan_watches.add(watch)
+                watch.add_done_callback(self._orphan_watches.discard)
+            del cid
+        if self._proc is not None:
+            self.failures += 1
+            log.warning("zygote_exited", pid=self.pid, orphaned_executors=live)
+
+    def _kill_now(self) -> None:
+        """SIGKILL the zygote without waiting (its reader sees EOF and settles the rest)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Close its stdin (it exits), then kill it if it lingers; a start in progress is
+        cancelled. Every wait is bounded: this runs while the agent stops, when a loop may be
+        closing. Forked executors are left to the containerizer, which destroys containers."""
+        starting = self._starting
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.wait([starting], timeout=timeout)
+        proc, self._proc = self._proc, None
+        reader = self._reader
+        if proc is not None:
+            if proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), timeout)
+        if reader is not None and not reader.done():
+            await asyncio.wait([reader], timeout=timeout)
+
+
+async def _watch_orphan(pid: int, exited: asyncio.Future[int | None]) -> None:
+    """A forked executor whose zygote died: no one can reap it for us, so poll until it is gone
+    (a zombie counts as gone) and report an unknown status."""
+    import psutil
+
+    delay = 0.01
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.Error:
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    if not exited.done():
+        exited.set_result(None)
+
+
+# ====================================================================== server (the zygote)
+
+
+def _preload() -> None:
+    """Import everything a command executor imports — including what it imports lazily once it
+    runs (uvloop, the thread pool behind ``run_in_executor``) — and create nothing: no loop, no
+    ZeroMQ context, no socket, no thread. Then freeze the heap for the garbage collector: the
+    children's collections skip these objects, so they do not write to (and copy) every page
+    they share with the zygote."""
+    import concurrent.futures.thread  # noqa: F401
+    import gc
+    import queue  # noqa: F401
+
+    import uvloop  # noqa: F401
+
+    import mesa.command_executor
+    import mesa.executor  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
+def _child(req: dict[str, Any], gate: int) -> None:
+    """In the forked child: wait at the gate, become the executor, never return."""
+    code = 127
+    try:
+        os.setsid()  # the container: a session of its own, as start_new_session gives
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Parked: nothing runs until the isolators hold this pid.
+        word = b""
+        with contextlib.suppress(OSError):
+            word = os.read(gate, 1)
+        if word != b"g":
+            os._exit(125)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        # Nothing of the zygote's: its pipes, its selector, other children's gates.
+        os.closerange(3, 1 << 16)
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in req["env"].items()})
+        sys.argv = [COMMAND_EXECUTOR_MODULE]
+        import libproc
+        from mesa import command_executor
+
+        libproc.configure_logging()  # the container's LIBPROC_LOG_* now
+        code = command_executor.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class _Server:
+    """The zygote's loop: one selector over its stdin and a SIGCHLD wake-up pipe."""
+
+    def __init__(self) -> None:
+        self.children: dict[int, str] = {}  # pid -> container id
+        self.gates: dict[str, tuple[int, int]] = {}  # container id -> (write end, pid)
+        self.out = sys.stdout.buffer
+        self.buf = b""
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        self.out.flush()
+
+    def serve(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent ends us by closing stdin
+        sel = selectors.DefaultSelector()
+        stdin = sys.stdin.buffer.fileno()
+        sel.register(stdin, selectors.EVENT_READ, "in")
+        sel.register(wake_r, selectors.EVENT_READ, "chld")
+        self.send({"op": "ready", "pid": os.getpid()})
+        open_ = True
+        while open_ or self.children:
+            for key, _ in sel.select(1.0 if not open_ else None):
+                if key.data == "chld":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake_r, 4096):
+                            pass
+                else:
+                    chunk = os.read(stdin, 1 << 16)
+                    if not chunk:
+                        open_ = False
+                        sel.unregister(stdin)
+                        break
+                    self.buf += chunk
+                    while b"\n" in self.buf:
+                        line, _, self.buf = self.buf.partition(b"\n")
+                        self.handle(json.loads(line), (stdin, wake_r, wake_w))
+            self.reap()
+            if not open_:
+                # The agent is gone or stopping: nobody will open the gates, nobody is listening.
+                for cid in list(self.gates):
+                    self.abort(cid)
+                if self.children:
+                    break  # forked executors live on (they notice the agent's end themselves)
+        return 0
+
+    def handle(self, msg: dict[str, Any], fds: tuple[int, ...]) -> None:
+        op, cid = msg.get("op"), str(msg.get("id", ""))
+        if op == "spawn":
+            try:
+                pid = self.fork(cid, msg, fds)
+            except Exception as e:
+                self.send({"op": "error", "id": cid, "error": repr(e)})
+                return
+            self.send({"op": "spawned", "id": cid, "pid": pid})
+        elif op == "go":
+            gate = self.gates.pop(cid, None)
+            if gate is not None:
+                with contextlib.suppress(OSError):
+                    os.write(gate[0], b"g")
+                os.close(gate[0])
+        elif op == "abort":
+            self.abort(cid)
+
+    def abort(self, cid: str) -> None:
+        gate = self.gates.pop(cid, None)
+        if gate is not None:
+            os.close(gate[0])
+            with contextlib.suppress(OSError):
+                os.kill(gate[1], signal.SIGKILL)
+
+    def fork(self, cid: str, req: dict[str, Any], fds: tuple[int, ...]) -> int:
+        gate_r, gate_w = os.pipe()
+        self.out.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            os.close(gate_w)
+            _child(req, gate_r)
+        os.close(gate_r)
+        self.children[pid] = cid
+        self.gates[cid] = (gate_w, pid)
+        return pid
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            cid = self.children.pop(pid, None)
+            if cid is None:
+                continue
+            gate = self.gates.pop(cid, None)
+            if gate is not None:
+                os.close(gate[0])
+            self.send(
+                {
+                    "op": "exited",
+                    "id": cid,
+                    "pid": pid,
+                    "status": os.waitstatus_to_exitcode(status),
+                    # CPU seconds of the executor and of the tasks it reaped: what a task costs.
+                    "cpu": usage.ru_utime + usage.ru_stime,
+                }
+            )
+
+
+def main() -> int:
+    """``python -m mesa.zygote``: started by the containerizer, not by hand."""
+    _preload()
+    try:
+        return _Server().serve()
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Command tasks on a real cluster, launched the default way: executors forked from the zygote.
+
+Each test drives the cluster as a user does (a framework on the SDK, a master and an agent as OS
+processes) and then looks at the processes themselves: who forked the executor, which session and
+cgroups it is in, and that nothing of a killed task or a stopped agent is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from mesa.task_state import TaskState
+from tests.e2e.cluster import Cluster, Node
+from tests.e2e.framework import command_task, start_framework
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _cgroups_usable() -> str | None:
+    """Why ``--isolation=cgroups`` cannot be used here, or None."""
+    try:
+        from mesa.isolators import resolve_isolation
+
+        resolve_isolation("cgroups")
+    except Exception as e:
+        return str(e)
+    return None
+
+
+ISOLATIONS = [
+    "posix",
+    pytest.param(
+        "cgroups",
+        marks=pytest.mark.skipif(
+            _cgroups_usable() is not None, reason=f"cgroups: {_cgroups_usable()}"
+        ),
+    ),
+]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _poll(predicate: Any, what: str, timeout: float = 30.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await asyncio.to_thread(predicate)
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+def _executor(agent: Node, task_id: str) -> dict[str, Any] | None:
+    for fw in agent.state("/agent/state")["frameworks"]:
+        for ex in fw["executors"]:
+            if ex["id"] == task_id and ex["os_pid"]:
+                return ex
+    return None
+
+
+def _zygote_pid(agent: Node) -> int:
+    assert agent.proc is not None
+    for child in psutil.Process(agent.proc.pid).children():
+        if "mesa.zygote" in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError("the agent has no zygote")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _session(pid: int) -> set[int]:
+    out = set()
+    for p in psutil.pids():
+        try:
+            if os.getsid(p) == pid:
+                out.add(p)
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+async def test_forked_executor_runs_tasks_in_its_container(
+    cluster: Cluster, isolation: str
+) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent(
+        "agent", "cpus:2;mem:1024;disk:1024", f"--isolation={isolation}"
+    )
+    fw, driver = await start_framework(master.endpoint)
+    try:
+        offer = await fw.offer()
+        quick = command_task(offer, "quick", "echo hi-from-$MESA_TASK_ID")
+        bad = command_task(offer, "bad", "exit 3")
+        hold = command_task(offer, "hold", "sleep 60")
+        driver.launch_tasks([offer.id], [quick, bad, hold])
+
+        # The updates a command task always had, in order.
+        await fw.state_of("quick", TaskState.TASK_FINISHED)
+        states = [s.state for s in fw.updates if s.task_id == "quick"]
+        assert states == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+        failed = await fw.state_of("bad", TaskState.TASK_FAILED)
+        assert "3" in (failed.message or "")
+        out = list(cluster.work_dir.glob("agent/**/executors/quick/runs/*/stdout"))
+        assert out and "hi-from-quick" in out[0].read_text()
+
+        # The running executor: forked by the agent's zygote, leader of its own session (the
+        # posix container), working in its sandbox, with its container's environment.
+        await fw.state_of("hold", TaskState.TASK_RUNNING)
+        ex = await _poll(lambda: _executor(agent, "hold"), "hold's executor")
+        pid, cid = ex["os_pid"], ex["container_id"]
+        proc = psutil.Process(pid)
+        assert proc.ppid() == _zygote_pid(agent)
+        assert os.getsid(pid) == pid
+        assert proc.cwd() == ex["directory"]
+        members = await _poll(lambda: _session(pid) - {pid}, "the task's processes")
+        # The executor took its container's environment after the fork (a forked process's
+        # /proc/<pid>/environ keeps the zygote's), and the task was exec'd with it.
+        task_env = psutil.Process(min(members)).environ()
+        assert task_env["MESA_CONTAINER_ID"] == cid
+        assert task_env["MESA_TASK_ID"] == "hold"
+        if isolation == "cgroups":
+            # Executor and task are in the container's cgroups, not the agent's.
+            for p in {pid, *members}:
+                lines = Path(f"/proc/{p}/cgroup").read_text().splitlines()
+                in_container = [ln for ln in lines if ln.endswith(f"/{cid}")]
+                assert in_container, (p, lines)
+        metrics = agent.state("/metrics/snapshot")
+        assert metrics["containerizer/zygote_executors_forked"] >= 3
+    finally:
+        await driver.stop()
+
+
+async def test_kill_with_grace_period_leaves_nothing(cluster: Cluster) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent()
+    fw, driver = await start_framework(master.endpoint)
+    try:
+        offer = await fw.offer()
+        # The command ignores SIGTERM (and so does its sleep): only SIGKILL after the grace
+        # period ends it.
+        task = command_task(offer, "stubborn", "trap '' TERM; sleep 60 & sleep 60; wait")
+        driver.launch_tasks([offer.id], [task])
+        await fw.state_of("stubborn", TaskState.TASK_RUNNING)
+        ex = await _poll(lambda: _executor(agent, "stubborn"), "the executor")
+        pid = ex["os_pid"]
+        assert psutil.Process(pid).ppid() == _zygote_pid(agent)
+        members = await _poll(lambda: _session(pid) - {pid}, "the task's processes")
+        started = time.monotonic()
+        driver.kill_task("stubborn", grace_period=0.5)
+        killed = await fw.state_of("stubborn", TaskState.TASK_KILLED)
+        assert time.monotonic() - started >= 0.45, "SIGKILL came before the grace period"
+        assert killed.agent_id == offer.agent_id
+        # The container goes, and with it every process of it.
+        await _poll(lambda: _executor(agent, "stubborn") is None, "executor gone")
+        await _poll(lambda: all(_gone(p) for p in {pid, *members}), "processes gone")
+    finally:
+        await driver.stop()
+
+
+async def test_stopping_the_agent_takes_zygote_and_executors(cluster: Cluster) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent()
+    fw, driver = await start_framework(master.endpoint)
+    try:
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "long", "sleep 60")])
+        await fw.state_of("long", TaskState.TASK_RUNNING)
+        ex = await _poll(lambda: _executor(agent, "long"), "the executor")
+        zygote = _zygote_pid(agent)
+        pids = {zygote, ex["os_pid"], *_session(ex["os_pid"])}
+        assert await agent.stop() == 0
+        await _poll(lambda: all(_gone(p) for p in pids), "zygote and executors gone")
+    finally:
+        await driver.stop()
+
+
+async def test_executors_start_cold_when_the_zygote_keeps_dying(cluster: Cluster) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent()
+    fw, driver = await start_framework(master.endpoint)
+    try:
+        # Each launch (re)starts a zygote if there is none; kill every one it starts until the
+        # agent gives up on them (three failures).
+        for i in range(3):
+            offer = await fw.offer()
+            driver.launch_tasks([offer.id], [command_task(offer, f"t{i}", "true")])
+            await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            zygote = _zygote_pid(agent)
+            os.kill(zygote, 9)  # a descendant of the agent this test started
+            await _poll(lambda z=zygote: _gone(z), "the zygote gone")
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "cold", "true")])
+        await fw.state_of("cold", TaskState.TASK_FINISHED)
+        metrics = agent.state("/metrics/snapshot")
+        assert metrics.get("containerizer/zygote_errors", 0) >= 1
+        with pytest.raises(AssertionError):
+            _zygote_pid(agent)  # none was started again
+    finally:
+        await driver.stop()

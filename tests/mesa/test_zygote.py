@@ -1,0 +1,142 @@
+"""The executor zygote on its own: a real ``python -m mesa.zygote`` forking real children.
+
+A child forked here has no agent to talk to, so the command executor it becomes exits at once
+with status 2 ("not started by a mesa agent"): that is enough to see the gate, the sandbox files,
+the environment, the exit status and the reaping. The whole launch path, agent included, is in
+tests/e2e/test_zygote_executors.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mesa.actors.containerizer import source_root
+from mesa.info import CommandInfo
+from mesa.zygote import Zygote, ZygoteError, command_executor_command, is_command_executor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = source_root() + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture
+async def zygote() -> AsyncIterator[Zygote]:
+    z = Zygote(_env())
+    await z.start()
+    try:
+        yield z
+    finally:
+        pid = z.pid
+        await z.stop()
+        assert pid is not None
+        assert not psutil.pid_exists(pid) or _zombie(pid)
+
+
+def _zombie(pid: int | None) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _spawn_args(tmp: Path, **env: str) -> dict:
+    return {
+        "cwd": str(tmp),
+        "env": {"PATH": os.environ.get("PATH", ""), **env},
+        "stdout": str(tmp / "stdout"),
+        "stderr": str(tmp / "stderr"),
+    }
+
+
+def test_only_mesas_own_command_executor_is_forked() -> None:
+    assert is_command_executor(CommandInfo(command_executor_command()))
+    assert not is_command_executor(CommandInfo("python -m mesa.command_executor"))
+    assert not is_command_executor(
+        CommandInfo(sys.executable, shell=False, arguments=[sys.executable, "-m", "x"])
+    )
+    assert not is_command_executor(CommandInfo(f"{shlex.quote(sys.executable)} my_executor.py"))
+    assert not is_command_executor(None)
+
+
+async def test_a_child_waits_at_the_gate_then_runs_in_its_sandbox(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    child = await zygote.spawn("c1", **_spawn_args(tmp_path, MESA_MARK="x"))
+    proc = psutil.Process(child.pid)
+    assert proc.ppid() == zygote.pid
+    # Parked: it has made itself a session leader (its container) and done nothing else yet.
+    async with asyncio.timeout(10):
+        while os.getsid(child.pid) != child.pid:
+            await asyncio.sleep(0.01)
+    assert not (tmp_path / "stderr").exists()
+    assert child.returncode is None
+    child.release()
+    status = await asyncio.wait_for(child.wait(), 30)
+    # No agent in its environment: the command executor refuses to run, with status 2.
+    assert status == 2
+    assert "executors are started by a mesa agent" in (tmp_path / "stderr").read_text()
+    assert zygote.forked == 1 and zygote.exited == 1
+    assert zygote.executor_cpu_seconds > 0
+
+
+async def test_abort_kills_a_parked_child(zygote: Zygote, tmp_path: Path) -> None:
+    child = await zygote.spawn("c2", **_spawn_args(tmp_path))
+    child.abort()
+    status = await asyncio.wait_for(child.wait(), 30)
+    assert status in (-9, 125)  # killed at the gate (or it saw the gate close first)
+    assert not (tmp_path / "stderr").exists()
+
+
+async def test_the_same_container_cannot_be_spawned_twice(zygote: Zygote, tmp_path: Path) -> None:
+    child = await zygote.spawn("c3", **_spawn_args(tmp_path))
+    with pytest.raises(ZygoteError):
+        await zygote.spawn("c3", **_spawn_args(tmp_path))
+    child.abort()
+    await asyncio.wait_for(child.wait(), 30)
+
+
+async def test_a_dead_zygote_fails_spawns_and_reports_its_children(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    child = await zygote.spawn("c4", **_spawn_args(tmp_path))
+    assert zygote.pid is not None
+    os.kill(zygote.pid, 9)  # the zygote is this test's own grandchild
+    # Its parked child sees the gate close and exits; the status is lost with the zygote.
+    status = await asyncio.wait_for(child.wait(), 30)
+    assert status is None
+    assert not psutil.pid_exists(child.pid) or _zombie(child.pid)
+    # The next spawn brings up a fresh zygote.
+    old_pid = zygote.pid
+    child = await zygote.spawn("c5", **_spawn_args(tmp_path))
+    assert zygote.pid != old_pid and zygote.failures == 1
+    child.release()
+    assert await asyncio.wait_for(child.wait(), 30) == 2
+
+
+async def test_a_zygote_that_keeps_dying_is_given_up_on(tmp_path: Path) -> None:
+    z = Zygote(_env(), max_failures=2)
+    try:
+        for _ in range(2):
+            await z.start()
+            assert z.pid is not None
+            pid = z.pid
+            os.kill(pid, 9)
+            async with asyncio.timeout(10):
+                while z.alive:
+                    await asyncio.sleep(0.01)
+        with pytest.raises(ZygoteError):
+            await z.spawn("c7", **_spawn_args(tmp_path))
+    finally:
+        await z.stop()
