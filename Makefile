@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) -m bench.libproc_bench --json bench-libproc.json
 	$(PY) -m bench.allocator_bench --json bench-allocator.json
 	$(PY) -m bench.offers --json bench-offers.json
+	$(PY) -m bench.tasks --json bench-tasks.json
 
 # A whole local cluster (a master, two agents) running a framework with real tasks, then stopped.
 demo: $(STAMP)

@@ -1,0 +1,744 @@
+"""The real-task suite: a real local cluster running real shell commands, against xargs, Ray, Dask.
+
+A master and one agent run as separate OS processes (``python -m mesa.node``); a framework on the
+SDK, in this process, submits the tasks. Every task is an ordinary command task: the agent's
+containerizer starts a command executor for it in a container of its own, the executor runs
+``sh -c COMMAND`` and reports ``TASK_STARTING``/``TASK_RUNNING``/``TASK_FINISHED`` through the
+agent's reliable status-update streams and the master, and the framework acknowledges each.
+Nothing is simulated.
+
+Figures, per isolation mode (posix always; cgroups when the agent has ``--isolation``):
+
+* ``true``: N tasks running ``true``; wall time from the first launch to the last
+  ``TASK_FINISHED`` the framework sees. The limit is ``xargs -P <cores>`` running the same
+  ``sh -c true`` N times in the same run.
+* ``sleep``: M tasks running ``sleep S`` in ``slots`` concurrent task slots; the ideal is
+  ``M x S / slots``, and ``xargs -P slots`` is measured too.
+* latency: one ``true`` task on a warm cluster (registered framework, offer in hand), from the
+  accept to its ``TASK_FINISHED``; median of ``latency_runs``. The limit is one ``sh -c true``
+  started and reaped by this process.
+
+Ray and Dask (the ``bench`` extra) run the same commands through ``subprocess.run`` with as many
+workers as cores, their start-up excluded; each is skipped, with a line saying so, when it is not
+installed. Every figure is also given as a ratio to the xargs limit measured in the same run,
+because these machines are noisy.
+
+Cleanup: every process the bench starts is its child; at the end (also on failure or Ctrl-C) the
+nodes get SIGTERM (the agent destroys its containers), and then every pid the bench saw below
+them is killed by pid. Nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mesa.info import CommandInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from mesa.resources import Resources
+from mesa.scheduler import Scheduler, SchedulerDriver
+from mesa.task_state import TaskState, is_terminal
+
+ROOT = Path(__file__).resolve().parents[2]
+_STARTED = re.compile(r"mesa (master|agent) started: pid=(\S+) http=(\S+)")
+
+TARGET_TRUE_RATIO = 0.5  # of the xargs limit
+TARGET_SLEEP_OVER_IDEAL = 1.05
+TARGET_LATENCY_S = 0.010
+
+
+@dataclass
+class Config:
+    """Everything that shapes a run; recorded in the JSON."""
+
+    true_tasks: int = 1000
+    sleep_tasks: int = 200
+    sleep_seconds: float = 0.5
+    latency_runs: int = 5
+    cores: int = os.cpu_count() or 1
+    task_cpus: float = 0.1
+    task_mem: float = 16.0
+    isolation: tuple[str, ...] = ("posix", "cgroups")
+    baselines: tuple[str, ...] = ("xargs", "ray", "dask")
+    phase_timeout: float = 600.0
+
+    @property
+    def slots(self) -> int:
+        """Concurrent tasks the agent's resources hold (cpus = cores, task_cpus each)."""
+        return max(1, round(self.cores / self.task_cpus))
+
+    @property
+    def agent_resources(self) -> str:
+        mem = self.slots * self.task_mem + 256
+        return f"cpus:{self.cores};mem:{mem:g};disk:1024"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("LIBPROC_LOG_LEVEL", "warning")
+    return env
+
+
+def node_flags() -> str:
+    """``python -m mesa.node --help``: what this checkout's nodes accept."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mesa.node", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=str(ROOT),
+        check=False,
+    )
+    return out.stdout
+
+
+# ====================================================================== the cluster
+
+
+class Node:
+    """One ``mesa.node`` process, a child of the bench."""
+
+    def __init__(self, role: str, args: list[str], log_path: Path) -> None:
+        self.role = role
+        self.log_path = log_path
+        with open(log_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mesa.node", f"--role={role}", "--log-level=warning", *args],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=_env(),
+                cwd=str(ROOT),
+                start_new_session=True,  # Ctrl-C reaches the bench, which cleans up
+            )
+        self.seen: set[int] = {self.proc.pid}
+        self.upid = ""
+        self.http = ""
+        self.ps = psutil.Process(self.proc.pid)
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            m = _STARTED.search(buf.decode(errors="replace"))
+            if m:
+                self.upid, self.http = m.group(2), m.group(3)
+                return
+        raise RuntimeError(f"{self.role} did not start:\n{self.tail()}")
+
+    @property
+    def endpoint(self) -> str:
+        return self.upid.split("@", 1)[1]
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics/snapshot`` of the node (empty if it does not answer)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.http}/metrics/snapshot", timeout=5) as r:
+                return json.load(r)
+        except (OSError, ValueError):
+            return {}
+
+    def remember(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.seen.update(c.pid for c in self.ps.children(recursive=True))
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the node itself (not its executors)."""
+        with contextlib.suppress(psutil.Error):
+            t = self.ps.cpu_times()
+            return t.user + t.system
+        return 0.0
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.remember()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        for pid in self.seen - {self.proc.pid}:
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                # Only what is still ours: a pid recycled since would have a later start time.
+                if p.create_time() <= time.time():
+                    p.kill()
+
+
+class LocalCluster:
+    """A master and one agent as OS processes; ``close()`` leaves nothing behind."""
+
+    def __init__(self, cfg: Config, isolation: str, work_dir: Path) -> None:
+        self.cfg = cfg
+        self.isolation = isolation
+        self.work_dir = work_dir
+        self.nodes: list[Node] = []
+
+    def start(self) -> LocalCluster:
+        port = _free_port()
+        master = Node(
+            "master",
+            [
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                "--http-port=0",
+                f"--work-dir={self.work_dir / 'master'}",
+                "--allocation-interval=0.05",
+            ],
+            self.work_dir / "master.log",
+        )
+        self.nodes.append(master)
+        master.wait_started()
+        extra = [f"--isolation={self.isolation}"] if self.isolation != "default" else []
+        agent = Node(
+            "agent",
+            [
+                f"--master={master.endpoint}",
+                "--ip=127.0.0.1",
+                "--port=0",
+                "--http-port=0",
+                f"--work-dir={self.work_dir / 'agent'}",
+                f"--resources={self.cfg.agent_resources}",
+                *extra,
+            ],
+            self.work_dir / "agent.log",
+        )
+        self.nodes.append(agent)
+        agent.wait_started()
+        return self
+
+    @property
+    def master(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def agent(self) -> Node:
+        return self.nodes[1]
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
+        self.nodes.clear()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ====================================================================== the framework
+
+
+class Batch(Scheduler):
+    """Launches queued commands into every offer as they fit; records when each one ends.
+
+    Offers that arrive with nothing queued are kept (for the latency runs, which time a launch
+    into an offer already in hand).
+    """
+
+    def __init__(self, cpus: float, mem: float) -> None:
+        self.per_task = Resources.parse(f"cpus:{cpus};mem:{mem}")
+        self.resources = str(self.per_task)
+        self.queue: list[TaskInfo] = []
+        self.held: list[Offer] = []
+        self.offer_arrived = asyncio.Event()
+        self.launched_at: dict[str, float] = {}
+        self.ended: dict[str, tuple[str, float, str]] = {}  # id -> (state, when, message)
+        self.first_launch: float | None = None
+        self.expected = 0
+        self.all_done = asyncio.Event()
+        self.errors: list[str] = []
+
+    def submit(self, driver: SchedulerDriver, tasks: list[TaskInfo]) -> None:
+        self.queue.extend(reversed(tasks))
+        self.expected += len(tasks)
+        self.all_done.clear()
+        held, self.held = self.held, []
+        self._launch(driver, held)
+        if self.queue:
+            driver.revive_offers()
+
+    def resource_offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        if not self.queue:
+            self.held.extend(offers)
+            self.offer_arrived.set()
+            return
+        self._launch(driver, offers)
+
+    def _launch(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        for offer in offers:
+            left = Resources.parse(offer.resources)
+            tasks: list[TaskInfo] = []
+            while self.queue and left.contains(self.per_task):
+                left -= self.per_task
+                task = self.queue.pop()
+                tasks.append(
+                    TaskInfo(
+                        task.name,
+                        task.task_id,
+                        offer.agent_id,
+                        self.resources,
+                        command=task.command,
+                    )
+                )
+            if not tasks:
+                self.held.append(offer)
+                continue
+            now = time.perf_counter()
+            if self.first_launch is None:
+                self.first_launch = now
+            for task in tasks:
+                self.launched_at[task.task_id] = now
+            driver.launch_tasks([offer.id], tasks, refuse_seconds=0.0)
+
+    def status_update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
+        if not is_terminal(status.state) or status.task_id in self.ended:
+            return
+        self.ended[status.task_id] = (str(status.state), time.perf_counter(), status.message or "")
+        if len(self.ended) >= self.expected:
+            self.all_done.set()
+
+    def error(self, driver: SchedulerDriver, message: str) -> None:
+        self.errors.append(message)
+        self.all_done.set()
+
+    def reset(self) -> None:
+        self.launched_at.clear()
+        self.ended.clear()
+        self.first_launch = None
+        self.expected = 0
+
+
+def _tasks(prefix: str, command: str, count: int) -> list[TaskInfo]:
+    return [
+        TaskInfo(f"{prefix}-{i}", f"{prefix}-{i}", "", "cpus:0", command=CommandInfo(command))
+        for i in range(count)
+    ]
+
+
+async def _run_batch(
+    driver: SchedulerDriver, fw: Batch, prefix: str, command: str, count: int, timeout: float
+) -> dict[str, Any]:
+    fw.reset()
+    fw.submit(driver, _tasks(prefix, command, count))
+    try:
+        await asyncio.wait_for(fw.all_done.wait(), timeout)
+    except TimeoutError:
+        raise RuntimeError(
+            f"{prefix}: {len(fw.ended)}/{count} tasks ended within {timeout:.0f}s"
+        ) from None
+    if fw.errors:
+        raise RuntimeError(f"{prefix}: framework error {fw.errors[-1]}")
+    last = max(t for _, t, _ in fw.ended.values())
+    assert fw.first_launch is not None
+    seconds = last - fw.first_launch
+    failed = {k: v for k, v in fw.ended.items() if v[0] != TaskState.TASK_FINISHED}
+    return {
+        "tasks": count,
+        "seconds": seconds,
+        "per_s": count / seconds if seconds > 0 else None,
+        "failed": len(failed),
+        "failures": [f"{k}: {v[0]} {v[2]}" for k, v in list(failed.items())[:5]],
+    }
+
+
+async def _latency(driver: SchedulerDriver, fw: Batch, runs: int, timeout: float) -> list[float]:
+    """accept → TASK_FINISHED for one ``true`` task, with an offer already in hand."""
+    out: list[float] = []
+    for i in range(runs):
+        # Wait for the resources of the previous task to come back as an offer that fits.
+        deadline = time.monotonic() + timeout
+        while not any(Resources.parse(o.resources).contains(fw.per_task) for o in fw.held):
+            fw.offer_arrived.clear()
+            if time.monotonic() > deadline:
+                raise RuntimeError("latency: no offer came back")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fw.offer_arrived.wait(), 1.0)
+        fw.reset()
+        start = time.perf_counter()
+        fw.submit(driver, _tasks(f"lat{i}", "true", 1))
+        await asyncio.wait_for(fw.all_done.wait(), timeout)
+        state, end, message = next(iter(fw.ended.values()))
+        if state != TaskState.TASK_FINISHED:
+            raise RuntimeError(f"latency task ended {state}: {message}")
+        out.append(end - start)
+    return out
+
+
+async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str, Any]:
+    """One isolation mode: a fresh cluster, then true, sleep and latency, then a clean stop."""
+    cluster = LocalCluster(cfg, isolation, work_dir)
+    driver: SchedulerDriver | None = None
+    result: dict[str, Any] = {"isolation": isolation}
+    try:
+        await asyncio.to_thread(cluster.start)
+        fw = Batch(cfg.task_cpus, cfg.task_mem)
+        driver = SchedulerDriver(
+            fw, FrameworkInfo(user="", name="bench-tasks"), cluster.master.endpoint
+        )
+        await driver.start()
+        await driver.wait_connected(30.0)
+        # Warm up: one small batch (first executors, first connections), not timed.
+        await _run_batch(driver, fw, "warm", "true", min(cfg.slots, 20), cfg.phase_timeout)
+
+        cpu0 = [n.cpu_seconds() for n in cluster.nodes]
+        m0 = await asyncio.to_thread(cluster.agent.metrics)
+        t0 = time.perf_counter()
+        result["true"] = await _run_batch(
+            driver, fw, "true", "true", cfg.true_tasks, cfg.phase_timeout
+        )
+        cluster.agent.remember()
+        elapsed = time.perf_counter() - t0
+        cpu1 = [n.cpu_seconds() for n in cluster.nodes]
+        key = "containerizer/zygote_executor_cpu_seconds"
+        forked = "containerizer/zygote_executors_forked"
+        exited = "containerizer/zygote_executors_exited"
+        # An executor's CPU is counted when it exits, a moment after its task's last update.
+        deadline = time.monotonic() + 10.0
+        while True:
+            m1 = await asyncio.to_thread(cluster.agent.metrics)
+            done = m1.get(exited, 0.0) - m0.get(exited, 0.0)
+            if done >= m1.get(forked, 0.0) - m0.get(forked, 0.0) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        result["true"]["cpu_s"] = {
+            "master": cpu1[0] - cpu0[0],
+            "agent": cpu1[1] - cpu0[1],
+            # Forked executors and the tasks they ran (absent when executors start cold).
+            "executors": m1.get(key, 0.0) - m0.get(key, 0.0),
+            "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
+            "wall": elapsed,
+        }
+
+        if cfg.sleep_tasks:
+            result["sleep"] = await _run_batch(
+                driver,
+                fw,
+                "sleep",
+                f"sleep {cfg.sleep_seconds:g}",
+                cfg.sleep_tasks,
+                cfg.phase_timeout,
+            )
+            ideal = cfg.sleep_tasks * cfg.sleep_seconds / cfg.slots
+            result["sleep"]["ideal_s"] = ideal
+            result["sleep"]["over_ideal"] = result["sleep"]["seconds"] / ideal
+        cluster.agent.remember()
+
+        lat = await _latency(driver, fw, cfg.latency_runs, 60.0)
+        result["latency_s"] = {"median": statistics.median(lat), "runs": lat}
+        cluster.agent.remember()
+    finally:
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.stop(), 10.0)
+        await asyncio.to_thread(cluster.close)
+    return result
+
+
+# ====================================================================== baselines
+
+
+def run_baseline(
+    kind: str, command: str, count: int, workers: int, timeout: float
+) -> dict[str, Any]:
+    """A baseline in a child process; its whole process tree is killed by pid afterwards."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.tasks.baselines",
+            kind,
+            f"--command={command}",
+            f"--count={count}",
+            f"--workers={workers}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=str(ROOT),
+        start_new_session=True,
+    )
+    seen: set[int] = set()
+    root = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                seen.update(c.pid for c in root.children(recursive=True))
+            try:
+                proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            raise RuntimeError(f"{kind} baseline timed out after {timeout:.0f}s")
+        out, err = proc.communicate()
+        lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{kind} baseline failed: {err.decode()[-2000:]}")
+        return json.loads(lines[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in seen:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
+def fork_exec_latency(runs: int) -> float:
+    """One ``sh -c true`` started and reaped from here: the floor of any task's latency."""
+    times = []
+    for _ in range(max(runs, 5)):
+        t = time.perf_counter()
+        subprocess.run(["sh", "-c", "true"], check=False)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# ====================================================================== the whole run
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_before": list(os.getloadavg()),
+    }
+
+
+def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine(), "config": {**asdict(cfg), "slots": cfg.slots}}
+    started = time.monotonic()
+    base: dict[str, Any] = {}
+    skipped: list[str] = []
+
+    # The limits first, on a quiet machine.
+    base["xargs_true"] = run_baseline("xargs", "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout)
+    emit(f"xargs -P{cfg.cores}: {cfg.true_tasks} x true in {base['xargs_true']['seconds']:.3f}s")
+    if cfg.sleep_tasks:
+        base["xargs_sleep"] = run_baseline(
+            "xargs", f"sleep {cfg.sleep_seconds:g}", cfg.sleep_tasks, cfg.slots, cfg.phase_timeout
+        )
+        emit(
+            f"xargs -P{cfg.slots}: {cfg.sleep_tasks} x sleep"
+            f" in {base['xargs_sleep']['seconds']:.3f}s"
+        )
+    base["fork_exec_latency_s"] = fork_exec_latency(cfg.latency_runs)
+    for kind in ("ray", "dask"):
+        if kind not in cfg.baselines:
+            continue
+        try:
+            r = run_baseline(kind, "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout)
+        except RuntimeError as e:
+            r = {"skipped": f"{kind} failed: {str(e)[-300:]}"}
+        if "skipped" in r:
+            skipped.append(r["skipped"])
+            emit(f"skipped: {r['skipped']}")
+        else:
+            emit(f"{kind} ({cfg.cores} workers): {cfg.true_tasks} x true in {r['seconds']:.3f}s")
+        base[kind] = r
+    report["baselines"] = base
+
+    flags = node_flags()
+    results = []
+    for isolation in cfg.isolation:
+        if isolation != "posix" and "--isolation" not in flags:
+            line = f"skipped: {isolation} isolation (this agent has no --isolation flag)"
+            skipped.append(line)
+            emit(line)
+            continue
+        work = Path(tempfile.mkdtemp(prefix=f"mesa-bench-tasks-{isolation}-"))
+        try:
+            mode = isolation if "--isolation" in flags else "default"
+            r = asyncio.run(measure_mesa(cfg, mode, work))
+            r["isolation"] = isolation
+            results.append(r)
+            emit(
+                f"mesa {isolation}: {cfg.true_tasks} x true in {r['true']['seconds']:.3f}s"
+                f" ({r['true']['failed']} failed); latency {r['latency_s']['median'] * 1000:.1f} ms"
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    report["mesa"] = results
+    report["skipped"] = skipped
+    report["targets"] = check_targets(cfg, report)
+    report["machine"]["load_average_after"] = list(os.getloadavg())
+    report["config"]["elapsed_s"] = time.monotonic() - started
+    return report
+
+
+def check_targets(cfg: Config, report: dict[str, Any]) -> list[dict[str, Any]]:
+    base = report["baselines"]
+    limit = base["xargs_true"]["seconds"]
+    ray_s = base.get("ray", {}).get("seconds")
+    out = []
+    for r in report["mesa"]:
+        iso = r["isolation"]
+        ratio = limit / r["true"]["seconds"]
+        out.append(
+            {
+                "what": f"{iso}: true tasks ≥ {TARGET_TRUE_RATIO}x the xargs limit",
+                "value": ratio,
+                "met": ratio >= TARGET_TRUE_RATIO and r["true"]["failed"] == 0,
+            }
+        )
+        if ray_s is not None:
+            out.append(
+                {
+                    "what": f"{iso}: true tasks faster than Ray",
+                    "value": ray_s / r["true"]["seconds"],
+                    "met": r["true"]["seconds"] < ray_s,
+                }
+            )
+        if "sleep" in r:
+            over = r["sleep"]["over_ideal"]
+            out.append(
+                {
+                    "what": f"{iso}: sleep tasks within 5% of ideal",
+                    "value": over,
+                    "met": over <= TARGET_SLEEP_OVER_IDEAL and r["sleep"]["failed"] == 0,
+                }
+            )
+        lat = r["latency_s"]["median"]
+        out.append(
+            {
+                "what": f"{iso}: single-task latency ≤ 10 ms",
+                "value": lat,
+                "met": lat <= TARGET_LATENCY_S,
+            }
+        )
+    return out
+
+
+def format_report(cfg: Config, report: dict[str, Any]) -> str:
+    base = report["baselines"]
+    limit_s = base["xargs_true"]["seconds"]
+    n = cfg.true_tasks
+    rows = [("what", "seconds", "tasks/s", "x xargs limit")]
+
+    def rate_row(name: str, seconds: float) -> None:
+        rows.append((name, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{limit_s / seconds:.2f}"))
+
+    rate_row(f"xargs -P{cfg.cores}, {n} x true (the limit)", limit_s)
+    for kind in ("ray", "dask"):
+        r = base.get(kind)
+        if r and "seconds" in r:
+            rate_row(
+                f"{kind} {r.get('version', '')}, {r['workers']} workers, {n} x true", r["seconds"]
+            )
+    for r in report["mesa"]:
+        rate_row(f"mesa {r['isolation']}, {n} x true", r["true"]["seconds"])
+    if cfg.sleep_tasks:
+        m, s = cfg.sleep_tasks, cfg.sleep_seconds
+        ideal = m * s / cfg.slots
+        xs = base["xargs_sleep"]["seconds"]
+        rows.append(("", "", "", ""))
+        rows.append((f"sleep {s:g} x {m} in {cfg.slots} slots", "seconds", "tasks/s", "x ideal"))
+        rows.append(("ideal (N x S / slots)", f"{ideal:.3f}", f"{m / ideal:,.1f}", "1.00"))
+        rows.append((f"xargs -P{cfg.slots}", f"{xs:.3f}", f"{m / xs:,.1f}", f"{xs / ideal:.3f}"))
+        for r in report["mesa"]:
+            sec = r["sleep"]["seconds"]
+            rows.append(
+                (f"mesa {r['isolation']}", f"{sec:.3f}", f"{m / sec:,.1f}", f"{sec / ideal:.3f}")
+            )
+    rows.append(("", "", "", ""))
+    fe = base["fork_exec_latency_s"]
+    rows.append(("single-task latency (median)", "ms", "", "x one fork/exec"))
+    rows.append(("one sh -c true from this process", f"{fe * 1000:.2f}", "", "1.00"))
+    for kind in ("ray", "dask"):
+        r = base.get(kind)
+        if r and "latency_s" in r:
+            rows.append(
+                (
+                    f"{kind}, one task",
+                    f"{r['latency_s'] * 1000:.2f}",
+                    "",
+                    f"{r['latency_s'] / fe:.1f}",
+                )
+            )
+    for r in report["mesa"]:
+        lat = r["latency_s"]["median"]
+        rows.append(
+            (
+                f"mesa {r['isolation']}, accept → FINISHED",
+                f"{lat * 1000:.2f}",
+                "",
+                f"{lat / fe:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            ).rstrip()
+        )
+    lines.append("")
+    for r in report["mesa"]:
+        cpu = r["true"].get("cpu_s")
+        if cpu:
+            lines.append(
+                f"mesa {r['isolation']} true: CPU seconds: master {cpu['master']:.2f}, agent "
+                f"{cpu['agent']:.2f}, executors+tasks {cpu.get('executors', 0):.2f}"
+                f" ({cpu.get('executors_forked', 0):.0f} forked) over {cpu['wall']:.2f} s wall"
+            )
+        if r["true"]["failed"]:
+            lines.append(f"  failures: {r['true']['failures']}")
+    for s in report.get("skipped", []):
+        lines.append(s)
+    for t in report["targets"]:
+        lines.append(f"[{'met' if t['met'] else 'NOT met'}] {t['what']}: {t['value']:.3g}")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""The real-task suite runs end to end in a tiny configuration, reports every figure, and leaves
+no process behind. Nothing here asserts on speed: the figures only have to exist."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "tasks.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Every process the bench starts inherits this: the mark to find leftovers by.
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.tasks",
+            "--tasks=12",
+            "--sleep-tasks=4",
+            "--sleep=0.1",
+            "--latency-runs=2",
+            "--baselines=xargs",
+            "--isolation=posix",
+            f"--json={out}",
+        ],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    base = report["baselines"]
+    assert base["xargs_true"]["ok"] and base["xargs_true"]["seconds"] > 0
+    assert base["xargs_sleep"]["seconds"] > 0
+    assert base["fork_exec_latency_s"] > 0
+    (mesa,) = report["mesa"]
+    assert mesa["isolation"] == "posix"
+    assert mesa["true"]["tasks"] == 12 and mesa["true"]["failed"] == 0
+    assert mesa["sleep"]["failed"] == 0 and mesa["sleep"]["over_ideal"] > 0
+    assert len(mesa["latency_s"]["runs"]) == 2
+    assert all(math.isfinite(x) and x > 0 for x in mesa["latency_s"]["runs"])
+    assert {"master", "agent", "executors", "executors_forked"} <= set(mesa["true"]["cpu_s"])
+    assert {t["what"].split(":")[0] for t in report["targets"]} == {"posix"}
+    # The table names every row against the xargs limit.
+    assert "x xargs limit" in proc.stdout and "mesa posix" in proc.stdout
+    # Nothing the bench started is left: no node, zygote, executor or task carrying its TMPDIR.
+    leftovers = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.environ().get("TMPDIR") == str(tmp_path) and p.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append((p.pid, " ".join(p.info["cmdline"] or [])))
+        except psutil.Error:
+            continue
+    assert not leftovers
+    assert not list(tmp_path.glob("mesa-bench-tasks-*")), "work dirs left behind"
