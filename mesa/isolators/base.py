@@ -191,7 +191,7 @@ class Isolator(Process):
         """For subclasses: report that ``container_id`` hit a limit (first report wins)."""
         future = self._limit_future(container_id)
         if not future.done():
-            self.log.warning(
+            self.log.debug(  # the containerizer logs it, naming this isolator
                 "container_limitation",
                 container_id=container_id,
                 reason=limitation.reason,

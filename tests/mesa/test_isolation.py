@@ -16,7 +16,7 @@ import shlex
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,15 @@ BUSY = "exec sh -c 'while :; do :; done'"
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+def root() -> Iterator[str]:
+    """This test's own cgroup root (``mesa/test-<random>``), purged with anything in it only
+    after the agent has stopped (``cluster`` depends on it, so it is torn down first)."""
+    with unique_root(required=False) as name:
+        yield name
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, root: str) -> AsyncIterator[Cluster]:
     async with running_cluster(tmp_path) as c:
         yield c
 
@@ -121,57 +129,57 @@ def cgroup_dir(mounts: cgroupfs.Mounts, subsystem: str, root: str, cid: str) -> 
 # --------------------------------------------------------------------------- cgroups/mem
 
 
-async def test_memory_hog_fails_with_the_memory_reason(cluster: Cluster):
+async def test_memory_hog_fails_with_the_memory_reason(cluster: Cluster, root: str):
     mounts = need_cgroups(CgroupsMemIsolator)
-    with unique_root(mounts) as root:
-        master = await start(cluster, "cgroups/mem", cgroups_root=root)
-        tid = new_task_id("hog")
-        master.run_task(framework(), task(tid, HOG))
-        failed = await master.wait_state(tid, TaskState.TASK_FAILED)
-        assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
-        assert "Memory limit exceeded" in failed.status.message
-        assert "Requested: 64MB" in failed.status.message  # the limit, named
-        assert TaskState.TASK_FINISHED not in master.states(tid)
-        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
-        # The container is gone: its cgroups too (the freezer's and memory's).
-        assert leftover_cgroups(root, mounts) == []
-        assert cluster.agent_rt.metrics.get("containerizer/limitations_memory") == 1
+    master = await start(cluster, "cgroups/mem", cgroups_root=root)
+    tid = new_task_id("hog")
+    master.run_task(framework(), task(tid, HOG))
+    failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+    assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
+    assert "Memory limit exceeded" in failed.status.message
+    assert "Requested: 64MB" in failed.status.message  # the limit, named
+    assert TaskState.TASK_FINISHED not in master.states(tid)
+    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    # The container is gone: its cgroups too (the freezer's and memory's).
+    assert leftover_cgroups(root, mounts) == []
+    assert cluster.agent_rt.metrics.get("containerizer/limitations_memory") == 1
 
 
 # --------------------------------------------------------------------------- cgroups/cpu
 
 
-async def test_cfs_quota_holds_a_busy_loop_to_its_cpus(cluster: Cluster, record_property: Any):
+async def test_cfs_quota_holds_a_busy_loop_to_its_cpus(
+    cluster: Cluster, root: str, record_property: Any
+):
     mounts = need_cgroups(CgroupsCpuIsolator)
-    with unique_root(mounts) as root:
-        master = await start(cluster, "cgroups/cpu", cgroups_root=root, cgroups_enable_cfs=True)
-        tid = new_task_id("busy")
-        master.run_task(framework(), task(tid, BUSY, "cpus:0.4;mem:32"))  # 0.5 with the executor's
-        await master.wait_state(tid, TaskState.TASK_RUNNING)
-        cid = (await container_of(cluster, tid))["container_id"]
-        cpu = cgroup_dir(mounts, "cpu", root, cid)
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
-        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
-        assert (cpu / "cpu.shares").read_text().strip() == "512"
-        usage = cgroup_dir(mounts, "cpuacct", root, cid) / "cpuacct.usage"
+    master = await start(cluster, "cgroups/cpu", cgroups_root=root, cgroups_enable_cfs=True)
+    tid = new_task_id("busy")
+    master.run_task(framework(), task(tid, BUSY, "cpus:0.4;mem:32"))  # 0.5 with the executor's
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
+    cid = (await container_of(cluster, tid))["container_id"]
+    cpu = cgroup_dir(mounts, "cpu", root, cid)
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+    assert (cpu / "cpu.shares").read_text().strip() == "512"
+    usage = cgroup_dir(mounts, "cpuacct", root, cid) / "cpuacct.usage"
 
-        def sample() -> tuple[float, int]:
-            return time.monotonic(), int(usage.read_text())
+    def sample() -> tuple[float, int]:
+        return time.monotonic(), int(usage.read_text())
 
-        # The loop is running once usage grows; then measure over a short window (2 s, i.e.
-        # 20 CFS periods). This checks the quota, not our speed: no lower bound.
-        first = sample()
-        await wait_until(lambda: sample()[1] > first[1])
-        t0, u0 = sample()
-        while time.monotonic() - t0 < 2.0:
-            await asyncio.sleep(0.1)
-        t1, u1 = sample()
-        rate = (u1 - u0) / 1e9 / (t1 - t0)
-        record_property("cfs_cpu_seconds_per_second", round(rate, 4))
-        print(f"\nCFS: {rate:.3f} cpu-seconds per second under a 0.5 cpu quota")
-        assert 0 < rate <= 0.55
-        master.kill("fw-1", tid, grace=0.1)
-        await master.wait_state(tid, TaskState.TASK_KILLED)
+    # The loop is running once usage grows; then measure over a short window (2 s, i.e.
+    # 20 CFS periods). This checks the quota, not our speed: no lower bound.
+    first = sample()
+    await wait_until(lambda: sample()[1] > first[1])
+    t0, u0 = sample()
+    while time.monotonic() - t0 < 2.0:
+        await asyncio.sleep(0.1)
+    t1, u1 = sample()
+    rate = (u1 - u0) / 1e9 / (t1 - t0)
+    record_property("cfs_cpu_seconds_per_second", round(rate, 4))
+    print(f"\nCFS: {rate:.3f} cpu-seconds per second under a 0.5 cpu quota")
+    assert 0 < rate <= 0.55
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
 
 
 # --------------------------------------------------------------------------- cgroups/pids
@@ -197,61 +205,59 @@ FORK_BOMB = textwrap.dedent(
 )
 
 
-async def test_a_fork_bomb_stays_inside_its_pids_limit(cluster: Cluster, tmp_path: Path):
+async def test_a_fork_bomb_stays_inside_its_pids_limit(cluster: Cluster, root: str, tmp_path: Path):
     mounts = need_cgroups(CgroupsPidsIsolator)
     script = tmp_path / "bomb.py"
     script.write_text(FORK_BOMB)
-    with unique_root(mounts) as root:
-        master = await start(cluster, "cgroups/pids", cgroups_root=root, cgroups_max_pids=64)
-        tid = new_task_id("bomb")
-        master.run_task(framework(), task(tid, f"exec {PY} {script}"))
-        await master.wait_state(tid, TaskState.TASK_RUNNING)
-        cid = (await container_of(cluster, tid))["container_id"]
-        pids = cgroup_dir(mounts, "pids", root, cid)
-        sandbox = Path(
-            (await cluster.http_get("/agent/state"))["frameworks"][0]["executors"][0]["directory"]
-        )
-        await wait_until(
-            lambda: (sandbox / "bomb.txt").exists() and (sandbox / "bomb.txt").read_text()
-        )
-        made, failed = map(int, (sandbox / "bomb.txt").read_text().split())
-        assert failed > 0 and made < 64
-        assert int((pids / "pids.current").read_text()) <= 64
-        stats = (await container_of(cluster, tid))["statistics"]
-        assert stats["pids_limit"] == 64 and stats["processes"] <= 64
-        assert stats["pids_fork_failures"] >= failed
-        members = [int(p) for p in (pids / "cgroup.procs").read_text().split()]
-        master.kill("fw-1", tid, grace=0.1)
-        await master.wait_state(tid, TaskState.TASK_KILLED)
-        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
-        await wait_gone(*members)
-        assert leftover_cgroups(root, mounts) == []
+    master = await start(cluster, "cgroups/pids", cgroups_root=root, cgroups_max_pids=64)
+    tid = new_task_id("bomb")
+    master.run_task(framework(), task(tid, f"exec {PY} {script}"))
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
+    cid = (await container_of(cluster, tid))["container_id"]
+    pids = cgroup_dir(mounts, "pids", root, cid)
+    report = await sandbox_file(cluster, "bomb.txt")
+    await wait_until(lambda: report.exists() and report.read_text() != "")
+    made, failed = map(int, report.read_text().split())
+    current = int((pids / "pids.current").read_text())
+    print(f"\nfork bomb: {made} forks made, {failed} refused; pids.current {current} <= 64")
+    assert failed > 0 and made < 64
+    assert current <= 64
+    stats = (await container_of(cluster, tid))["statistics"]
+    assert stats["pids_limit"] == 64 and stats["processes"] <= 64
+    assert stats["pids_fork_failures"] >= failed
+    members = [int(p) for p in (pids / "cgroup.procs").read_text().split()]
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
+    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    await wait_gone(*members)
+    assert leftover_cgroups(root, mounts) == []
 
 
 # --------------------------------------------------------------------------- destroy
 
 
-async def test_a_double_forked_sleeper_dies_with_its_container(cluster: Cluster, tmp_path: Path):
+async def test_a_double_forked_sleeper_dies_with_its_container(
+    cluster: Cluster, root: str, tmp_path: Path
+):
     mounts = need_cgroups(CgroupsFreezerIsolator)
     escaped_file = tmp_path / "escaped.pid"
     # The subshell starts a sleeper in a session of its own and exits: the sleeper is neither in
     # the executor's session nor its descendant. Only the cgroup still knows it.
     command = f"(setsid sleep 60 & echo $! > {escaped_file}); exec sleep 60"
-    with unique_root(mounts) as root:
-        master = await start(cluster, "cgroups/freezer,posix/cpu", cgroups_root=root)
-        tid = new_task_id("escape")
-        master.run_task(framework(), task(tid, command))
-        await master.wait_state(tid, TaskState.TASK_RUNNING)
-        escaped = await read_pid(escaped_file)
-        executor_pid = (await container_of(cluster, tid))["status"]["executor_pid"]
-        await wait_until(lambda: running(escaped) and os.getsid(escaped) == escaped)
-        assert escaped not in {p.pid for p in psutil.Process(executor_pid).children(recursive=True)}
-        master.kill("fw-1", tid, grace=0.1)
-        await master.wait_state(tid, TaskState.TASK_KILLED)
-        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
-        # The containerizer reports the end only when its cgroups are empty.
-        assert not running(escaped)
-        assert leftover_cgroups(root, mounts) == []
+    master = await start(cluster, "cgroups/freezer,posix/cpu", cgroups_root=root)
+    tid = new_task_id("escape")
+    master.run_task(framework(), task(tid, command))
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
+    escaped = await read_pid(escaped_file)
+    executor_pid = (await container_of(cluster, tid))["status"]["executor_pid"]
+    await wait_until(lambda: running(escaped) and os.getsid(escaped) == escaped)
+    assert escaped not in {p.pid for p in psutil.Process(executor_pid).children(recursive=True)}
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
+    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    # The containerizer reports the end only when its cgroups are empty.
+    assert not running(escaped)
+    assert leftover_cgroups(root, mounts) == []
 
 
 # --------------------------------------------------------------------------- posix
@@ -290,47 +296,46 @@ async def test_disk_quota_is_enforced_when_asked(cluster: Cluster):
 
 
 @pytest.mark.parametrize("isolation", ["default", "posix/cpu,posix/mem,disk/du"])
-async def test_usage_moves_when_the_task_works(cluster: Cluster, isolation: str):
+async def test_usage_moves_when_the_task_works(cluster: Cluster, root: str, isolation: str):
     # The default is whatever this machine offers (cgroups here, posix elsewhere).
-    with unique_root(required=False) as root:
-        master = await start(
-            cluster,
-            None if isolation == "default" else isolation,
-            cgroups_root=root,
-            container_disk_watch_interval=0.1,
-        )
-        tid = new_task_id("work")
-        master.run_task(framework(), task(tid, BUSY, "cpus:0.1;mem:32;disk:16"))
-        await master.wait_state(tid, TaskState.TASK_RUNNING)
+    master = await start(
+        cluster,
+        None if isolation == "default" else isolation,
+        cgroups_root=root,
+        container_disk_watch_interval=0.1,
+    )
+    tid = new_task_id("work")
+    master.run_task(framework(), task(tid, BUSY, "cpus:0.1;mem:32;disk:16"))
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
 
-        def cpu(s: dict[str, float]) -> float:
-            return s.get("cpus_user_time_secs", 0) + s.get("cpus_system_time_secs", 0)
+    def cpu(s: dict[str, float]) -> float:
+        return s.get("cpus_user_time_secs", 0) + s.get("cpus_system_time_secs", 0)
 
-        first = await statistics_until(cluster, tid, lambda s: cpu(s) > 0)
-        later = await statistics_until(
-            cluster, tid, lambda s: cpu(s) > cpu(first) and "disk_used_bytes" in s
-        )
-        assert later["cpus_limit"] == pytest.approx(0.2)
-        assert later["mem_rss_bytes"] > 0
-        assert later["mem_limit_bytes"] == 64 * MB
-        assert later["disk_limit_bytes"] == 16 * MB
-        assert later["timestamp"] >= first["timestamp"]
-        entry = await container_of(cluster, tid)
-        assert entry["framework_id"] == "fw-1" and entry["resources"] == "cpus:0.2;mem:64;disk:16"
-        # /agent/containers refreshed the numbers behind the aggregates in /metrics/snapshot.
-        metrics = await cluster.http_get("/metrics/snapshot")
-        assert metrics["containerizer/cpus_limit"] == pytest.approx(0.2)
-        assert metrics["containerizer/mem_limit_bytes"] == 64 * MB
-        assert metrics["containerizer/cpus_user_time_secs"] > 0
-        assert metrics["containerizer/containers_running"] == 1
-        master.kill("fw-1", tid, grace=0.1)
-        await master.wait_state(tid, TaskState.TASK_KILLED)
+    first = await statistics_until(cluster, tid, lambda s: cpu(s) > 0)
+    later = await statistics_until(
+        cluster, tid, lambda s: cpu(s) > cpu(first) and "disk_used_bytes" in s
+    )
+    assert later["cpus_limit"] == pytest.approx(0.2)
+    assert later["mem_rss_bytes"] > 0
+    assert later["mem_limit_bytes"] == 64 * MB
+    assert later["disk_limit_bytes"] == 16 * MB
+    assert later["timestamp"] >= first["timestamp"]
+    entry = await container_of(cluster, tid)
+    assert entry["framework_id"] == "fw-1" and entry["resources"] == "cpus:0.2;mem:64;disk:16"
+    # /agent/containers refreshed the numbers behind the aggregates in /metrics/snapshot.
+    metrics = await cluster.http_get("/metrics/snapshot")
+    assert metrics["containerizer/cpus_limit"] == pytest.approx(0.2)
+    assert metrics["containerizer/mem_limit_bytes"] == 64 * MB
+    assert metrics["containerizer/cpus_user_time_secs"] > 0
+    assert metrics["containerizer/containers_running"] == 1
+    master.kill("fw-1", tid, grace=0.1)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
 
 
 # --------------------------------------------------------------------------- updates
 
 
-async def test_limits_follow_a_custom_executors_tasks(cluster: Cluster):
+async def test_limits_follow_a_custom_executors_tasks(cluster: Cluster, root: str):
     mounts = need_cgroups(CgroupsCpuIsolator, CgroupsMemIsolator)
     echo = Path(source_root()) / "examples" / "echo_executor.py"
     info = python_executor("echo", echo)
@@ -341,29 +346,28 @@ async def test_limits_follow_a_custom_executors_tasks(cluster: Cluster):
         t.labels = {"seconds": "60"}
         return t
 
-    with unique_root(mounts) as root:
-        master = await start(cluster, "cgroups/cpu,cgroups/mem", cgroups_root=root)
-        t1, t2 = new_task_id("a"), new_task_id("b")
-        master.run_task(framework(), echo_task(t1))
-        await master.wait_state(t1, TaskState.TASK_RUNNING)
-        cid = (await container_of(cluster, "echo"))["container_id"]
-        memory = cgroup_dir(mounts, "memory", root, cid) / "memory.limit_in_bytes"
-        shares = cgroup_dir(mounts, "cpu", root, cid) / "cpu.shares"
-        assert (int(memory.read_text()), int(shares.read_text())) == (64 * MB, 204)
+    master = await start(cluster, "cgroups/cpu,cgroups/mem", cgroups_root=root)
+    t1, t2 = new_task_id("a"), new_task_id("b")
+    master.run_task(framework(), echo_task(t1))
+    await master.wait_state(t1, TaskState.TASK_RUNNING)
+    cid = (await container_of(cluster, "echo"))["container_id"]
+    memory = cgroup_dir(mounts, "memory", root, cid) / "memory.limit_in_bytes"
+    shares = cgroup_dir(mounts, "cpu", root, cid) / "cpu.shares"
+    assert (int(memory.read_text()), int(shares.read_text())) == (64 * MB, 204)
 
-        master.run_task(framework(), echo_task(t2))
-        await master.wait_state(t2, TaskState.TASK_RUNNING)
-        await wait_until(lambda: int(memory.read_text()) == 96 * MB)
-        assert int(shares.read_text()) == 307
+    master.run_task(framework(), echo_task(t2))
+    await master.wait_state(t2, TaskState.TASK_RUNNING)
+    await wait_until(lambda: int(memory.read_text()) == 96 * MB)
+    assert int(shares.read_text()) == 307
 
-        # A task ends: cpu follows down; memory is never lowered under a running container.
-        master.kill("fw-1", t2)
-        await master.wait_state(t2, TaskState.TASK_KILLED)
-        await wait_until(lambda: int(shares.read_text()) == 204)
-        assert int(memory.read_text()) == 96 * MB
-        assert (await container_of(cluster, "echo"))["resources"] == "cpus:0.2;mem:64"
-        master.shutdown_framework("fw-1")
-        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == "echo")
+    # A task ends: cpu follows down; memory is never lowered under a running container.
+    master.kill("fw-1", t2)
+    await master.wait_state(t2, TaskState.TASK_KILLED)
+    await wait_until(lambda: int(shares.read_text()) == 204)
+    assert int(memory.read_text()) == 96 * MB
+    assert (await container_of(cluster, "echo"))["resources"] == "cpus:0.2;mem:64"
+    master.shutdown_framework("fw-1")
+    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == "echo")
 
 
 # --------------------------------------------------------------------------- namespaces/pid
@@ -430,22 +434,23 @@ async def test_a_third_party_isolator_loads_by_name(
 # --------------------------------------------------------------------------- recovery
 
 
-async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(cluster: Cluster, tmp_path: Path):
+async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(
+    cluster: Cluster, root: str, tmp_path: Path
+):
     mounts = need_cgroups(CgroupsFreezerIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
-    with unique_root(mounts) as root:
-        # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside.
-        stale = [mounts.v1[s] / root / "stale-container" for s in ("freezer", "memory", "pids")]
-        proc = await asyncio.create_subprocess_exec("sleep", "60")
-        try:
-            for path in stale:
-                path.mkdir(parents=True)
-                (path / "cgroup.procs").write_text(str(proc.pid))
-            await start(cluster, "cgroups/mem,cgroups/pids", cgroups_root=root)
-            assert await asyncio.wait_for(proc.wait(), 30) == -9
-            await wait_until(lambda: not any(p.exists() for p in stale))
-            metrics = await cluster.http_get("/metrics/snapshot")
-            assert metrics["isolator/cgroups/mem/orphans_removed"] == 1
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside.
+    stale = [mounts.v1[s] / root / "stale-container" for s in ("freezer", "memory", "pids")]
+    proc = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        for path in stale:
+            path.mkdir(parents=True)
+            (path / "cgroup.procs").write_text(str(proc.pid))
+        await start(cluster, "cgroups/mem,cgroups/pids", cgroups_root=root)
+        assert await asyncio.wait_for(proc.wait(), 30) == -9
+        await wait_until(lambda: not any(p.exists() for p in stale))
+        metrics = await cluster.http_get("/metrics/snapshot")
+        assert metrics["isolator/cgroups/mem/orphans_removed"] == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
