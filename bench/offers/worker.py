@@ -260,6 +260,11 @@ class Launcher:
         self.executor = args.executor
         self.rate: float | None = None
         self.tokens = 0.0
+        # Launched, not yet seen RUNNING: a window, as a load generator keeps one. Without it
+        # the first offers of a large cluster launch its whole capacity at once, and what is
+        # then measured is how long the simulation takes to drain that queue.
+        self.max_inflight = args.max_inflight
+        self.inflight = 0
         self.held: deque[tuple[Any, Offer]] = deque()
         self._fit: dict[str, int] = {}
 
@@ -275,8 +280,11 @@ class Launcher:
 
     def offers(self, sched: BenchScheduler, driver: Any, offers: list[Offer]) -> None:
         self.stats.offers += len(offers)
-        if self.rate is None:
-            for offer in offers:
+        if self.rate is None and not self.held:
+            for i, offer in enumerate(offers):
+                if self.inflight >= self.max_inflight:
+                    self.held.extend((driver, o) for o in offers[i:])
+                    return
                 self.launch(sched, driver, offer, self.fit(offer.resources))
         else:
             self.held.extend((driver, offer) for offer in offers)
@@ -305,6 +313,7 @@ class Launcher:
             sched.launched_at[task_id] = now
         self.stats.accepts += 1
         self.stats.launched += n
+        self.inflight += n
         # What the tasks leave of the offer comes back at once (no filter): the next cycle
         # may offer it again, with whatever finished meanwhile.
         driver.launch_tasks([offer.id], tasks, refuse_seconds=0.0)
@@ -317,14 +326,14 @@ class Launcher:
             await asyncio.sleep(tick)
             now = time.perf_counter()
             if self.rate is None:
-                while self.held:
+                while self.held and self.inflight < self.max_inflight:
                     driver, offer = self.held.popleft()
                     self.launch(sched_of[id(driver)], driver, offer, self.fit(offer.resources))
                 last = now
                 continue
             self.tokens = min(self.tokens + (now - last) * self.rate, max(1.0, self.rate * 0.05))
             last = now
-            while self.held and self.tokens >= 1:
+            while self.held and self.tokens >= 1 and self.inflight < self.max_inflight:
                 driver, offer = self.held.popleft()
                 n = min(self.fit(offer.resources), int(self.tokens))
                 self.tokens -= n
@@ -354,10 +363,12 @@ class BenchScheduler(Scheduler):
         if state == TaskState.TASK_RUNNING:
             t0 = self.launched_at.pop(status.task_id, None)
             if t0 is not None:
+                self.launcher.inflight -= 1
                 self.stats.running += 1
                 self.stats.latencies.append(time.perf_counter() - t0)
         elif is_terminal(state):
-            self.launched_at.pop(status.task_id, None)
+            if self.launched_at.pop(status.task_id, None) is not None:
+                self.launcher.inflight -= 1
             if state == TaskState.TASK_FINISHED:
                 self.stats.finished += 1
             else:
@@ -435,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-seconds", type=float, default=1.0)
     p.add_argument("--max-tasks-per-offer", type=int, default=0)
     p.add_argument("--executor", choices=["command", "custom"], default="command")
+    p.add_argument("--max-inflight", type=int, default=2000)
     p.add_argument("--status-update-backoff", type=float, default=10.0)
     p.add_argument("--spawn-rate", type=float, default=5000.0)
     p.add_argument("--work-dir", default="")
