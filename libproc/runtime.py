@@ -174,6 +174,7 @@ class Runtime:
         self.anonymous: UPID | None = None
         # Hot-path counters are plain attributes, published as gauges.
         self.messages_sent = 0
+        self.messages_local = 0  # of those sent (and received), delivered in this runtime
         self.messages_received = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -182,6 +183,7 @@ class Runtime:
         m = self.metrics
         m.gauge("libproc/messages_sent", lambda: self.messages_sent)
         m.gauge("libproc/messages_received", lambda: self.messages_received)
+        m.gauge("libproc/messages_local", lambda: self.messages_local)
         m.gauge("libproc/bytes_sent", lambda: self.bytes_sent)
         m.gauge("libproc/bytes_received", lambda: self.bytes_received)
         m.gauge("libproc/frames_sent", lambda: self.frames_sent)
@@ -445,6 +447,7 @@ class Runtime:
                 )
             self.messages_sent += 1
             self.messages_received += 1
+            self.messages_local += 1
             if filters.active and filters.intercept(sender, to, name, body):
                 return
             if proc is None:
