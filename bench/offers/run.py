@@ -54,6 +54,15 @@ TARGET_P99_MS = 50.0  # accept -> RUNNING at half the max launch rate
 TARGET_KIB_PER_AGENT = 20.0  # master memory per registered agent, at 50,000 agents
 
 
+REGISTRATION_KEYS = ["master/agents_registered", "allocator/agents"]
+WINDOW_KEYS = [
+    "master/offers_sent",
+    "libproc/messages_sent",
+    "libproc/messages_received",
+    "libproc/messages_local",
+]
+
+
 @dataclass
 class Config:
     """Everything that shapes a run; recorded in the JSON."""
@@ -385,7 +394,7 @@ class Cluster:
         deadline = t0 + self.cfg.register_timeout_s
         registered = 0
         while True:
-            m = self.master.ask("stats")["metrics"]
+            m = self.master.ask("stats", keys=REGISTRATION_KEYS)["metrics"]
             registered = int(m.get("master/agents_registered", 0))
             # Done when the master admitted every agent, its allocator has added them (its
             # mailbox may still hold the additions), and every agent heard it is registered.
@@ -477,7 +486,7 @@ class Cluster:
             time.sleep(min(0.25, left))
             with contextlib.suppress(psutil.Error):
                 self.rss_samples.append(self.mproc.memory_info().rss)
-            m = self.master.ask("stats")["metrics"]
+            m = self.master.ask("stats", keys=["allocator/cycle_ms"])["metrics"]
             if "allocator/cycle_ms" in m:
                 cycles.append(m["allocator/cycle_ms"])
             progress.show(f"{label} {seconds - max(0.0, left):.0f}/{seconds:.0f}s")
@@ -510,12 +519,12 @@ class Cluster:
         assert self.master is not None and self.mproc is not None
         for c in self.fw_procs:
             c.ask("stats", reset=True)
-        m0 = self.master.ask("stats")
+        m0 = self.master.ask("stats", keys=WINDOW_KEYS)
         cpu0 = self.mproc.cpu_times()
         others0 = self._cpu()
         t0 = time.perf_counter()
         cycles = self._sample(seconds, progress, label)
-        m1 = self.master.ask("stats")
+        m1 = self.master.ask("stats", keys=WINDOW_KEYS)
         cpu1 = self.mproc.cpu_times()
         others1 = self._cpu()
         dt = time.perf_counter() - t0

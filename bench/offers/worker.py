@@ -115,9 +115,14 @@ async def run_master(args: argparse.Namespace) -> None:
         async for cmd in _commands():
             what = cmd.get("cmd")
             if what == "stats":
+                keys = cmd.get("keys")
+                metrics = runtime.metrics
+                # Only what is asked for: some of the master's gauges walk every agent, and the
+                # orchestrator asks several times a second.
+                values = {k: metrics.get(k) for k in keys} if keys else metrics.snapshot()
                 _emit(
                     {
-                        "metrics": runtime.metrics.snapshot(),
+                        "metrics": values,
                         "cpu_s": _cpu_seconds(),
                         "time": time.perf_counter(),
                     }
