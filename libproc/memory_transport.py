@@ -187,6 +187,9 @@ class MemoryTransport:
             source, frame = held.popleft()
             self._events._on_frame(source, frame)  # type: ignore[union-attr]
 
+    def ever_connected(self, address: str) -> bool:
+        return address in self.network._hosts
+
     def forget(self, address: str) -> None:
         pass
 

@@ -396,8 +396,12 @@ class Runtime:
         linker_id, pid = key
         self.metrics.inc("libproc/link_timeouts")
         self._remote_exited(pid, only=linker_id)
-        if pid.address not in self._remote_links or not self._remote_links[pid.address]:
-            # Nobody answered and nobody else waits on that address: stop reconnecting to it.
+        if not self._remote_links.get(pid.address) and not self.transport.ever_connected(
+            pid.address
+        ):
+            # Nothing ever listened there and nobody else waits on it: stop reconnecting. (A
+            # peer that did connect is left alone: it may only be slow, and its own death is
+            # reported by the transport.)
             self._remote_links.pop(pid.address, None)
             queue = self._peers.pop(pid.address, None)
             if queue is not None and queue.msgs:

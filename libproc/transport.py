@@ -43,6 +43,10 @@ class Transport(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def ever_connected(self, address: str) -> bool:
+        """Whether a connection to ``address`` was ever made; False for a dead address."""
+        ...
+
     def forget(self, address: str) -> None:
         """Drop the connection to ``address`` (it is known dead)."""
 

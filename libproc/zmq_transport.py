@@ -48,13 +48,14 @@ class ZmqOptions:
 
 
 class _Peer:
-    __slots__ = ("address", "blocked", "dealer", "monitor")
+    __slots__ = ("address", "blocked", "connected", "dealer", "monitor")
 
     def __init__(self, address: str, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
         self.address = address
         self.dealer = dealer
         self.monitor = monitor
         self.blocked = False
+        self.connected = False  # a TCP connection was made at least once
 
 
 class ZmqTransport:
@@ -180,7 +181,7 @@ class ZmqTransport:
         dealer.setsockopt(zmq.RECONNECT_IVL, int(o.reconnect_interval * 1000))
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._set_heartbeats(dealer)
-        monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         host, _, port = address.rpartition(":")
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         dealer.connect(f"tcp://{host}:{port}")
@@ -228,11 +229,20 @@ class ZmqTransport:
             except zmq.ZMQError:
                 break
             event = parse_monitor_message(msg)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] == zmq.EVENT_CONNECTED:
+                peer.connected = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 down = True
         if down and self._peers.get(peer.address) is peer:
             self.forget(peer.address)
             self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
+
+    def ever_connected(self, address: str) -> bool:
+        """Whether a connection to ``address`` was ever made (it may be down now)."""
+        if self._peers.get(address) is not None:
+            self._on_monitor(self._peers[address])  # take in events not yet read
+        peer = self._peers.get(address)
+        return peer is not None and peer.connected
 
     def forget(self, address: str) -> None:
         peer = self._peers.pop(address, None)
