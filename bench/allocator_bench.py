@@ -439,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="DeclineOffers rounds (full cycles) per run")
     parser.add_argument("--json", metavar="PATH", help="write every figure here")
     parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="Python's default collector thresholds instead of the master's (mesa.node)",
+    )
+    parser.add_argument(
         "--no-gc",
         action="store_true",
         help="diagnostic: garbage collector off while measuring, to see what it costs",
@@ -462,8 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"allocator bench: {sizes.runs} runs x {sizes.rounds} full rounds per configuration")
     if args.no_gc:
         gc.disable()
+    elif not args.default_gc:
+        from mesa.node import MASTER_GC_THRESHOLD
+
+        gc.set_threshold(*MASTER_GC_THRESHOLD)  # as the master process runs the allocator
     report = libproc.run(run(sizes, log))  # uvloop, as in production
-    report["config"]["gc"] = "off" if args.no_gc else "on"
+    report["config"]["gc"] = (
+        "off" if args.no_gc else "python-default" if args.default_gc else "master-thresholds"
+    )
     m = report["machine"]
     print(
         f"allocator bench (DeclineOffers shape): {m['cpu_count']} cpus, Python {m['python']},"

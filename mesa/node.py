@@ -23,7 +23,12 @@ from typing import Any
 import libproc
 from mesa import flags
 
-__all__ = ["build_parser", "main"]
+__all__ = ["MASTER_GC_THRESHOLD", "build_parser", "main"]
+
+# A master holds many long-lived objects (agents, offers, filters); with the default collector
+# thresholds full collections rescan them constantly — at 50k agents they doubled the
+# allocation cycle (bench/allocator_bench.py). The master collects less often.
+MASTER_GC_THRESHOLD = (50_000, 20, 10)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,10 +146,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.role == "master":
         from mesa.actors.master import Master, MasterFlags
 
-        # A master holds many long-lived objects (agents, offers, filters); the default
-        # collector thresholds rescan them constantly — at 50k agents full collections
-        # doubled the allocation cycle (bench/allocator_bench.py). Collect less often.
-        gc.set_threshold(50_000, 20, 10)
+        gc.set_threshold(*MASTER_GC_THRESHOLD)
 
         port = 5050 if args.port is None else args.port
         http_port = (port + 1 if port else 0) if args.http_port is None else args.http_port
