@@ -85,6 +85,8 @@ __all__ = ["Master", "MasterFlags"]
 
 _COMPLETED_TASKS = 1000  # per framework, as Mesos's --max_completed_tasks_per_framework
 _COMPLETED_FRAMEWORKS = 50
+_PING_SPREAD_MIN = 1000  # agents; a smaller cluster is pinged all at once
+_PING_SLICES = 10
 
 
 @dataclass
@@ -211,6 +213,8 @@ class Master(Process):
         self.offers: dict[str, _Offer] = {}
         self.allocator_pid: UPID | None = None
         self._ping_timer: Timer | None = None
+        self._ping_slices: list[list[_Agent]] = []  # what is left to ping of this round
+        self._ping_step = self.flags.agent_ping_interval
 
     # ================================================================== lifecycle
 
@@ -1131,15 +1135,30 @@ class Master(Process):
             )
 
     def _ping_agents(self) -> None:
-        """One tick for every agent: ping it, and give up on those silent too long."""
+        """One tick for every agent: ping it, and give up on those silent too long.
+
+        A large cluster is pinged in slices spread over the interval (each agent still once per
+        interval), as Mesos's per-agent ping timers spread them: ten thousand pings, and their
+        pongs, in one burst hold up every launch and status update behind them.
+        """
+        if not self._ping_slices:
+            agents = list(self.agents.values())
+            n = _PING_SLICES if len(agents) >= _PING_SPREAD_MIN else 1
+            size = max(1, -(-len(agents) // n))
+            self._ping_slices = [agents[i : i + size] for i in range(0, len(agents), size)]
+            if not self._ping_slices:
+                self._ping_slices = [[]]
+            self._ping_step = self.flags.agent_ping_interval / len(self._ping_slices)
         limit = self.flags.max_agent_ping_timeouts
-        for agent in list(self.agents.values()):
+        for agent in self._ping_slices.pop(0):
+            if self.agents.get(agent.id) is not agent:
+                continue  # removed (or re-registered) since the round began
             if agent.missed_pings >= limit:
                 self._mark_unreachable(agent)
                 continue
             agent.missed_pings += 1
             self.send(agent.pid, PingAgent.NAME, PingAgent(agent.connected))
-        self._ping_timer = self.delay(self.flags.agent_ping_interval, self._ping_agents)
+        self._ping_timer = self.delay(self._ping_step, self._ping_agents)
 
     def _mark_unreachable(self, agent: _Agent) -> None:
         self.metrics.inc("master/agents_marked_unreachable")
