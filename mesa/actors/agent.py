@@ -191,6 +191,7 @@ class _Executor:
     exit_status: int | None = None
     exit_message: str = ""
     timers: list[Timer] = field(default_factory=list)
+    registration_timer: Timer | None = None  # also in timers; cancelled once it registers
     container_resources: str = ""  # the total the container was last given
 
     @property
@@ -682,17 +683,10 @@ class Agent(Process):
         self, framework: _Framework, info: ExecutorInfo, command_executor: bool, first: TaskInfo
     ) -> _Executor:
         cid = str(uuid.uuid4())
-        sandbox = (
-            self.work_dir
-            / "agents"
-            / str(self.agent_id)
-            / "frameworks"
-            / framework.id
-            / "executors"
-            / info.executor_id
-            / "runs"
-            / cid
-        )
+        sandbox = self.work_dir.joinpath(
+            "agents", str(self.agent_id), "frameworks", framework.id, "executors",
+            info.executor_id, "runs", cid,
+        )  # fmt: skip
         executor = _Executor(info, framework.id, cid, sandbox, command_executor)
         framework.executors[info.executor_id] = executor
         self._containers[cid] = executor
@@ -717,9 +711,10 @@ class Agent(Process):
             LaunchContainer.NAME,
             LaunchContainer(cid, info, str(sandbox), env, executor.container_resources),
         )
-        executor.timers.append(
-            self.delay(self.executor_registration_timeout, self._registration_timed_out, cid)
+        executor.registration_timer = self.delay(
+            self.executor_registration_timeout, self._registration_timed_out, cid
         )
+        executor.timers.append(executor.registration_timer)
         return executor
 
     def _container_resources(self, executor: _Executor, extra: Sequence[TaskInfo] = ()) -> str:
@@ -811,6 +806,10 @@ class Agent(Process):
             return
         executor.state = _ExecutorState.RUNNING
         executor.pid = sender
+        if executor.registration_timer is not None:
+            # Done with: a live timer would sit in the clock's heap for the whole timeout.
+            executor.registration_timer.cancel()
+            executor.registration_timer = None
         self._executor_pids[sender] = executor
         self.link(sender)
         self.log.info("executor_registered", executor_id=executor.id, pid=str(sender))
