@@ -38,6 +38,7 @@ from mesa.messages import (
     ShutdownExecutor,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    UpdateContainer,
 )
 from mesa.task_state import Source, TaskState
 
@@ -82,6 +83,10 @@ class SimContainerizer(Process):
         if entry is not None:
             self.runtime.terminate(entry[1])
             self.terminated(msg.container_id, status=-9, destroyed=True)
+
+    @handler(UpdateContainer.NAME)
+    def _update(self, sender: UPID, msg: UpdateContainer) -> None:
+        pass  # nothing is isolated here: the new total only matters to real isolators
 
     @handler("sim.ExecutorExited")
     def _exited(self, sender: UPID, body: list[Any]) -> None:
