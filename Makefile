@@ -4,14 +4,21 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: install test lint bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The benchmarks' peers and baselines (Ray, Dask, pykka, thespian) are big; only `make bench`
+# needs them, so `make test` stays quick to set up.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -22,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check libproc mesa bench tests examples
 	$(VENV)/bin/ruff format --check libproc mesa bench tests examples
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m bench.libproc_bench --json bench-libproc.json
 	$(PY) -m bench.allocator_bench --json bench-allocator.json
 	$(PY) -m bench.offers --json bench-offers.json
