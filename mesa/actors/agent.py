@@ -92,6 +92,7 @@ from mesa.messages import (
 from mesa.resources import ResourceError, Resources
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
+from mesa.validation import parse_resources
 
 __all__ = [
     "COMMAND_EXECUTOR_RESOURCES",
@@ -728,7 +729,9 @@ class Agent(Process):
         parsed = []
         for text in texts:
             try:
-                parsed.append(Resources.parse(text) if isinstance(text, str) else Resources())
+                # Through the cache: the same few strings recur for every task (a launch and
+                # an end of each would otherwise parse every live task's resources again).
+                parsed.append(parse_resources(text) if isinstance(text, str) else Resources())
             except ResourceError as e:  # the master validated them; never fatal here
                 self.log.warning("bad_task_resources", executor_id=executor.id, error=str(e))
         return str(Resources.sum(parsed))
