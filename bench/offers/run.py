@@ -408,6 +408,8 @@ class Cluster:
                 raise TimeoutError(f"only {registered}/{self.agents} agents registered")
             time.sleep(0.2)
         took = time.monotonic() - t0
+        for c in self.agent_procs:
+            c.ask("freeze")
         # A ping round (and its pongs) so the figure includes a pinged agent's state; small
         # clusters, whose per-agent figure is noise anyway, do not wait for it.
         time.sleep(self.cfg.ping_interval + 0.5 if self.agents >= 5_000 else 0.5)
@@ -519,12 +521,14 @@ class Cluster:
         assert self.master is not None and self.mproc is not None
         for c in self.fw_procs:
             c.ask("stats", reset=True)
-        m0 = self.master.ask("stats", keys=WINDOW_KEYS)
+        m0 = self.master.ask("stats", keys=WINDOW_KEYS, gc=True)
+        a0 = [c.ask("stats", gc=True) for c in self.agent_procs]
         cpu0 = self.mproc.cpu_times()
         others0 = self._cpu()
         t0 = time.perf_counter()
         cycles = self._sample(seconds, progress, label)
-        m1 = self.master.ask("stats", keys=WINDOW_KEYS)
+        m1 = self.master.ask("stats", keys=WINDOW_KEYS, gc=True)
+        a1 = [c.ask("stats", gc=True) for c in self.agent_procs]
         cpu1 = self.mproc.cpu_times()
         others1 = self._cpu()
         dt = time.perf_counter() - t0
@@ -554,6 +558,10 @@ class Cluster:
             "master_cpu_us_per_launch": cpu * 1e6 / running if running else float("nan"),
             "wire_msgs_per_s": wire / dt,
             "msgs_per_launch": wire / running if running else float("nan"),
+            "master_gc_s": m1["gc_s"] - m0["gc_s"],
+            "master_gc_longest_ms": m1["gc_longest_ms"],
+            "agents_gc_longest_ms": max(a["gc_longest_ms"] for a in a1),
+            "agents_gc_s": sum(a["gc_s"] for a in a1) - sum(a["gc_s"] for a in a0),
             "agents_cpu_util": (others1["agents"] - others0["agents"]) / dt,
             "frameworks_cpu_util": (others1["frameworks"] - others0["frameworks"]) / dt,
         }

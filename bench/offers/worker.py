@@ -58,6 +58,31 @@ async def _commands() -> Any:
             yield json.loads(line)
 
 
+class GCWatch:
+    """Time this process spends in the garbage collector: total, and the longest pause since
+    it was last read (a full collection of a large heap stalls every actor in the process)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.longest = 0.0
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            d = time.perf_counter() - self._t0
+            self.total += d
+            if d > self.longest:
+                self.longest = d
+
+    def read(self) -> dict[str, float]:
+        out = {"gc_s": self.total, "gc_longest_ms": self.longest * 1000}
+        self.longest = 0.0
+        return out
+
+
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -99,6 +124,7 @@ async def run_master(args: argparse.Namespace) -> None:
         )
     )
     pid = runtime.spawn(master)
+    gcw = GCWatch()
     sink = Sink()
     sink_pid = runtime.spawn(sink)
     _emit(
@@ -120,13 +146,10 @@ async def run_master(args: argparse.Namespace) -> None:
                 # Only what is asked for: some of the master's gauges walk every agent, and the
                 # orchestrator asks several times a second.
                 values = {k: metrics.get(k) for k in keys} if keys else metrics.snapshot()
-                _emit(
-                    {
-                        "metrics": values,
-                        "cpu_s": _cpu_seconds(),
-                        "time": time.perf_counter(),
-                    }
-                )
+                out = {"metrics": values, "cpu_s": _cpu_seconds(), "time": time.perf_counter()}
+                if cmd.get("gc"):
+                    out.update(gcw.read())
+                _emit(out)
             elif what == "sink_reset":
                 sink.count = 0
                 _emit({"ok": True})
@@ -178,6 +201,7 @@ async def run_agents(args: argparse.Namespace) -> None:
     cz = runtime.spawn(containerizer)
     blaster = Blaster()
     runtime.spawn(blaster)
+    gcw = GCWatch()
     base = Path(args.work_dir)
     agents: list[Agent] = []
     _emit({"ready": True, "pid": os.getpid(), "address": runtime.address})
@@ -203,10 +227,29 @@ async def run_agents(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
 
     spawner: asyncio.Task[None] | None = None
+    freezer: asyncio.Task[None] | None = None
+
+    async def _keep_freezing() -> None:
+        while True:
+            await asyncio.sleep(3.0)
+            gc.freeze()
+
     try:
         async for cmd in _commands():
             what = cmd.get("cmd")
-            if what == "spawn":
+            if what == "freeze":
+                # A real agent has a heap of its own, and a small one; thousands of agents in
+                # one heap (with the bounded history each keeps of its executors and tasks)
+                # make every full collection walk all of them: pauses of up to a second were
+                # measured, which says nothing about mesa. So once every agent is registered,
+                # and every few seconds after, the simulation moves what survived out of the
+                # cyclic collector's sight (reference counting still frees it).
+                gc.collect()
+                gc.freeze()
+                if freezer is None:
+                    freezer = asyncio.get_running_loop().create_task(_keep_freezing())
+                _emit({"frozen": gc.get_freeze_count()})
+            elif what == "spawn":
                 if spawner is None:
                     spawner = asyncio.get_running_loop().create_task(spawn_all())
                 _emit({"ok": True})
@@ -217,6 +260,7 @@ async def run_agents(args: argparse.Namespace) -> None:
                         "registered": sum(1 for a in agents if a.registered),
                         "containers": containerizer.launched,
                         "cpu_s": _cpu_seconds(),
+                        **(gcw.read() if cmd.get("gc") else {}),
                     }
                 )
             elif what == "blast":
@@ -227,8 +271,9 @@ async def run_agents(args: argparse.Namespace) -> None:
             else:
                 _emit({"error": f"unknown command {what!r}"})
     finally:
-        if spawner is not None:
-            spawner.cancel()
+        for task in (spawner, freezer):
+            if task is not None:
+                task.cancel()
         await runtime.stop(timeout=2.0)
 
 
