@@ -1386,23 +1386,15 @@ class Allocator(Process):
                     break
                 given = False
                 for role in role_sorter.sort():
-                    if reserved:
-                        avail = free.allocatable_to(role.name)
-                        if not avail:
+                    if reserved or role.limit is not None or self._required:
+                        candidate = self._offer_for(agent, role, free, minimums)
+                        if candidate is None:
                             continue
-                        q = avail.scalar_quantities()
-                        uq = avail.unreserved().scalar_quantities()
+                        offer, q, uq = candidate
                     else:
-                        avail, q, uq = free, agent.free_q, agent.free_uq
-                    if role.limit is not None or self._required:
-                        shaped = self._shape(agent, role, avail, None)
-                        if shaped is None:
+                        offer, q, uq = free, agent.free_q, agent.free_uq
+                        if minimums and not _meets(q, minimums):
                             continue
-                        offer, q, uq, _ = shaped
-                    else:
-                        offer = avail
-                    if minimums and not _meets(q, minimums):
-                        continue
                     flts = agent.filters
                     for client in role.sorter.sort():
                         if flts is not None:
@@ -1442,28 +1434,14 @@ class Allocator(Process):
         minimums = self._min_alloc
         order = self._fresh_order(fresh)  # re-sorted after each offer, which moves shares
         for agent in agents:
-            reserved = agent.reserved
             while agent.free:
                 free = agent.free
                 given = False
                 for role, clients in order:
-                    if reserved:
-                        avail = free.allocatable_to(role.name)
-                        if not avail:
-                            continue
-                        q = avail.scalar_quantities()
-                        uq = avail.unreserved().scalar_quantities()
-                    else:
-                        avail, q, uq = free, agent.free_q, agent.free_uq
-                    if role.limit is not None or self._required:
-                        shaped = self._shape(agent, role, avail, None)
-                        if shaped is None:
-                            continue
-                        offer, q, uq, _ = shaped
-                    else:
-                        offer = avail
-                    if minimums and not _meets(q, minimums):
+                    candidate = self._offer_for(agent, role, free, minimums)
+                    if candidate is None:
                         continue
+                    offer, q, uq = candidate
                     flts = agent.filters
                     for client in clients:
                         if flts is not None:
@@ -1479,6 +1457,32 @@ class Allocator(Process):
                         break
                 if not given:
                     break
+
+    def _offer_for(
+        self, agent: _Agent, role: _Role, free: Resources, minimums: list[Quantities]
+    ) -> tuple[Resources, Quantities, Quantities] | None:
+        """What of an agent's free resources ``role`` may be offered, with its quantities.
+
+        Reservations narrow it to what the role may use; a limit or the quota headroom other
+        roles' guarantees still need shapes it down; below the minimum allocatable it is None.
+        """
+        if agent.reserved:
+            avail = free.allocatable_to(role.name)
+            if not avail:
+                return None
+            q = avail.scalar_quantities()
+            uq = avail.unreserved().scalar_quantities()
+        else:
+            avail, q, uq = free, agent.free_q, agent.free_uq
+        offer = avail
+        if role.limit is not None or self._required:
+            shaped = self._shape(agent, role, avail, None)
+            if shaped is None:
+                return None
+            offer, q, uq, _ = shaped
+        if minimums and not _meets(q, minimums):
+            return None
+        return offer, q, uq
 
     def _fresh_order(self, fresh: Mapping[_Client, None]) -> list[tuple[_Role, list[_Client]]]:
         """The newcomers grouped by role, roles and clients in DRF order."""
