@@ -1,7 +1,7 @@
 """``python -m bench.offers [--quick] [--json PATH]``: the offer-throughput suite.
 
 The full sweep (agents 100 → 50,000 at 100 frameworks, frameworks 1 → 1,000 at 10,000 agents)
-takes about a quarter of an hour on a two-core machine; ``--quick`` is a laptop check of under a
+takes about six minutes on a two-core machine; ``--quick`` is a laptop check of under a
 minute. ``--agents`` and ``--frameworks`` (comma-separated) measure points of your own.
 """
 

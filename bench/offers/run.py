@@ -71,7 +71,7 @@ class Config:
     agent_sweep_frameworks: int = 100
     framework_points: tuple[int, ...] = (1, 10, 100, 1_000)
     framework_sweep_agents: int = 10_000
-    runs: int = 3
+    runs: int = 5
     window_s: float = 4.0
     warmup_s: float = 3.0
     latency_window_s: float = 4.0
