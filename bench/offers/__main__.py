@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="command: an executor per task (default); custom: one per framework per agent",
     )
     p.add_argument("--ping-interval", type=float, help="the master's agent ping interval")
+    p.add_argument("--agents-per-process", type=int, help="simulated agents per agent process")
+    p.add_argument("--max-inflight", type=int, help="launches in flight, all frameworks")
     p.add_argument("--no-loop-compare", action="store_true", help="skip uvloop vs asyncio")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--log-dir", type=Path, help="keep the workers' logs here")
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         agent_resources=args.agent_resources,
         executor=args.executor,
         ping_interval=args.ping_interval,
+        agents_per_process=args.agents_per_process,
+        max_inflight=args.max_inflight,
     )
     if args.no_loop_compare:
         cfg = with_overrides(cfg, loop_compare=None)

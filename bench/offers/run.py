@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -918,17 +918,11 @@ __all__ = [
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C: unwind through the ``finally`` blocks that clean up."""
+    """SIGTERM and SIGINT unwind through the ``finally`` blocks that clean up (SIGINT too, even
+    when the shell that started us in the background set it to be ignored)."""
 
     def _raise(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
-
-
-@dataclass
-class Options:
-    json_path: Path | None = None
-    plot_path: Path | None = None
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    signal.signal(signal.SIGINT, _raise)
