@@ -119,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = args.plot or (
         args.json.with_suffix(".png") if args.json else Path("bench-offers.png")
     )
-    for path in plot(report, plot_path):
+    try:
+        written = plot(report, plot_path)
+    except ImportError:
+        print("no plots: matplotlib is not installed (pip install -e '.[bench]')")
+        written = []
+    for path in written:
         print(f"wrote {path}")
     return 0
 

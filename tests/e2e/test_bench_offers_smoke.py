@@ -5,6 +5,7 @@ Nothing here asserts on speed: the figures only have to exist and be numbers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -90,8 +91,11 @@ def test_offer_bench_tiny_configuration(tmp_path: Path) -> None:
     loops = report["loop_comparison"]
     assert loops["uvloop_over_asyncio_launches"] > 0
     assert loops["uvloop_over_asyncio_baseline"] > 0
-    for name in ("offers-agents.png", "offers-frameworks.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; `make test` lacks it
+        for name in ("offers-agents.png", "offers-frameworks.png"):
+            assert (tmp_path / name).stat().st_size > 0
+    else:
+        assert "no plots: matplotlib is not installed" in proc.stdout
 
     # Every worker process is gone.
     after = {p.pid for p in psutil.Process().children(recursive=True)}
