@@ -20,6 +20,7 @@ from mesa.actors.master import Master, MasterFlags
 from mesa.info import FrameworkInfo
 from mesa.messages import (
     AcceptOffers,
+    AllocatorRecoverResources,
     FrameworkError,
     KillTask,
     StatusUpdate,
@@ -163,25 +164,35 @@ async def test_offers_are_rescinded_after_offer_timeout(tmp_path: Path) -> None:
             await driver.stop()
 
 
-async def test_declined_resources_stay_away_for_refuse_seconds(setup: Setup) -> None:
-    libproc.Clock.pause()
-    fw, driver = await _framework(setup)
-    try:
-        libproc.Clock.advance(0.1)
-        offer = await fw.offer()
-        driver.decline_offer(offer.id, refuse_seconds=30)
-        await libproc.settle()
-        for _ in range(10):  # ten allocation intervals: filtered, no offer
-            libproc.Clock.advance(1.0)
+async def test_declined_resources_stay_away_for_refuse_seconds(tmp_path: Path) -> None:
+    # Time is paused and moved by hand below; pings are set far apart so that jumping the
+    # clock does not also count a healthy agent's pongs (still in flight) as missed.
+    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
+        master_rt.spawn(Master(MasterFlags(allocation_interval=0.05, agent_ping_interval=3600.0)))
+        agent_rt.spawn(Agent(master_rt.address, tmp_path / "a", resources="cpus:1;mem:128"))
+        recorder = Recorder()
+        driver = SchedulerDriver(
+            recorder, FrameworkInfo(user="", name="decliner"), master_rt.address
+        )
+        await driver.start()
+        try:
+            offer = await recorder.offer()
+            libproc.Clock.pause()
+            driver.decline_offer(offer.id, refuse_seconds=30)
+            declined = libproc.expect_message(name=AllocatorRecoverResources.NAME)
+            await declined
             await libproc.settle()
-        assert fw.offers.empty()
-        libproc.Clock.advance(25)
-        await libproc.settle()
-        again = await fw.offer()
-        assert again.agent_id == offer.agent_id
-    finally:
-        libproc.Clock.resume()
-        await driver.stop()
+            for _ in range(10):  # ten seconds of allocation cycles: filtered, no offer
+                libproc.Clock.advance(1.0)
+                await libproc.settle()
+            assert recorder.offers.empty()
+            assert master_rt.metrics.get("allocator/filtered") >= 1
+            libproc.Clock.advance(20.5)  # past the filter
+            again = await recorder.offer()
+            assert again.agent_id == offer.agent_id
+        finally:
+            libproc.Clock.resume()
+            await driver.stop()
 
 
 async def test_state_endpoint_names_master_agents_and_tasks(setup: Setup) -> None:
