@@ -36,7 +36,14 @@ from libproc.process import (
     _is_plain_body,
 )
 from libproc.upid import UPID, UPIDError
-from libproc.wire import DecodeError, EncodeError, decode_batch, encode_batch, encode_message
+from libproc.wire import (
+    BadMessage,
+    DecodeError,
+    EncodeError,
+    decode_batch,
+    encode_batch,
+    encode_message,
+)
 from libproc.zmq_transport import ZmqOptions, ZmqTransport
 
 __all__ = [
@@ -619,7 +626,10 @@ class Runtime:
         actors = self._actors
         for item in batch:
             if type(item) is not list or len(item) != 4:
-                self._note_bad("bad_message", source, "not [recipient, sender, name, body]")
+                if type(item) is BadMessage:
+                    self._note_bad(item.kind, source, item.detail)
+                else:
+                    self._note_bad("bad_message", source, "not [recipient, sender, name, body]")
                 continue
             to_id, sender_text, name, body = item
             if type(to_id) is not str or type(sender_text) is not str or type(name) is not str:

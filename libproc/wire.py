@@ -177,11 +177,24 @@ def encode_batch(packed: list[bytes]) -> bytes:
     return b"".join((MAGIC, _array_header(len(packed)), *packed))
 
 
-def decode_batch(frame: bytes) -> list[list[Any]]:
+class BadMessage:
+    """Stands in a decoded batch for one message that would not decode; the rest still count."""
+
+    __slots__ = ("detail", "kind")
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+
+
+def decode_batch(frame: bytes) -> list[Any]:
     """Decode a frame into ``[recipient, sender, name, body]`` lists.
 
-    Raises :class:`DecodeError` for a frame that is not ours or does not decode as a whole; each
-    message's own shape is checked by the caller so one bad message does not hide the others.
+    Raises :class:`DecodeError` for a frame that is not ours or is not an array at all. When the
+    array is well-formed but one message in it cannot be built (a bad record, a map keyed by an
+    array, which msgpack can carry and Python cannot hash), that message alone becomes a
+    :class:`BadMessage` and the others are delivered: a batch coalesces unrelated senders'
+    messages, and one bad body must not take its neighbours down with it.
     """
     if frame[:3] != MAGIC:
         raise DecodeError("bad_magic", f"frame does not start with {MAGIC!r}")
@@ -189,10 +202,46 @@ def decode_batch(frame: bytes) -> list[list[Any]]:
         batch = msgpack.unpackb(
             memoryview(frame)[3:], ext_hook=_ext_hook, raw=False, strict_map_key=False
         )
-    except DecodeError:
-        raise
+    except (DecodeError, TypeError, ValueError) as e:
+        return _decode_each(frame, e)
     except Exception as e:  # msgpack raises several types for truncated or garbage input
         raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
     if type(batch) is not list:
         raise DecodeError("bad_batch", f"expected an array of messages, got {type(batch).__name__}")
     return batch
+
+
+def _decode_each(frame: bytes, first: Exception) -> list[Any]:
+    """The slow path: decode message by message, skipping (not building) the ones that fail."""
+    data = memoryview(frame)[3:]
+    unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    unpacker.feed(data)
+    try:
+        count = unpacker.read_array_header()
+    except Exception:
+        kind = first.kind if isinstance(first, DecodeError) else "bad_msgpack"
+        raise DecodeError(kind, f"{type(first).__name__}: {first}") from None
+    out: list[Any] = []
+    for _ in range(count):
+        start = unpacker.tell()
+        try:
+            out.append(unpacker.unpack())
+            continue
+        except DecodeError as e:
+            out.append(BadMessage(e.kind, str(e)))
+        except (TypeError, ValueError) as e:
+            out.append(BadMessage("bad_message", f"{type(e).__name__}: {e}"))
+        except Exception as e:  # truncated: nothing after this can be trusted
+            raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
+        # Re-read from where the bad message began, skipping it without building it.
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(data[start:])
+        try:
+            unpacker.skip()
+        except Exception as e:
+            raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
+        rest = data[start + unpacker.tell() :]
+        unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        unpacker.feed(rest)
+        data = rest
+    return out

@@ -12,6 +12,7 @@ id is the sender's own ``host:port``."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from typing import Any
@@ -242,3 +243,32 @@ async def test_exception_while_handling_a_frame_does_not_stop_reading(
             dealer.send(frame(["rec", SENDER, "good", "explode"]))
         await sync_point(dealer, rec, 1)
     assert dropped(rt) == {"internal_error": 3}
+
+
+async def test_one_undecodable_body_does_not_take_its_batch_down() -> None:
+    """msgpack carries a map keyed by an array, but Python cannot hash the key it decodes to.
+
+    Messages sent in one loop turn share a frame; the bad one is dropped and counted, and the
+    messages before and after it in the same frame are delivered.
+    """
+    from libproc import Process, Runtime, handler
+
+    got: list[object] = []
+    done = asyncio.get_running_loop().create_future()
+
+    class Sink(Process):
+        @handler("m")
+        def m(self, sender: object, body: object) -> None:
+            got.append(body)
+            if body == "last":
+                done.set_result(None)
+
+    async with Runtime() as a, Runtime() as b:
+        sink = b.spawn(Sink("sink"))
+        a.send(sink, "m", "first")
+        a.send(sink, "m", {(1, 2): "tuple key"})
+        a.send(sink, "m", "last")
+        await asyncio.wait_for(done, 10)
+        assert got == ["first", "last"]
+        assert a.frames_sent == 1  # the three really shared one frame
+        assert b.metrics.get("libproc/messages_dropped/bad_message") == 1
