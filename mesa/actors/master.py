@@ -252,6 +252,10 @@ class Master(Process):
             http_port=self.flags.http_port,
         )
 
+    def _to_allocator(self, message: Any) -> None:
+        """Tell the allocator (an actor in this runtime) what changed."""
+        self.send(self.allocator_pid, message.NAME, message)  # type: ignore[arg-type]
+
     def _invalid(self, what: str, sender: UPID, detail: str, fatal: bool = False) -> None:
         """Count and log a message we cannot act on.
 
@@ -304,11 +308,7 @@ class Master(Process):
         self.frameworks[info.id] = framework
         self.framework_by_pid[sender] = info.id
         self.link(sender)
-        self.send(
-            self.allocator_pid,  # type: ignore[arg-type]
-            AllocatorAddFramework.NAME,
-            AllocatorAddFramework(info.id, list(info.roles)),
-        )
+        self._to_allocator(AllocatorAddFramework(info.id, list(info.roles)))
         self.metrics.inc("master/frameworks_registered")
         self.log.info("framework_registered", framework_id=info.id, name=info.name, pid=str(sender))
         self.send(sender, FrameworkRegistered.NAME, FrameworkRegistered(info.id, self.info))
@@ -357,11 +357,7 @@ class Master(Process):
             # its tasks return as agents reregister.
             framework = _Framework(info=info, pid=sender, registered_time=time.time())
             self.frameworks[fid] = framework
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorAddFramework.NAME,
-                AllocatorAddFramework(fid, list(info.roles)),
-            )
+            self._to_allocator(AllocatorAddFramework(fid, list(info.roles)))
         else:
             old_pid = framework.pid
             if old_pid is not None and old_pid != sender:
@@ -378,11 +374,7 @@ class Master(Process):
                 self._rescind(offer_id, notify=False)
             if not framework.active:
                 framework.active = True
-                self.send(
-                    self.allocator_pid,  # type: ignore[arg-type]
-                    AllocatorActivateFramework.NAME,
-                    AllocatorActivateFramework(fid),
-                )
+                self._to_allocator(AllocatorActivateFramework(fid))
         framework.connected = True
         framework.active = True
         self.framework_by_pid[sender] = fid
@@ -417,11 +409,7 @@ class Master(Process):
         framework.connected = False
         if framework.active:
             framework.active = False
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorDeactivateFramework.NAME,
-                AllocatorDeactivateFramework(framework.id),
-            )
+            self._to_allocator(AllocatorDeactivateFramework(framework.id))
         for offer_id in list(framework.offers):
             self._rescind(offer_id, notify=False)
         timeout = float(framework.info.failover_timeout or 0.0)
@@ -467,11 +455,7 @@ class Master(Process):
         framework.unregistered_time = time.time()
         del self.frameworks[fid]
         self.completed_frameworks.append(framework)
-        self.send(
-            self.allocator_pid,  # type: ignore[arg-type]
-            AllocatorRemoveFramework.NAME,
-            AllocatorRemoveFramework(fid),
-        )
+        self._to_allocator(AllocatorRemoveFramework(fid))
         self.metrics.inc("master/frameworks_removed")
 
     def exited(self, pid: UPID) -> None:
@@ -489,11 +473,7 @@ class Master(Process):
                 agent.connected = False
                 for offer_id in list(agent.offers):
                     self._rescind(offer_id)
-                self.send(
-                    self.allocator_pid,  # type: ignore[arg-type]
-                    AllocatorDeactivateAgent.NAME,
-                    AllocatorDeactivateAgent(aid),
-                )
+                self._to_allocator(AllocatorDeactivateAgent(aid))
 
     # ================================================================== offers
 
@@ -549,10 +529,8 @@ class Master(Process):
         role: str | None = None,
     ) -> None:
         if resources:
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorRecoverResources.NAME,
-                AllocatorRecoverResources(agent_id, framework_id, resources, refuse, role),
+            self._to_allocator(
+                AllocatorRecoverResources(agent_id, framework_id, resources, refuse, role)
             )
 
     def _take_offer(self, offer_id: str) -> _Offer | None:
@@ -784,22 +762,14 @@ class Master(Process):
         framework = self._framework_of(sender, getattr(body, "framework_id", None), "revive")
         if framework is not None:
             self.metrics.inc("master/revive")
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorRevive.NAME,
-                AllocatorRevive(framework.id, list(body.roles or [])),
-            )
+            self._to_allocator(AllocatorRevive(framework.id, list(body.roles or [])))
 
     @handler(SuppressOffers.NAME)
     def suppress_offers(self, sender: UPID, body: Any) -> None:
         framework = self._framework_of(sender, getattr(body, "framework_id", None), "suppress")
         if framework is not None:
             self.metrics.inc("master/suppress")
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorSuppress.NAME,
-                AllocatorSuppress(framework.id, list(body.roles or [])),
-            )
+            self._to_allocator(AllocatorSuppress(framework.id, list(body.roles or [])))
 
     @handler(ReconcileTasks.NAME)
     def reconcile_tasks(self, sender: UPID, body: Any) -> None:
@@ -919,12 +889,10 @@ class Master(Process):
 
     def _add_agent_to_allocator(self, agent: _Agent) -> None:
         info = agent.info
-        self.send(
-            self.allocator_pid,  # type: ignore[arg-type]
-            AllocatorAddAgent.NAME,
+        self._to_allocator(
             AllocatorAddAgent(
                 agent.id, info.hostname, agent.total, agent.used_by_framework(), info.attributes
-            ),
+            )
         )
 
     @handler(ReregisterAgent.NAME)
@@ -981,16 +949,8 @@ class Master(Process):
                     connected=False,
                 )
                 self.frameworks[fid] = framework
-                self.send(
-                    self.allocator_pid,  # type: ignore[arg-type]
-                    AllocatorAddFramework.NAME,
-                    AllocatorAddFramework(fid, list(info_f.roles)),
-                )
-                self.send(
-                    self.allocator_pid,  # type: ignore[arg-type]
-                    AllocatorDeactivateFramework.NAME,
-                    AllocatorDeactivateFramework(fid),
-                )
+                self._to_allocator(AllocatorAddFramework(fid, list(info_f.roles)))
+                self._to_allocator(AllocatorDeactivateFramework(fid))
                 framework.failover_timer = self.delay(
                     float(info_f.failover_timeout or 0.0), self._failover_expired, fid
                 )
@@ -1111,11 +1071,7 @@ class Master(Process):
             if framework is not None:
                 framework.executors.pop((agent.id, eid), None)
         if remove_from_allocator:
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorRemoveAgent.NAME,
-                AllocatorRemoveAgent(agent.id),
-            )
+            self._to_allocator(AllocatorRemoveAgent(agent.id))
 
     @handler(PongAgent.NAME)
     def pong(self, sender: UPID, body: Any) -> None:
@@ -1128,11 +1084,7 @@ class Master(Process):
         if not agent.connected:
             agent.connected = True
             self.link(sender)
-            self.send(
-                self.allocator_pid,  # type: ignore[arg-type]
-                AllocatorActivateAgent.NAME,
-                AllocatorActivateAgent(agent.id),
-            )
+            self._to_allocator(AllocatorActivateAgent(agent.id))
 
     def _ping_agents(self) -> None:
         """One tick for every agent: ping it, and give up on those silent too long.
