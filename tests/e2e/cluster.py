@@ -22,6 +22,8 @@ from typing import Any
 
 import psutil
 
+from tests.waiting import eventually
+
 ROOT = Path(__file__).resolve().parents[2]
 _STARTED = re.compile(r"mesa (master|agent) started: pid=(\S+) http=(\S+)")
 
@@ -181,15 +183,16 @@ class Cluster:
             purge(agent_cgroups_root(work_dir))
 
     async def wait_for(self, predicate: Any, what: str, timeout: float = 30.0) -> Any:
-        """Poll master state until ``predicate(state)`` is truthy (HTTP has no push)."""
+        """Until ``predicate(state)`` holds for the master's /master/state (HTTP has no push)."""
         assert self.master is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last: Any = None
-        while loop.time() < deadline:
-            last = await asyncio.to_thread(self.master.state, "/master/state")
-            result = predicate(last)
-            if result:
-                return result
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}; last state: {json.dumps(last)[:2000]}")
+        master = self.master
+        seen: list[Any] = [None]
+
+        async def check() -> Any:
+            seen[0] = await asyncio.to_thread(master.state, "/master/state")
+            return predicate(seen[0])
+
+        try:
+            return await eventually(check, what, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{what}; last state: {json.dumps(seen[0])[:2000]}") from None

@@ -20,6 +20,7 @@ import pytest
 from mesa.task_state import TaskState
 from tests.e2e.cluster import Cluster, Node
 from tests.e2e.framework import command_task, start_framework
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,15 +57,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 async def _poll(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await asyncio.to_thread(predicate)
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.02)
+    """``predicate`` reads another process's state over HTTP: run it off the loop."""
+    return await eventually(lambda: asyncio.to_thread(predicate), what, timeout)
 
 
 def _executor(agent: Node, task_id: str) -> dict[str, Any] | None:

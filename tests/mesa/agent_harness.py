@@ -36,6 +36,7 @@ from mesa.messages import (
     StatusUpdate,
     StatusUpdateAcknowledgement,
 )
+from tests.waiting import eventually
 
 DEADLINE = 30.0  # generous upper bound for anything a test awaits; never a sleep
 
@@ -273,14 +274,7 @@ class Cluster:
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
     """Poll a condition with a deadline (for things no message announces, like a pid's end)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay = 0.005
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met before the deadline")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    await eventually(predicate, "condition", timeout)
 
 
 def port_free(port: int) -> bool:

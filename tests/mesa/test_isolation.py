@@ -50,6 +50,7 @@ from mesa.isolators.cgroups import (
 from mesa.isolators.namespaces import PidNamespaceIsolator
 from mesa.messages import ExitedExecutor
 from mesa.task_state import Reason, TaskState
+from tests.waiting import eventually
 
 MB = 1024 * 1024
 PY = shlex.quote(sys.executable)
@@ -88,32 +89,23 @@ def task(task_id: str, command: str, resources: str = "cpus:0.1;mem:32") -> Task
 
 
 async def container_of(cluster: Cluster, task_id: str) -> dict[str, Any]:
-    """The task's entry in /agent/containers."""
-    found: list[dict[str, Any]] = []
+    """The task's entry in /agent/containers, once it is listed."""
 
-    async def look() -> bool:
-        found[:] = [
-            c for c in await cluster.http_get("/agent/containers") if c["executor_id"] == task_id
-        ]
-        return bool(found)
+    async def look() -> list[dict[str, Any]]:
+        listing = await cluster.http_get("/agent/containers")
+        return [c for c in listing if c["executor_id"] == task_id]
 
-    deadline = asyncio.get_running_loop().time() + 30
-    while not await look():
-        assert asyncio.get_running_loop().time() < deadline, "container never listed"
-        await asyncio.sleep(0.02)
-    return found[0]
+    return (await eventually(look, f"container of {task_id} listed"))[0]
 
 
 async def statistics_until(cluster: Cluster, task_id: str, predicate: Any) -> dict[str, float]:
-    """Poll /agent/containers (with a deadline) until the task's statistics satisfy it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
+    """The task's statistics in /agent/containers, once they satisfy ``predicate``."""
+
+    async def look() -> dict[str, float] | None:
         stats = (await container_of(cluster, task_id))["statistics"]
-        if predicate(stats):
-            return stats
-        assert loop.time() < deadline, f"statistics never satisfied the check: {stats}"
-        await asyncio.sleep(0.05)
+        return stats if predicate(stats) else None
+
+    return await eventually(look, "statistics never satisfied the check")
 
 
 async def sandbox_file(cluster: Cluster, name: str) -> Path:

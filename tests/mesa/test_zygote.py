@@ -21,6 +21,7 @@ import pytest
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo
 from mesa.zygote import Zygote, ZygoteError, command_executor_command, is_command_executor
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,9 +78,7 @@ async def test_a_child_waits_at_the_gate_then_runs_in_its_sandbox(
     proc = psutil.Process(child.pid)
     assert proc.ppid() == zygote.pid
     # Parked: it has made itself a session leader (its container) and done nothing else yet.
-    async with asyncio.timeout(10):
-        while os.getsid(child.pid) != child.pid:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: os.getsid(child.pid) == child.pid, "child leads its session", 10)
     assert not (tmp_path / "stderr").exists()
     assert child.returncode is None
     child.release()
@@ -133,9 +132,7 @@ async def test_a_zygote_that_keeps_dying_is_given_up_on(tmp_path: Path) -> None:
             assert z.pid is not None
             pid = z.pid
             os.kill(pid, 9)
-            async with asyncio.timeout(10):
-                while z.alive:
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: not z.alive, "zygote noticed dead", 10)
         with pytest.raises(ZygoteError):
             await z.spawn("c7", **_spawn_args(tmp_path))
     finally:
