@@ -8,7 +8,6 @@ the same way by construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Transport", "TransportEvents"]
@@ -52,4 +51,6 @@ class Transport(Protocol):
 
     async def stop(self) -> None: ...
 
-    pending: Callable[[], int]
+    def pending(self) -> int:
+        """Frames on their way that ``settle`` should wait for (0 where they are invisible)."""
+        ...
