@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import zmq
 import zmq.asyncio
 
 import libproc
+from bench.machine import describe
 from libproc import UPID, Backpressure, Process, Runtime, handler
 
 LOOPS = ("uvloop", "asyncio")
@@ -629,22 +629,6 @@ TITLES = {
 }
 
 
-def machine() -> dict[str, Any]:
-    import uvloop
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "uvloop": uvloop.__version__,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(map(str, msgpack.version)),
-    }
-
-
 def build_report(
     figures: list[Figure], sizes: Sizes, elapsed: float, load: dict[str, list[float]]
 ) -> dict[str, Any]:
@@ -671,7 +655,7 @@ def build_report(
             )
     targets = [r for r in ratios if r["target"] is not None]
     return {
-        "machine": machine(),
+        "machine": {k: v for k, v in describe().items() if k != "load_average_before"},
         "config": {**sizes.__dict__, "elapsed_s": elapsed, **load},
         "figures": [f.as_json() for f in figures],
         "ratios": ratios,

@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import select
 import shutil
 import signal
@@ -44,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from bench.machine import describe
 from libproc import get_logger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -660,33 +660,6 @@ def _vm_hwm(pid: int) -> int | None:
 # ====================================================================== the whole run
 
 
-def machine() -> dict[str, Any]:
-    import msgpack
-    import uvloop
-    import zmq
-
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "uvloop": uvloop.__version__,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "load_average_before": list(os.getloadavg()),
-    }
-
-
 def run(
     cfg: Config, progress_enabled: bool, log_dir: Path, emit: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -695,7 +668,7 @@ def run(
     total = steps_per_point * (len(points) + (2 if cfg.loop_compare else 0))
     progress = Progress(total, progress_enabled)
     started = time.monotonic()
-    report: dict[str, Any] = {"machine": machine(), "config": asdict(cfg)}
+    report: dict[str, Any] = {"machine": describe(), "config": asdict(cfg)}
     results = []
     try:
         for agents, frameworks in points:

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import select
 import shutil
@@ -51,6 +50,7 @@ from typing import Any
 
 import psutil
 
+from bench.machine import describe
 from mesa.info import CommandInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
 from mesa.resources import Resources
 from mesa.scheduler import Scheduler, SchedulerDriver
@@ -540,25 +540,8 @@ def fork_exec_latency(runs: int) -> float:
 # ====================================================================== the whole run
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_before": list(os.getloadavg()),
-    }
-
-
 def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": machine(), "config": {**asdict(cfg), "slots": cfg.slots}}
+    report: dict[str, Any] = {"machine": describe(), "config": {**asdict(cfg), "slots": cfg.slots}}
     started = time.monotonic()
     base: dict[str, Any] = {}
     skipped: list[str] = []
