@@ -145,7 +145,12 @@ class MemoryNetwork:
         if not dest._reading:
             dest._held.append((source, frame))
             return
-        dest._events._on_frame(source, frame)  # type: ignore[union-attr]
+        events = dest._events
+        events._read_begin()  # type: ignore[union-attr]
+        try:
+            events._on_frame(source, frame)  # type: ignore[union-attr]
+        finally:
+            events._read_end()  # type: ignore[union-attr]
 
 
 class MemoryTransport:
@@ -183,9 +188,14 @@ class MemoryTransport:
             return
         self._reading = True
         held = self._held
-        while held and self._reading:
-            source, frame = held.popleft()
-            self._events._on_frame(source, frame)  # type: ignore[union-attr]
+        events = self._events
+        events._read_begin()  # type: ignore[union-attr]
+        try:
+            while held and self._reading:
+                source, frame = held.popleft()
+                events._on_frame(source, frame)  # type: ignore[union-attr]
+        finally:
+            events._read_end()  # type: ignore[union-attr]
 
     def ever_connected(self, address: str) -> bool:
         return address in self.network._hosts

@@ -249,6 +249,24 @@ class Process:
             self._overfull = True
             self._runtime._mailbox_overfull(self)  # type: ignore[union-attr]
 
+    def _deliver_now(self, sender: UPID, name: str, body: Any) -> None:
+        """Called by the runtime for a message read off the network: an idle actor runs its
+        handler right here, in the transport's read callback, rather than a loop turn later.
+
+        Idle means no handler running and nothing queued (``_busy`` is false only when the
+        mailbox is empty), so running it now cannot overtake an earlier message from anyone, and
+        ``_busy`` is held while it runs, so a second handler cannot start. That saves a
+        ``call_soon`` and a loop iteration per message, which is a tenth of a cross-process round
+        trip. Local sends keep going through :meth:`_deliver`: running those inline would nest
+        a ping-pong pair's handlers until the stack ran out.
+        """
+        if self._busy or self._state != _RUNNING:
+            self._deliver(sender, name, body)
+            return
+        self._busy = True
+        self._mailbox.append((_MESSAGE, sender, name, body))
+        self._drain()
+
     def _drain(self) -> None:
         mailbox = self._mailbox
         budget = _DRAIN_BUDGET

@@ -173,6 +173,8 @@ class Runtime:
         self._remote_links: dict[str, dict[UPID, set[str]]] = {}
         self._link_acks: dict[tuple[str, UPID], Timer] = {}
         self._overfull: set[Process] = set()
+        self._reading = 0  # > 0 inside a transport's read callback (_read_begin/_read_end)
+        self._held: list[_OutQueue] = []  # queues whose flush waits for _read_end
         self._upids: dict[str, UPID] = {}
         self._bad_seen: dict[str, int] = {}
         self._http_runner: Any = None
@@ -498,7 +500,10 @@ class Runtime:
         queue.bytes += size
         if not queue.scheduled and not queue.blocked:
             queue.scheduled = True
-            self._loop.call_soon(self._flush, queue)
+            if self._reading:
+                self._held.append(queue)  # flushed by _read_end, at the end of this read
+            else:
+                self._loop.call_soon(self._flush, queue)
 
     def _flush(self, queue: _OutQueue) -> None:
         """Send what waits for one peer, coalesced into as few frames as the size cap allows."""
@@ -608,6 +613,35 @@ class Runtime:
             for pid in list(by_pid):
                 self._remote_exited(pid)
 
+    def _read_begin(self) -> None:
+        """The transport starts handing over what one read callback found.
+
+        Messages sent until :meth:`_read_end` (replies of handlers that ran inline, see
+        :meth:`Process._deliver_now`) wait for it rather than for a flush scheduled with
+        ``call_soon``: they still leave coalesced, one frame per peer for the whole read, but in
+        the same loop turn, which saves a loop iteration per round trip.
+        """
+        self._reading += 1
+
+    def _read_end(self) -> None:
+        """The read callback is over: send what its handlers queued."""
+        self._reading -= 1
+        if self._reading or not self._held:
+            return
+        held = self._held
+        self._held = []
+        try:
+            for queue in held:
+                if queue.scheduled:  # not flushed meanwhile (by _on_writable, say)
+                    self._flush(queue)
+        except BaseException:
+            # Whatever failed is the loop's to report, as from a scheduled flush; the queues
+            # not reached yet must still go.
+            for queue in held:
+                if queue.scheduled:
+                    self._loop.call_soon(self._flush, queue)
+            raise
+
     def _on_bad_frame(self, kind: str, source: str, detail: str) -> None:
         self._note_bad(kind, source, detail)
 
@@ -624,6 +658,10 @@ class Runtime:
             return
         upids = self._upids
         actors = self._actors
+        # A frame holding one message (a request, a reply) goes straight to an idle recipient's
+        # handler; a batch goes through the mailboxes, so that a burst is handled a drain budget
+        # at a time and fills mailboxes past their high-water mark (pausing reads) as before.
+        alone = len(batch) == 1
         for item in batch:
             if type(item) is not list or len(item) != 4:
                 if type(item) is BadMessage:
@@ -667,7 +705,10 @@ class Runtime:
             if proc is None:
                 self._note_bad("unknown_recipient", source, f"{name!r} for {to_id!r}")
                 continue
-            proc._deliver(sender, name, body)
+            if alone:
+                proc._deliver_now(sender, name, body)
+            else:
+                proc._deliver(sender, name, body)
 
     def _system(self, sender: UPID, to_id: str, name: str) -> None:
         if name == "libproc/link":

@@ -19,6 +19,16 @@ class TransportEvents(Protocol):
     def _on_frame(self, source: str, frame: bytes) -> None:
         """A frame arrived; ``source`` is the address the sending side declared."""
 
+    def _read_begin(self) -> None:
+        """A read callback starts handing over frames; call :meth:`_read_end` when it is done.
+
+        Sends made in between (replies of handlers that ran inline) are held and leave at
+        ``_read_end``, in the same loop turn, instead of a loop iteration later.
+        """
+
+    def _read_end(self) -> None:
+        """The read callback has handed over everything it read."""
+
     def _on_bad_frame(self, kind: str, source: str, detail: str) -> None:
         """Something arrived that is not a frame at all (wrong number of parts, …)."""
 

@@ -124,6 +124,15 @@ class ZmqTransport:
         if router is None or not self._reading:
             return
         events = self._events
+        # Replies that handlers make while we read leave when the read is over (_read_end), in
+        # this loop turn, coalesced per peer.
+        events._read_begin()  # type: ignore[union-attr]
+        try:
+            self._read(router, events)  # type: ignore[arg-type]
+        finally:
+            events._read_end()  # type: ignore[union-attr]
+
+    def _read(self, router: zmq.Socket, events: TransportEvents) -> None:
         getsockopt = router.getsockopt
         recv = router.recv
         for _ in range(_READ_BUDGET):
@@ -142,7 +151,7 @@ class ZmqTransport:
                 return
             if len(parts) != 2:
                 source = parts[0].decode("ascii", "replace") if parts else "?"
-                events._on_bad_frame(  # type: ignore[union-attr]
+                events._on_bad_frame(
                     "bad_frames",
                     source,
                     f"expected 1 frame after the routing id, got {len(parts) - 1}",
@@ -153,7 +162,7 @@ class ZmqTransport:
             except UnicodeDecodeError:
                 source = parts[0].hex()
             try:
-                events._on_frame(source, parts[1])  # type: ignore[union-attr]
+                events._on_frame(source, parts[1])
             except Exception as e:
                 # Nothing a frame holds may stop this loop: the fd is edge-triggered, so frames
                 # left unread after an escaping exception would never be read at all. The
@@ -161,7 +170,7 @@ class ZmqTransport:
                 if not self._frame_failures:
                     log.error("frame_failed", peer=source, error=repr(e), exc_info=e)
                 self._frame_failures += 1
-                events._on_bad_frame("internal_error", source, repr(e))  # type: ignore[union-attr]
+                events._on_bad_frame("internal_error", source, repr(e))
             if not self._reading:
                 return
         if getsockopt(_EVENTS) & _POLLIN:

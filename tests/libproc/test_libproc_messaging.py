@@ -26,6 +26,7 @@ from libproc import (
     record,
     settle,
 )
+from libproc.filters import expect_message
 
 
 @record("tests.libproc.Point")
@@ -232,3 +233,79 @@ async def test_small_frame_limit_between_runtimes() -> None:
     assert [body[0] for body in rec.bodies()] == list(range(1000))
     assert b.metrics.get("libproc/messages_dropped") == 0
     assert a.metrics.get("libproc/frames_sent") > 1
+
+
+class SlowThenFast(Process):
+    """An async ``slow`` handler that holds the mailbox until released; ``fast`` records."""
+
+    def __init__(self) -> None:
+        super().__init__("slow-then-fast")
+        self.events: list[Any] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.done = asyncio.Event()
+
+    @handler("slow")
+    async def slow(self, sender: UPID, body: Any) -> None:
+        self.events.append("slow:start")
+        self.started.set()
+        await self.release.wait()
+        self.events.append("slow:end")
+
+    @handler("fast")
+    def fast(self, sender: UPID, body: Any) -> None:
+        self.events.append(body)
+        if body == 3:
+            self.done.set()
+
+
+async def test_remote_messages_alone_in_a_frame_wait_behind_an_async_handler(
+    rt: Runtime, rt2: Runtime
+) -> None:
+    """A message alone in its frame goes straight from the read to an idle actor's handler;
+    one arriving while a handler is still running waits its turn in the mailbox, in order."""
+    actor = SlowThenFast()
+    to = rt2.spawn(actor)
+    sender = rt.spawn(Sender())
+    before = rt.frames_sent
+    await libproc.dispatch(sender, "one", to, "slow", None)
+    await within(actor.started.wait(), "the slow handler to start")
+    last = expect_message(name="fast", to=to, where=lambda m: m.body == 3)
+    for i in (1, 2, 3):
+        # One dispatch per loop turn: each message leaves in a frame of its own.
+        await libproc.dispatch(sender, "one", to, "fast", i)
+    assert rt.frames_sent - before == 4
+    await within(last, "the last fast message to reach the runtime")
+    assert actor.events == ["slow:start"]
+    actor.release.set()
+    await within(actor.done.wait(), "the three fast messages")
+    assert actor.events == ["slow:start", "slow:end", 1, 2, 3]
+
+
+class Echo(Process):
+    """Answers ``ping`` with ``pong`` and counts how many it answered."""
+
+    def __init__(self) -> None:
+        super().__init__("echo")
+        self.answered = 0
+
+    @handler("ping")
+    def ping(self, sender: UPID, body: Any) -> None:
+        self.answered += 1
+        self.send(sender, "pong", body)
+
+
+async def test_request_reply_round_trips_in_order(rt: Runtime, rt2: Runtime) -> None:
+    """Replies sent by handlers that run straight from a read (held until the read is over and
+    then flushed) all arrive, in order, and each request was handled once."""
+    echo = Echo()
+    to = rt2.spawn(echo)
+    rec = Recorder()
+    me = rt.spawn(rec)
+    for i in range(200):
+        rt.send(to, "ping", i, sender=me)
+        if i % 3 == 0:
+            await asyncio.sleep(0)  # some pings share a frame, some go alone
+    await rec.wait_count(200)
+    assert rec.bodies("pong") == list(range(200))
+    assert echo.answered == 200
