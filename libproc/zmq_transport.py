@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 
 import zmq
+import zmq.backend
 from zmq.utils.monitor import parse_monitor_message
 
 from libproc.log import get_logger
@@ -33,6 +34,9 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+# The backend's send: zmq.Socket.send is a Python wrapper around it for draft-API arguments
+# (routing_id, group) that a DEALER never takes, and costs a microsecond a message.
+_send = zmq.backend.Socket.send
 _READ_BUDGET = 1024  # frames per readable callback, so one busy peer cannot starve the loop
 
 
@@ -72,6 +76,7 @@ class ZmqTransport:
         self._reading = False
         self._stopped = False
         self._frame_failures = 0
+        self._sources: dict[bytes, str] = {}  # routing id -> the address it declares
 
     def pending(self) -> int:
         return 0  # frames inside ZeroMQ are not visible
@@ -133,36 +138,47 @@ class ZmqTransport:
             events._read_end()  # type: ignore[union-attr]
 
     def _read(self, router: zmq.Socket, events: TransportEvents) -> None:
-        getsockopt = router.getsockopt
+        get = router.get
         recv = router.recv
+        sources = self._sources
         for _ in range(_READ_BUDGET):
             # Ask ZMQ_EVENTS rather than recv until zmq.Again: raising Again costs more than
             # handling a message, and reading EVENTS re-arms the edge-triggered fd the same way.
-            if not getsockopt(_EVENTS) & _POLLIN:
+            if not get(_EVENTS) & _POLLIN:
                 return
             try:
-                parts = [recv(_NOBLOCK)]
-                while getsockopt(_RCVMORE):
-                    parts.append(recv(_NOBLOCK))
+                # A ROUTER hands over the routing id and then at least one part (ZeroMQ has no
+                # empty messages, and the parts of one arrive together), so RCVMORE is only
+                # worth asking after the second part: whether a third follows.
+                ident = recv(_NOBLOCK)
+                frame = recv(_NOBLOCK)
+                extra = 0
+                while get(_RCVMORE):
+                    recv(_NOBLOCK)
+                    extra += 1
             except zmq.Again:
                 return
             except zmq.ZMQError as e:  # pragma: no cover - socket closed under us
                 log.warning("recv_failed", error=str(e))
                 return
-            if len(parts) != 2:
-                source = parts[0].decode("ascii", "replace") if parts else "?"
+            if extra:
                 events._on_bad_frame(
                     "bad_frames",
-                    source,
-                    f"expected 1 frame after the routing id, got {len(parts) - 1}",
+                    ident.decode("ascii", "replace"),
+                    f"expected 1 frame after the routing id, got {extra + 1}",
                 )
                 continue
+            source = sources.get(ident)
+            if source is None:
+                try:
+                    source = ident.decode("ascii")
+                except UnicodeDecodeError:
+                    source = ident.hex()
+                if len(sources) > 10_000:  # routing ids are the peers' to choose: bound them
+                    sources.clear()
+                sources[ident] = source
             try:
-                source = parts[0].decode("ascii")
-            except UnicodeDecodeError:
-                source = parts[0].hex()
-            try:
-                events._on_frame(source, parts[1])
+                events._on_frame(source, frame)
             except Exception as e:
                 # Nothing a frame holds may stop this loop: the fd is edge-triggered, so frames
                 # left unread after an escaping exception would never be read at all. The
@@ -173,7 +189,7 @@ class ZmqTransport:
                 events._on_bad_frame("internal_error", source, repr(e))
             if not self._reading:
                 return
-        if getsockopt(_EVENTS) & _POLLIN:
+        if get(_EVENTS) & _POLLIN:
             self._loop.call_soon(self._on_readable)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ sending
@@ -206,11 +222,11 @@ class ZmqTransport:
     def send(self, address: str, frame: bytes) -> bool:
         if self._stopped:
             return True  # dropped: a stopped runtime opens no new connections
-        peer = self._peer(address)
+        peer = self._peers.get(address) or self._peer(address)
         if peer.blocked:
             return False
         try:
-            peer.dealer.send(frame, zmq.NOBLOCK)
+            _send(peer.dealer, frame, _NOBLOCK)
             return True
         except zmq.Again:
             peer.blocked = True
