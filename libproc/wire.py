@@ -172,9 +172,17 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + struct.pack(">I", n)
 
 
+_MAGIC_ONE = MAGIC + _array_header(1)
+
+
 def encode_batch(packed: list[bytes]) -> bytes:
     """Join already-packed messages into one frame."""
+    if len(packed) == 1:
+        return _MAGIC_ONE + packed[0]  # a request or a reply: the common case, made cheap
     return b"".join((MAGIC, _array_header(len(packed)), *packed))
+
+
+_COPY_BELOW = 4096
 
 
 class BadMessage:
@@ -198,10 +206,10 @@ def decode_batch(frame: bytes) -> list[Any]:
     """
     if frame[:3] != MAGIC:
         raise DecodeError("bad_magic", f"frame does not start with {MAGIC!r}")
+    # A small frame is cheaper to copy than to wrap in a memoryview; a big one is not copied.
+    body = frame[3:] if len(frame) < _COPY_BELOW else memoryview(frame)[3:]
     try:
-        batch = msgpack.unpackb(
-            memoryview(frame)[3:], ext_hook=_ext_hook, raw=False, strict_map_key=False
-        )
+        batch = msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except (DecodeError, TypeError, ValueError) as e:
         return _decode_each(frame, e)
     except Exception as e:  # msgpack raises several types for truncated or garbage input
