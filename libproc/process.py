@@ -260,12 +260,32 @@ class Process:
         trip. Local sends keep going through :meth:`_deliver`: running those inline would nest
         a ping-pong pair's handlers until the stack ran out.
         """
-        if self._busy or self._state != _RUNNING:
+        fn = self._handlers.get(name)
+        if self._busy or self._state != _RUNNING or fn is None:
             self._deliver(sender, name, body)
             return
+        # What _drain would do with this one event, without the round trip through the mailbox.
         self._busy = True
-        self._mailbox.append((_MESSAGE, sender, name, body))
-        self._drain()
+        try:
+            result = fn(sender, body)
+        except Exception as exc:
+            self._failed((_MESSAGE, sender, name, body), exc)
+            result = None
+        if result is not None and inspect.isawaitable(result):
+            if self._overfull or self._writable_waiters:
+                self._check_marks()
+            self._task = self._runtime._loop.create_task(  # type: ignore[union-attr]
+                self._finish_async(result, (_MESSAGE, sender, name, body))
+            )
+            return
+        if self._state >= _TERMINATED:
+            return
+        if self._mailbox:  # the handler posted to its own actor (terminate, a timer, ...)
+            self._drain()
+            return
+        if self._overfull or self._writable_waiters:
+            self._check_marks()
+        self._busy = False
 
     def _drain(self) -> None:
         mailbox = self._mailbox

@@ -511,6 +511,30 @@ class Runtime:
         if self._peers.get(queue.address) is not queue:
             return  # the peer went down after this flush was scheduled
         msgs = queue.msgs
+        if msgs and queue.bytes <= self._batch_bytes:
+            # Everything fits in one frame: the usual case, a reply or a loop turn's burst.
+            frame = encode_batch(msgs)
+            if not self.transport.send(queue.address, frame):
+                queue.blocked = True
+                self.metrics.inc("libproc/send_blocked")
+                return
+            msgs.clear()
+            queue.bytes = 0
+            self.bytes_sent += len(frame)
+            self.frames_sent += 1
+        elif msgs:
+            self._flush_cut(queue)
+            if queue.blocked:
+                return
+        if queue.waiters:
+            for fut in queue.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            queue.waiters.clear()
+
+    def _flush_cut(self, queue: _OutQueue) -> None:
+        """Send a queue too big for one frame as frames of at most ``_batch_bytes`` each."""
+        msgs = queue.msgs
         send = self.transport.send
         cap = self._batch_bytes
         while msgs:
@@ -535,11 +559,6 @@ class Runtime:
             queue.bytes -= size
             self.bytes_sent += len(frame)
             self.frames_sent += 1
-        if queue.waiters:
-            for fut in queue.waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            queue.waiters.clear()
 
     async def wait_writable(self, to: UPID | str) -> None:
         """Wait until messages for ``to`` can be queued again (after a :class:`Backpressure`).
@@ -646,10 +665,11 @@ class Runtime:
         self._note_bad(kind, source, detail)
 
     def _on_frame(self, source: str, frame: bytes) -> None:
+        size = len(frame)
         self.frames_received += 1
-        self.bytes_received += len(frame)
-        if len(frame) > self.max_frame_size:
-            self._note_bad("oversize", source, f"{len(frame)} bytes > {self.max_frame_size}")
+        self.bytes_received += size
+        if size > self.max_frame_size:
+            self._note_bad("oversize", source, f"{size} bytes > {self.max_frame_size}")
             return
         try:
             batch = decode_batch(frame)
@@ -673,9 +693,11 @@ class Runtime:
             if type(to_id) is not str or type(sender_text) is not str or type(name) is not str:
                 self._note_bad("bad_message", source, "recipient, sender and name must be strings")
                 continue
-            if not to_id or "@" in to_id or "/" in to_id:
-                # Checked here so that building the recipient's UPID (for filters and system
-                # messages) cannot raise halfway through a frame.
+            # An id that names a live actor is well-formed (spawn made a UPID of it); any other
+            # is checked, so that building the recipient's UPID (for filters and system
+            # messages) cannot raise halfway through a frame.
+            proc = actors.get(to_id)
+            if proc is None and (not to_id or "@" in to_id or "/" in to_id):
                 self._note_bad("bad_message", source, f"bad recipient id {to_id!r}")
                 continue
             sender = upids.get(sender_text)
@@ -697,11 +719,10 @@ class Runtime:
             if name.startswith(_SYSTEM_PREFIX):
                 self._system(sender, to_id, name)
                 continue
-            if filters.active and filters.intercept(
-                sender, UPID(to_id, self.host, self.port), name, body
-            ):
-                continue
-            proc = actors.get(to_id)
+            if filters.active:
+                if filters.intercept(sender, UPID(to_id, self.host, self.port), name, body):
+                    continue
+                proc = actors.get(to_id)  # a filter's callback may have spawned it
             if proc is None:
                 self._note_bad("unknown_recipient", source, f"{name!r} for {to_id!r}")
                 continue
