@@ -141,10 +141,12 @@ class ZmqTransport:
         get = router.get
         recv = router.recv
         sources = self._sources
-        for _ in range(_READ_BUDGET):
-            # Ask ZMQ_EVENTS rather than recv until zmq.Again: raising Again costs more than
-            # handling a message, and reading EVENTS re-arms the edge-triggered fd the same way.
-            if not get(_EVENTS) & _POLLIN:
+        for i in range(_READ_BUDGET):
+            # We are called because the fd woke, which (the ROUTER never sends) is nearly always
+            # a frame arriving: try it straight away. After that, ask ZMQ_EVENTS rather than recv
+            # until zmq.Again: raising Again costs more than a message. Either way a look that
+            # finds nothing re-arms the edge-triggered fd (both process the socket's commands).
+            if i and not get(_EVENTS) & _POLLIN:
                 return
             try:
                 # A ROUTER hands over the routing id and then at least one part (ZeroMQ has no
