@@ -5,9 +5,11 @@ typed controllers (``CpuController.shares``, ``MemoryController.limit_in_bytes``
 and write the kernel's files with the right parsing (``-1`` is "unlimited", ``memory.stat`` is a
 dict). cgroupspy has no ``pids`` or ``freezer`` controller, builds whole trees eagerly and speaks
 bytes paths, so it is used only as that typed layer: each :class:`V1Cgroup` wraps one controller
-object bound to one directory, untyped files (``pids.max``, ``freezer.state``) go through
-cgroupspy's generic ``get_property``/``set_property``, and creating, removing and moving
-processes are plain ``mkdir``/``rmdir``/``cgroup.procs`` writes.
+object bound to one directory (built on first use), and the isolators read their statistics
+through it. What every container goes through — ``mkdir``, limit writes, ``cgroup.procs``,
+``freezer.state``, ``rmdir`` — is plain ``os.open``/``os.read``/``os.write`` on the files
+(:meth:`V1Cgroup.read`/:meth:`~V1Cgroup.write`): a task on a busy agent makes and removes a
+container, and cgroupspy's per-access ``open()`` and text parsing were most of its cost.
 
 **v2** (one unified tree, ``cgroup2``) has no library worth the name; :class:`V2Cgroup` reads and
 writes the unified files (``cpu.weight``, ``cpu.max``, ``memory.max``, ``memory.events``,
@@ -28,7 +30,7 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "Mounts",
@@ -106,6 +108,81 @@ def mounts(mountinfo: str = MOUNTINFO) -> Mounts:
     return Mounts(v1=v1, v1_writable=frozenset(writable), v2=v2, v2_writable=v2_writable)
 
 
+_READ_CHUNK = 65536
+
+
+def read_file(path: str) -> str:
+    """The whole of a (small, kernel-made) file, with plain syscalls: no buffered text layer,
+    which costs more than the read itself for cgroup files."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _READ_CHUNK)
+        if data:  # seq files may hand out less than asked: read on to EOF
+            chunks = [data]
+            while chunk := os.read(fd, _READ_CHUNK):
+                chunks.append(chunk)
+            if len(chunks) > 1:
+                data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data.decode()
+
+
+def write_file(path: str, value: object, create: bool = False) -> None:
+    """Write ``str(value)`` to ``path`` with plain syscalls (a cgroup file takes its value in
+    one ``write``; the loop only guards a short one). ``O_TRUNC`` costs next to nothing on
+    cgroupfs and keeps a regular file standing in for one (a test's fake tree) exact;
+    ``create`` also makes a missing file there, as ``open(path, "w")`` would."""
+    data = str(value).encode()
+    flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+        fd = os.open(path, flags | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _parse_pids(text: str) -> list[int]:
+    return [int(p) for p in text.split()]
+
+
+def parse_keyed(text: str, strict: bool = False) -> dict[str, int]:
+    """A flat keyed file (``memory.events``, ``cpu.stat``, ``memory.oom_control``): ``key
+    value`` per line. ``strict``: a malformed line raises ValueError (as cgroupspy's dict files
+    do) instead of being skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                if strict:
+                    raise
+        elif strict and parts:
+            raise ValueError(f"not a keyed line: {line!r}")
+    return out
+
+
+def make_dir(path: str) -> None:
+    """``mkdir`` of one cgroup whose parent normally exists (the agent's root, made by
+    ``recover``): one syscall; falls back to :func:`make_dirs` when the parent went away."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+    except FileNotFoundError:
+        make_dirs(Path(path))
+
+
 def make_dirs(path: Path) -> None:
     """``mkdir -p`` that tolerates another agent removing an empty shared parent (``mesa``)
     between our steps: try again a few times."""
@@ -177,7 +254,7 @@ def purge(root: str, where: Mounts | None = None, timeout: float = 5.0) -> list[
 
 def _procs_of(path: Path) -> list[int]:
     try:
-        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        return _parse_pids(read_file(os.path.join(path, "cgroup.procs")))
     except (OSError, ValueError):
         return []
 
@@ -197,49 +274,78 @@ def _kill_pids(pids: list[int] | set[int]) -> int:
 
 
 class V1Cgroup:
-    """One cgroup in one v1 hierarchy (``subsystem``), through a cgroupspy controller."""
+    """One cgroup in one v1 hierarchy (``subsystem``).
 
-    def __init__(self, subsystem: str, path: Path) -> None:
-        from cgroupspy.controllers import (
-            Controller,
-            CpuAcctController,
-            CpuController,
-            MemoryController,
-        )
-        from cgroupspy.nodes import Node
+    Files are read and written with plain syscalls; :attr:`controller` (cgroupspy's typed
+    controller for the subsystem, built on first use) is there for the statistics, which need
+    its parsing. Isolators make one per container and hierarchy at ``prepare`` and keep it
+    until ``cleanup``, so the path strings are built once.
+    """
 
-        typed: dict[str, Any] = {
-            "cpu": CpuController,
-            "cpuacct": CpuAcctController,
-            "memory": MemoryController,
-        }
+    _TYPED: ClassVar[dict[str, str]] = {
+        "cpu": "CpuController",
+        "cpuacct": "CpuAcctController",
+        "memory": "MemoryController",
+    }
+
+    def __init__(self, subsystem: str, path: Path | str) -> None:
         self.subsystem = subsystem
-        self.path = path
-        self.controller: Any = typed.get(subsystem, Controller)(Node(os.fsencode(path)))
+        self._dir = os.fspath(path)
+        self._path = path if isinstance(path, Path) else None
+        self._procs = self._dir + "/cgroup.procs"
+        self._controller: Any = None
 
     def __repr__(self) -> str:
-        return f"V1Cgroup({self.subsystem}:{self.path})"
+        return f"V1Cgroup({self.subsystem}:{self._dir})"
+
+    @property
+    def path(self) -> Path:
+        """The cgroup's directory (a Path made on first use: the hot path uses strings)."""
+        if self._path is None:
+            self._path = Path(self._dir)
+        return self._path
+
+    @property
+    def controller(self) -> Any:
+        """cgroupspy's controller for this directory (``CpuController``, ``MemoryController``
+        …; the generic ``Controller`` for the others)."""
+        if self._controller is None:
+            from cgroupspy import controllers
+            from cgroupspy.nodes import Node
+
+            cls = getattr(controllers, self._TYPED.get(self.subsystem, "Controller"))
+            self._controller = cls(Node(os.fsencode(self._dir)))
+        return self._controller
+
+    def file(self, name: str) -> str:
+        """The path of one of this cgroup's files."""
+        return os.path.join(self._dir, name)
 
     def exists(self) -> bool:
-        return self.path.is_dir()
+        return os.path.isdir(self._dir)
 
     def create(self) -> None:
-        make_dirs(self.path)
+        make_dir(self._dir)
 
     def read(self, name: str) -> str:
-        return str(self.controller.get_property(os.fsencode(name)))
+        """A file's content, stripped (as cgroupspy's ``get_property`` returns it)."""
+        return read_file(os.path.join(self._dir, name)).strip()
+
+    def read_keyed(self, name: str) -> dict[str, int]:
+        """A keyed file (``memory.oom_control``); ValueError when it is not one."""
+        return parse_keyed(read_file(os.path.join(self._dir, name)), strict=True)
 
     def write(self, name: str, value: object) -> None:
-        self.controller.set_property(os.fsencode(name), value)
+        write_file(os.path.join(self._dir, name), value)
 
     def procs(self) -> list[int]:
         try:
-            return list(self.controller.procs)
+            return _parse_pids(read_file(self._procs))
         except FileNotFoundError:
             return []
 
     def add(self, pid: int) -> None:
-        self.write("cgroup.procs", pid)
+        write_file(self._procs, pid)
 
     def sweep(self) -> int:
         """SIGKILL every process in the cgroup once; returns how many were signalled."""
@@ -247,7 +353,7 @@ class V1Cgroup:
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self.path)
+            os.rmdir(self._dir)
 
     # freezer ------------------------------------------------------------------------
 
@@ -258,30 +364,47 @@ class V1Cgroup:
         self.write("freezer.state", "THAWED")
 
     def freezer_state(self) -> str:
-        return self.read("freezer.state").strip()
+        return self.read("freezer.state")
 
 
 class V2Cgroup:
-    """One cgroup of the unified (v2) tree; plain reads and writes of its interface files."""
+    """One cgroup of the unified (v2) tree; plain reads and writes of its interface files.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Writes create a missing file (``open(…, "w")`` semantics) so that the isolators' file
+    logic runs against a fake tree of regular files; the kernel refuses that on cgroupfs, as
+    it always did. ``cgroup.kill`` and ``cgroup.freeze`` are only ever written when present.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self._dir = os.fspath(path)
+        self._path = path if isinstance(path, Path) else None
+        self._procs = self._dir + "/cgroup.procs"
 
     def __repr__(self) -> str:
-        return f"V2Cgroup({self.path})"
+        return f"V2Cgroup({self._dir})"
+
+    @property
+    def path(self) -> Path:
+        """The cgroup's directory (a Path made on first use: the hot path uses strings)."""
+        if self._path is None:
+            self._path = Path(self._dir)
+        return self._path
+
+    def file(self, name: str) -> str:
+        """The path of one of this cgroup's files."""
+        return os.path.join(self._dir, name)
 
     def exists(self) -> bool:
-        return self.path.is_dir()
+        return os.path.isdir(self._dir)
 
     def create(self) -> None:
-        make_dirs(self.path)
+        make_dir(self._dir)
 
     def read(self, name: str) -> str:
-        return (self.path / name).read_text()
+        return read_file(os.path.join(self._dir, name))
 
     def write(self, name: str, value: object) -> None:
-        with open(self.path / name, "w") as f:
-            f.write(str(value))
+        write_file(os.path.join(self._dir, name), value, create=True)
 
     def read_int(self, name: str) -> int | None:
         """An integer file, with ``max`` as None."""
@@ -289,22 +412,16 @@ class V2Cgroup:
 
     def read_keyed(self, name: str) -> dict[str, int]:
         """A flat keyed file (``memory.events``, ``cpu.stat``, ``cgroup.events``)."""
-        out: dict[str, int] = {}
-        for line in self.read(name).splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                with contextlib.suppress(ValueError):
-                    out[parts[0]] = int(parts[1])
-        return out
+        return parse_keyed(self.read(name))
 
     def procs(self) -> list[int]:
         try:
-            return [int(p) for p in self.read("cgroup.procs").split()]
+            return _parse_pids(read_file(self._procs))
         except FileNotFoundError:
             return []
 
     def add(self, pid: int) -> None:
-        self.write("cgroup.procs", pid)
+        write_file(self._procs, pid, create=True)
 
     def populated(self) -> bool:
         """From ``cgroup.events`` (which also counts descendants), else from ``cgroup.procs``."""
@@ -315,27 +432,29 @@ class V2Cgroup:
 
     def kill(self) -> None:
         """Kill everything in the cgroup and its descendants at once: ``cgroup.kill`` (Linux
-        5.14+) is atomic against forks. Older kernels: freeze, SIGKILL each, thaw."""
-        if (self.path / "cgroup.kill").exists():
-            try:
-                self.write("cgroup.kill", 1)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
+        5.14+) is atomic against forks. Older kernels: freeze, SIGKILL each, thaw. Nothing to
+        do when the cgroup is gone (each step then finds no file)."""
+        try:
+            write_file(os.path.join(self._dir, "cgroup.kill"), 1)
+            return
+        except FileNotFoundError:
+            pass  # no cgroup.kill (or no cgroup)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        freeze = os.path.join(self._dir, "cgroup.freeze")
         frozen = False
-        if (self.path / "cgroup.freeze").exists():
-            with contextlib.suppress(OSError):
-                self.write("cgroup.freeze", 1)
-                frozen = True
+        with contextlib.suppress(OSError):
+            write_file(freeze, 1)
+            frozen = True
         _kill_pids(self.procs())
         if frozen:
             with contextlib.suppress(OSError):
-                self.write("cgroup.freeze", 0)
+                write_file(freeze, 0)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self.path)
+            os.rmdir(self._dir)
 
     def enable(self, controllers: set[str] | list[str], mount: Path) -> None:
         """Enable ``controllers`` in ``cgroup.subtree_control`` from the mount root down to

@@ -35,7 +35,7 @@ import contextlib
 import errno
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from libproc import Timer
 from mesa.isolators import cgroupfs
@@ -66,6 +66,14 @@ _FREEZE_WAIT = 0.1  # how long to wait for FROZEN before killing anyway (a task 
 # in an OOM wait may never freeze; SIGKILL reaches it regardless)
 
 
+class _Groups(NamedTuple):
+    """One container's cgroup objects in one isolator."""
+
+    v1: dict[str, V1Cgroup]  # per subsystem (v1); empty on v2
+    distinct: list[V1Cgroup | V2Cgroup]  # one per directory: what mkdir, procs and rmdir use
+    v2: V2Cgroup | None  # the unified cgroup (v2)
+
+
 class CgroupsIsolator(Isolator):
     """Shared machinery: a cgroup per container in each hierarchy this isolator uses.
 
@@ -87,6 +95,10 @@ class CgroupsIsolator(Isolator):
     ) -> None:
         super().__init__(options, id=id)
         self.mounts = mounts if mounts is not None else cgroupfs.mounts()
+        # Each held container's cgroup objects, from prepare (or recover, for an orphan) to
+        # cleanup: hooks run several times per container and would otherwise rebuild them.
+        self._groups: dict[str, _Groups] = {}
+        self._bases: dict[str, str] | None = None
         if version is None:
             version, why = self.choose(self.mounts)
             if version is None:
@@ -152,22 +164,52 @@ class CgroupsIsolator(Isolator):
             seen.setdefault(mount, mount / rel)
         return list(seen.items())
 
+    def _groups_of(self, container_id: str) -> _Groups:
+        """The container's cgroup objects: cached while the isolator holds the container
+        (``_known``, from ``_run_prepare`` or ``recover`` until ``cleanup``), built afresh for
+        any other id so that a late or stray call cannot leave an entry behind."""
+        groups = self._groups.get(container_id)
+        if groups is None:
+            groups = self._build(container_id)
+            if container_id in self._known:
+                self._groups[container_id] = groups
+        return groups
+
+    def _build(self, container_id: str) -> _Groups:
+        if self._bases is None:
+            # ``<mount>/<root>/`` per subsystem (v2: under "") as strings, made once: the
+            # container paths are then one concatenation each.
+            rel = self.options.root
+            if self.version == 2:
+                assert self.mounts.v2 is not None
+                self._bases = {"": os.path.join(self.mounts.v2, rel, "")}
+            else:
+                self._bases = {
+                    s: os.path.join(self.mounts.v1[s], rel, "") for s in self.v1_subsystems
+                }
+        if self.version == 2:
+            cg = V2Cgroup(self._bases[""] + container_id)
+            return _Groups({}, [cg], cg)
+        v1: dict[str, V1Cgroup] = {}
+        distinct: dict[str, V1Cgroup] = {}  # by hierarchy: co-mounted subsystems share one
+        for s, base in self._bases.items():
+            v1[s] = group = V1Cgroup(s, base + container_id)
+            distinct.setdefault(base, group)
+        return _Groups(v1, list(distinct.values()), None)
+
     def _v1(self, container_id: str) -> dict[str, V1Cgroup]:
-        rel = self.options.root
-        return {s: V1Cgroup(s, self.mounts.v1[s] / rel / container_id) for s in self.v1_subsystems}
+        """Per v1 subsystem (co-mounted ones get one object each, on the same directory, so
+        each keeps its typed cgroupspy controller)."""
+        return self._groups_of(container_id).v1
 
     def _v2(self, container_id: str) -> V2Cgroup:
-        assert self.mounts.v2 is not None
-        return V2Cgroup(self.mounts.v2 / self.options.root / container_id)
+        cg = self._groups_of(container_id).v2
+        assert cg is not None
+        return cg
 
     def _distinct(self, container_id: str) -> list[V1Cgroup | V2Cgroup]:
         """One object per directory (co-mounted v1 controllers share one)."""
-        if self.version == 2:
-            return [self._v2(container_id)]
-        out: dict[Path, V1Cgroup] = {}
-        for cg in self._v1(container_id).values():
-            out.setdefault(cg.path, cg)
-        return list(out.values())
+        return self._groups_of(container_id).distinct
 
     def cgroup_paths(self, container_id: str) -> list[Path]:
         """Where this container's cgroups are (for operators and tests)."""
@@ -219,21 +261,38 @@ class CgroupsIsolator(Isolator):
         return out
 
     async def kill(self, container_id: str) -> None:
+        # No existence check: a cgroup that is gone has no files, and both kills then do nothing.
         for cg in self._distinct(container_id):
             if isinstance(cg, V2Cgroup):
-                if cg.exists():
-                    cg.kill()
+                cg.kill()
             else:
                 cg.sweep()
 
     async def cleanup(self, container_id: str) -> None:
         """Remove the container's cgroups, once they are empty (killing stragglers meanwhile)."""
+        try:
+            await self._remove(container_id)
+        finally:
+            self._groups.pop(container_id, None)
+
+    async def _remove(self, container_id: str) -> None:
+        # Usually the containerizer has already seen the container empty: try rmdir first,
+        # which the kernel refuses (EBUSY) while a process is inside, so reading cgroup.procs
+        # beforehand would only confirm what it checks anyway.
+        busy: list[V1Cgroup | V2Cgroup] = []
+        for cg in self._distinct(container_id):
+            try:
+                cg.remove()
+            except OSError:
+                busy.append(cg)
+        if not busy:
+            return
         if not await self._wait_empty(container_id, self.options.kill_wait):
             left = sorted(await self.pids(container_id))
             self.log.warning("cgroup_not_empty", container_id=container_id, pids=left)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.kill_wait
-        for cg in self._distinct(container_id):
+        for cg in busy:
             while True:
                 try:
                     cg.remove()
@@ -246,6 +305,7 @@ class CgroupsIsolator(Isolator):
                     await asyncio.sleep(0.01)
 
     async def teardown(self) -> None:
+        self._groups.clear()
         for mount, root in self._roots():
             cgroupfs.remove_tree_upwards(root, mount)
 
@@ -285,11 +345,11 @@ class CgroupsCpuIsolator(CgroupsIsolator):
         period = self.options.cgroups_cfs_period_us
         quota = max(1000, int(period * cpus))
         if self.version == 1:
-            cpu = self._v1(container_id)["cpu"].controller
-            cpu.shares = shares
+            cpu = self._v1(container_id)["cpu"]
+            cpu.write("cpu.shares", shares)
             if self.options.cgroups_enable_cfs:
-                cpu.cfs_period_us = period
-                cpu.cfs_quota_us = quota
+                cpu.write("cpu.cfs_period_us", period)
+                cpu.write("cpu.cfs_quota_us", quota)
         else:
             cg = self._v2(container_id)
             cg.write("cpu.weight", cpu_weight(shares))
@@ -343,22 +403,31 @@ class CgroupsMemIsolator(CgroupsIsolator):
         self._limit: dict[str, int] = {}
         self._eventfds: dict[str, tuple[int, int]] = {}  # container -> (eventfd, oom_control fd)
         self._timer: Timer | None = None
+        # Whether the kernel accounts swap (v1 memory.memsw.*, v2 memory.swap.max): the same
+        # for every cgroup of the hierarchy, so looked up once, in the first container.
+        self._swap: bool | None = None
 
     def _memory(self, container_id: str) -> Any:
+        """cgroupspy's typed memory controller (statistics)."""
         return self._v1(container_id)["memory"].controller
+
+    def _has_swap(self, cg: V1Cgroup | V2Cgroup) -> bool:
+        if self._swap is None:
+            name = "memory.memsw.limit_in_bytes" if self.version == 1 else "memory.swap.max"
+            self._swap = os.path.exists(cg.file(name))
+        return self._swap
 
     async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         for cg in self._distinct(container_id):
             cg.create()
         if self.version == 1:
-            memory = self._memory(container_id)
             # Stall at the limit instead of killing: we end the container, and say why.
-            memory.oom_control = True
+            self._v1(container_id)["memory"].write("memory.oom_control", 1)
             self._listen_for_oom(container_id)
         else:
             cg = self._v2(container_id)
             cg.write("memory.oom.group", 1)
-            if (cg.path / "memory.swap.max").exists():
+            if self._has_swap(cg):
                 cg.write("memory.swap.max", 0)  # the limit is hard: no escape into swap
         self._apply(container_id, config.resources, initial=True)
         self._arm_poll()
@@ -372,21 +441,19 @@ class CgroupsMemIsolator(CgroupsIsolator):
         if not initial and current is not None and limit <= current:
             # Never shrink the hard limit under a running container: it could OOM on the spot.
             if self.version == 1:
-                self._memory(container_id).soft_limit_in_bytes = limit
+                self._v1(container_id)["memory"].write("memory.soft_limit_in_bytes", limit)
             return
         self._limit[container_id] = limit
         if self.version == 1:
-            memory = self._memory(container_id)
-            has_memsw = self._v1(container_id)["memory"].path.joinpath(
-                "memory.memsw.limit_in_bytes"
-            )
+            memory = self._v1(container_id)["memory"]
+            memsw = self._has_swap(memory)
             # memsw must stay >= limit: raise it first when raising, set it last when new.
-            if not initial and has_memsw.exists():
-                memory.memsw_limit_in_bytes = limit
-            memory.limit_in_bytes = limit
-            memory.soft_limit_in_bytes = limit
-            if initial and has_memsw.exists():
-                memory.memsw_limit_in_bytes = limit
+            if not initial and memsw:
+                memory.write("memory.memsw.limit_in_bytes", limit)
+            memory.write("memory.limit_in_bytes", limit)
+            memory.write("memory.soft_limit_in_bytes", limit)
+            if initial and memsw:
+                memory.write("memory.memsw.limit_in_bytes", limit)
         else:
             self._v2(container_id).write("memory.max", limit)
         self.log.debug("memory_limit", container_id=container_id, bytes=limit)
@@ -403,7 +470,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
             self.log.info("oom_eventfd_unavailable", error=repr(e))
             return
         try:
-            ofd = os.open(cg.path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            ofd = os.open(cg.file("memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 cg.write("cgroup.event_control", f"{efd} {ofd}")
             except OSError:
@@ -462,27 +529,29 @@ class CgroupsMemIsolator(CgroupsIsolator):
         limit = self._limit.get(container_id)
         try:
             if self.version == 1:
-                memory = self._memory(container_id)
+                cg = self._v1(container_id)["memory"]
                 hit = False
                 try:
-                    oom = memory.oom_control
+                    # Read directly: the poller asks for every held container twice a second.
+                    oom = cg.read_keyed("memory.oom_control")
                     hit = bool(oom.get("under_oom") or oom.get("oom_kill"))
-                except (OSError, AttributeError, ValueError):
+                except (OSError, ValueError):
+                    memory = cg.controller
                     peak = memory.max_usage_in_bytes or 0
                     hit = bool(memory.failcnt) and limit is not None and peak >= limit - 65536
                 if not hit:
                     return None
-                peak = memory.max_usage_in_bytes or 0
+                peak = cg.controller.max_usage_in_bytes or 0
             else:
-                cg = self._v2(container_id)
-                events = cg.read_keyed("memory.events")
+                v2 = self._v2(container_id)
+                events = v2.read_keyed("memory.events")
                 if not (events.get("oom_kill") or events.get("oom_group_kill")):
                     if not events.get("oom"):
                         return None
                 try:
-                    peak = cg.read_int("memory.peak") or 0
+                    peak = v2.read_int("memory.peak") or 0
                 except OSError:
-                    peak = cg.read_int("memory.current") or 0
+                    peak = v2.read_int("memory.current") or 0
         except OSError:
             return None
         requested = f"{limit // _MB}MB" if limit else "unknown"
@@ -583,7 +652,7 @@ class CgroupsFreezerIsolator(CgroupsIsolator):
             await super().kill(container_id)
             return
         cg = self._v1(container_id)["freezer"]
-        if not cg.exists() or not cg.procs():
+        if not cg.procs():  # empty, or gone (no cgroup.procs to read)
             return
         try:
             cg.freeze()

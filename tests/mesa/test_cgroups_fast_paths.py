@@ -1,0 +1,297 @@
+"""The cgroups isolators' per-container fast paths: cached cgroup objects, plain-syscall file
+access, swap accounting looked up once, rmdir before polling.
+
+Every task on a cgroups agent makes a container, so these hooks run thousands of times; the
+tests pin down that the shortcuts keep the behaviour: objects live exactly from prepare to
+cleanup, co-mounted v1 controllers share a directory, limits land in the kernel's files, a
+busy cgroup is still emptied before it is removed, and orphans are still swept by ``recover``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import running, wait_until
+from isolation_support import need_cgroups, unique_root
+
+from libproc import Runtime
+from mesa.isolators import ContainerConfig, IsolationOptions, Isolator, cgroupfs
+from mesa.isolators.cgroupfs import Mounts, V1Cgroup, V2Cgroup
+from mesa.isolators.cgroups import (
+    CgroupsCpuIsolator,
+    CgroupsFreezerIsolator,
+    CgroupsMemIsolator,
+    CgroupsPidsIsolator,
+)
+from mesa.resources import Resources
+
+MB = 1024 * 1024
+
+
+class Bed:
+    """A runtime hosting isolators, called as the containerizer calls them (by dispatch)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def add(self, isolator: Isolator) -> Any:
+        self.rt.spawn(isolator)
+        return isolator
+
+    async def call(self, isolator: Isolator, method: str, *args: Any) -> Any:
+        return await self.rt.dispatch(isolator.pid, getattr(isolator, method), *args)
+
+
+@pytest.fixture
+async def bed() -> AsyncIterator[Bed]:
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        yield Bed(rt)
+    finally:
+        await rt.stop()
+
+
+@pytest.fixture
+def blocked() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes that wait on stdin (close it to let one exit); all killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def start(procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    procs.append(proc)
+    return proc
+
+
+def config(tmp_path: Path, cid: str, resources: str) -> ContainerConfig:
+    return ContainerConfig(cid, tmp_path / "sandbox", Resources.parse(resources))
+
+
+def fake_v2(tmp_path: Path) -> Mounts:
+    root = tmp_path / "cgroup2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return Mounts(v2=root, v2_writable=True)
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def test_read_file_reads_to_the_end_and_write_file_replaces(tmp_path: Path):
+    big = tmp_path / "big"
+    text = "\n".join(str(i) for i in range(40_000))  # several read chunks
+    big.write_text(text)
+    assert cgroupfs.read_file(str(big)) == text
+    with pytest.raises(FileNotFoundError):
+        cgroupfs.read_file(str(tmp_path / "missing"))
+
+    target = tmp_path / "value"
+    with pytest.raises(FileNotFoundError):
+        cgroupfs.write_file(str(target), 1)  # the kernel's files exist; no creating by default
+    cgroupfs.write_file(str(target), 123456, create=True)
+    cgroupfs.write_file(str(target), 7)
+    assert target.read_text() == "7"  # truncated, as open(..., "w") did
+
+
+def test_parse_keyed_is_strict_only_when_asked():
+    text = "oom_kill_disable 1\nunder_oom 0\noom_kill 2\n"
+    assert cgroupfs.parse_keyed(text, strict=True) == {
+        "oom_kill_disable": 1,
+        "under_oom": 0,
+        "oom_kill": 2,
+    }
+    assert cgroupfs.parse_keyed("populated 1\nodd\n") == {"populated": 1}
+    with pytest.raises(ValueError):
+        cgroupfs.parse_keyed("0\n", strict=True)  # an old kernel's bare flag
+
+
+def test_cgroup_objects_keep_path_and_typed_controller(tmp_path: Path):
+    cg = V1Cgroup("memory", str(tmp_path / "c1"))
+    assert cg.path == tmp_path / "c1" and isinstance(cg.path, Path)
+    assert type(cg.controller).__name__ == "MemoryController"
+    assert cg.controller is cg.controller  # built once
+    assert type(V1Cgroup("freezer", tmp_path).controller).__name__ == "Controller"
+    assert not cg.exists() and cg.procs() == [] and cg.sweep() == 0
+    cg.remove()  # gone already: nothing to do
+    v2 = V2Cgroup(tmp_path / "gone")
+    v2.kill()  # no cgroup.kill, no cgroup.freeze, no procs: nothing happens
+    assert not v2.exists()
+
+
+# ------------------------------------------------------------------------------- the cache
+
+
+async def test_objects_are_cached_from_prepare_to_cleanup(bed: Bed, tmp_path: Path):
+    mounts = fake_v2(tmp_path)
+    options = IsolationOptions(cgroups_root="mesa/agent")
+    pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+    await bed.call(pids, "recover", set())
+    # Not held: built afresh every time, never remembered.
+    assert pids._distinct("nope") is not pids._distinct("nope")
+    assert pids._groups == {}
+
+    await bed.call(pids, "_run_prepare", "c1", config(tmp_path, "c1", "pids:10"))
+    cg = pids._distinct("c1")[0]
+    assert pids._distinct("c1")[0] is cg and pids._v2("c1") is cg
+    assert (cg.path / "pids.max").read_text() == "10"
+    await bed.call(pids, "update", "c1", Resources.parse("pids:20"))
+    assert (cg.path / "pids.max").read_text() == "20"
+    assert pids.cgroup_paths("c1") == [mounts.v2 / "mesa" / "agent" / "c1"]  # type: ignore[operator]
+
+    (cg.path / "pids.max").unlink()  # a fake tree's files would keep rmdir from working
+    await bed.call(pids, "_run_cleanup", "c1")
+    assert "c1" not in pids._groups and not cg.path.exists()
+    assert await bed.call(pids, "pids", "c1") == set()
+    assert pids._groups == {}
+
+
+def test_co_mounted_v1_controllers_share_one_directory(tmp_path: Path):
+    both = tmp_path / "cpu,cpuacct"
+    mounts = Mounts(v1={"cpu": both, "cpuacct": both}, v1_writable=frozenset({"cpu", "cpuacct"}))
+    cpu = CgroupsCpuIsolator(IsolationOptions(cgroups_root="mesa/a"), mounts=mounts)
+    assert cpu.version == 1
+    cpu._known.add("c1")
+    groups = cpu._v1("c1")
+    assert groups["cpu"].path == groups["cpuacct"].path == both / "mesa" / "a" / "c1"
+    # One object each (typed controllers for usage), one directory for mkdir, procs and rmdir.
+    assert type(groups["cpu"].controller).__name__ == "CpuController"
+    assert type(groups["cpuacct"].controller).__name__ == "CpuAcctController"
+    assert cpu._distinct("c1") == [groups["cpu"]]
+    assert cpu.cgroup_paths("c1") == [both / "mesa" / "a" / "c1"]
+    assert cpu._v1("c1") is groups
+
+
+async def test_swap_is_looked_up_once_per_isolator(bed: Bed, tmp_path: Path):
+    mounts = fake_v2(tmp_path)
+    mem = bed.add(CgroupsMemIsolator(IsolationOptions(cgroups_root="mesa/m"), mounts=mounts))
+    await bed.call(mem, "recover", set())
+    root = mounts.v2 / "mesa" / "m"  # type: ignore[operator]
+    (root / "c1").mkdir()
+    (root / "c1" / "memory.swap.max").write_text("max")
+    await bed.call(mem, "_run_prepare", "c1", config(tmp_path, "c1", "mem:64"))
+    assert (root / "c1" / "memory.swap.max").read_text() == "0"
+    assert mem._swap is True
+    # Later containers trust the first answer (a fake tree has no file until written).
+    await bed.call(mem, "_run_prepare", "c2", config(tmp_path, "c2", "mem:64"))
+    assert (root / "c2" / "memory.swap.max").read_text() == "0"
+    assert (root / "c2" / "memory.max").read_text() == str(64 * MB)
+
+
+# ------------------------------------------------------------------------------- real kernel
+
+
+async def test_v1_lifecycle_on_the_kernel(bed: Bed, tmp_path: Path, blocked: list[Any]):
+    mounts = need_cgroups(
+        CgroupsFreezerIsolator, CgroupsCpuIsolator, CgroupsMemIsolator, CgroupsPidsIsolator
+    )
+    if any(
+        c.choose(mounts)[0] != 1
+        for c in (CgroupsFreezerIsolator, CgroupsCpuIsolator, CgroupsMemIsolator)
+    ):
+        pytest.skip("needs the v1 hierarchies")
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, cgroups_enable_cfs=True)
+        isolators = [
+            bed.add(cls(options, mounts=mounts))
+            for cls in (
+                CgroupsFreezerIsolator,
+                CgroupsCpuIsolator,
+                CgroupsMemIsolator,
+                CgroupsPidsIsolator,
+            )
+        ]
+        freezer, cpu, mem, pids = isolators
+        for isolator in isolators:
+            await bed.call(isolator, "recover", set())
+        for round in range(3):  # the later rounds run on what the first one looked up
+            cid = f"c{round}"
+            cfg = config(tmp_path, cid, "cpus:0.5;mem:64;pids:50")
+            for isolator in isolators:
+                await bed.call(isolator, "_run_prepare", cid, cfg)
+            proc = start(blocked)
+            for isolator in isolators:
+                await bed.call(isolator, "isolate", cid, proc.pid)
+            for isolator in isolators:
+                assert await bed.call(isolator, "pids", cid) == {proc.pid}
+                for path in isolator.cgroup_paths(cid):
+                    assert (path / "cgroup.procs").read_text().split() == [str(proc.pid)]
+            cpu_dir = mounts.v1["cpu"] / root / cid
+            mem_dir = mounts.v1["memory"] / root / cid
+            assert (cpu_dir / "cpu.shares").read_text().strip() == "512"
+            assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
+            assert (mem_dir / "memory.limit_in_bytes").read_text().strip() == str(64 * MB)
+            assert (mem_dir / "memory.soft_limit_in_bytes").read_text().strip() == str(64 * MB)
+            assert "oom_kill_disable 1" in (mem_dir / "memory.oom_control").read_text()
+            assert mem._swap == (mem_dir / "memory.memsw.limit_in_bytes").exists()
+            assert cid in mem._eventfds
+            pids_dir = mounts.v1["pids"] / root / cid
+            assert (pids_dir / "pids.max").read_text().strip() == "50"
+            usage = await bed.call(pids, "usage", cid)
+            assert usage["processes"] == 1 and usage["pids_limit"] == 50
+            await bed.call(mem, "update", cid, Resources.parse("mem:128"))
+            assert (mem_dir / "memory.limit_in_bytes").read_text().strip() == str(128 * MB)
+            assert await bed.call(mem, "check", cid) is None
+            usage = await bed.call(mem, "usage", cid)
+            assert usage["mem_limit_bytes"] == 128 * MB
+            assert "cpus_time_secs" in await bed.call(cpu, "usage", cid)
+
+            if round == 0:
+                # Destroy: the freezer kills what is still running.
+                await bed.call(freezer, "kill", cid)
+                await wait_until(lambda p=proc: p.poll() is not None)
+            else:
+                proc.stdin.close()  # type: ignore[union-attr]
+                proc.wait()
+            for isolator in isolators:
+                await bed.call(isolator, "kill", cid)
+                await bed.call(isolator, "_run_cleanup", cid)
+            for isolator in isolators:
+                assert cid not in isolator._groups
+                assert not any(p.exists() for p in isolator.cgroup_paths(cid))
+            assert cid not in mem._eventfds
+
+
+async def test_cleanup_of_a_busy_cgroup_still_empties_it(bed: Bed, blocked: list[Any]):
+    mounts = need_cgroups(CgroupsFreezerIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, kill_wait=5.0)
+        freezer = bed.add(CgroupsFreezerIsolator(options, mounts=mounts))
+        await bed.call(freezer, "recover", set())
+        await bed.call(freezer, "_run_prepare", "c1", config(Path("/tmp"), "c1", "cpus:1"))
+        proc = start(blocked)
+        await bed.call(freezer, "isolate", "c1", proc.pid)
+        path = freezer.cgroup_paths("c1")[0]
+        # rmdir is refused while it runs: cleanup falls back to killing and waiting.
+        await bed.call(freezer, "_run_cleanup", "c1")
+        assert proc.wait(timeout=5) is not None
+        assert not path.exists() and freezer._groups == {}
+
+
+async def test_recover_sweeps_orphans_it_never_cached(bed: Bed, blocked: list[Any]):
+    mounts = need_cgroups(CgroupsFreezerIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        first = bed.add(CgroupsFreezerIsolator(options, mounts=mounts))
+        await bed.call(first, "recover", set())
+        await bed.call(first, "_run_prepare", "old", config(Path("/tmp"), "old", "cpus:1"))
+        proc = start(blocked)
+        await bed.call(first, "isolate", "old", proc.pid)
+        path = first.cgroup_paths("old")[0]
+        # A new agent (a fresh isolator: nothing cached) finds the cgroup and sweeps it.
+        second = bed.add(CgroupsFreezerIsolator(options, mounts=mounts))
+        assert second._groups == {}
+        await bed.call(second, "recover", set())
+        assert proc.wait(timeout=5) is not None and not running(proc.pid)
+        assert not path.exists() and second._groups == {}
+        first._known.discard("old")  # it is gone; the first isolator must not try again
+        first._groups.clear()
