@@ -3,8 +3,10 @@
 A posix container is the executor's session: the containerizer starts it with
 ``start_new_session=True``, so its pid is also its session and process-group id, and everything
 it forks stays in the session unless it calls ``setsid`` itself. :func:`session_pids` finds the
-container's processes from that (the process tree, the session, the process group); a process
-that leaves the session *and* is re-parented away escapes it, which is why cgroups exist.
+container's processes from that (the process tree and the session); a process that leaves the
+session *and* is re-parented away escapes it, which is why cgroups exist. The containerizer itself
+scans and kills a container's session when it ends, so these isolators do neither (a ``pids`` of
+their own would only repeat the same scan): they measure.
 
 * ``posix/cpu``: cpu time of those processes (psutil), including reaped children's.
 * ``posix/mem``: their resident memory; and, since nothing else enforces it, a poller that ends a
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from typing import Any
 
 import psutil
@@ -39,17 +40,28 @@ __all__ = ["PosixCpuIsolator", "PosixMemIsolator", "session_pids"]
 _MB = 1024 * 1024
 
 
-def session_pids(leader: int) -> set[int]:
-    """Every live pid of the container led by ``leader``: its descendants, its session, its
-    process group. Never this process or init."""
+def session_pids(leader: int, leader_alive: bool = True) -> set[int]:
+    """Every live pid of the container led by ``leader``: its descendants (while it lives) and
+    its session. Never this process or init.
+
+    One ``getsid`` per process on the machine: a process group never spans sessions, so the
+    session holds the leader's group too, and a second ``getpgid`` per process would find
+    nothing more. This scan runs for every container that ends, so it is kept to that (and
+    ``leader_alive=False``, for a leader already reaped, skips looking for its descendants).
+    """
     pids: set[int] = set()
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(leader)
-        pids.add(leader)
-        pids.update(child.pid for child in root.children(recursive=True))
-    for pid in psutil.pids():
+    if leader_alive:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(leader)
+            pids.add(leader)
+            pids.update(child.pid for child in root.children(recursive=True))
+    getsid = os.getsid
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
         try:
-            if os.getsid(pid) == leader or os.getpgid(pid) == leader:
+            if getsid(pid) == leader:
                 pids.add(pid)
         except OSError:
             continue
@@ -66,20 +78,6 @@ class _PosixBase(Isolator):
 
     async def isolate(self, container_id: str, pid: int) -> None:
         self._leaders[container_id] = pid
-
-    async def pids(self, container_id: str) -> set[int]:
-        leader = self._leaders.get(container_id)
-        return session_pids(leader) if leader is not None else set()
-
-    async def kill(self, container_id: str) -> None:
-        leader = self._leaders.get(container_id)
-        if leader is None:
-            return
-        with contextlib.suppress(OSError):
-            os.killpg(leader, signal.SIGKILL)
-        for pid in session_pids(leader):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
 
     def _processes(self, container_id: str) -> list[psutil.Process]:
         """The container's processes, reusing psutil objects (psutil checks a reused pid is
