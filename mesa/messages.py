@@ -511,6 +511,16 @@ class DestroyContainer:
     container_id: str
 
 
+@message("containerizer.Signal")
+class SignalContainer:
+    """Send ``signal`` to the container's process group (its leader's session): the polite
+    first half of a kill with a grace period. DestroyContainer is the other half."""
+
+    NAME: ClassVar[str]
+    container_id: str
+    signal: int
+
+
 @message("containerizer.Terminated")
 class ContainerTerminated:
     """The container's executor process ended and every process of the container is gone.

@@ -1,57 +1,71 @@
-"""The executor zygote: command executors forked from a warm process instead of started cold.
+"""The zygote: the agent's process starter. Containers are started by it, not by the agent.
 
-Why. A command executor started as ``python -m mesa.command_executor`` spends ~100-130 ms of CPU
-(300 ms of wall time on a busy two-core machine) starting an interpreter and importing asyncio,
-uvloop, ZeroMQ, structlog, msgpack, libproc and mesa — before it runs one instruction of the task.
-With one executor per task that is most of a short task's cost, and caps a machine at a few dozen
-tasks a second. The zygote pays it once per agent: it imports everything a command executor needs
-and then only forks. A fork of the warm process is a couple of milliseconds.
+Why. Starting a task's process is on the path of every launch, and the agent is one Python
+thread. Two costs dominate when the agent does it itself: starting an interpreter for a Python
+executor (``python -m mesa.command_executor`` spends ~100-130 ms of CPU importing asyncio, uvloop,
+ZeroMQ, structlog, msgpack, libproc and mesa before it runs one instruction of the task), and
+making the sandbox (a directory and two log files: on the VMs this runs on, creating an inode
+costs 0.15-0.6 ms of CPU). The zygote takes both off the agent's thread: it has imported
+everything a command executor needs, and it makes sandboxes and starts processes on threads of
+its own.
 
 How. The containerizer starts ``python -m mesa.zygote`` (its child, in a session of its own so a
 Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over its stdin/stdout:
 
-* ``{"op": "spawn", "id": CID, "cwd", "env", "stdout", "stderr"}`` → the zygote forks. The child
-  makes itself a session leader (a container is a session, exactly as with ``start_new_session``)
-  and then **waits on a gate** before doing anything else; the zygote answers
-  ``{"op": "spawned", "id", "pid"}``.
+* ``{"op": "spawn", "id": CID, "cwd", "env_set", "env_unset", "stdout", "stderr", "mkdir",
+  "gate", "exec"}``. The environment goes as its difference from the zygote's own; ``mkdir``
+  asks for the sandbox (``cwd``) to be made.
+
+  - With ``exec`` (``[executable, argv0, args...]``: a task's command, or any executor that is
+    not mesa's own): on a pool thread the zygote makes the sandbox, opens its ``stdout`` and
+    ``stderr``, and starts the program with vfork + exec (``subprocess.Popen``) in a session of
+    its own. With ``gate`` it starts behind the shell gate of :mod:`mesa.spawn` and does not
+    run a line of its own until the gate opens.
+  - Without: the zygote forks a command executor. The child makes itself a session leader and,
+    with ``gate``, **waits on a gate** before doing anything else; then it makes and enters the
+    sandbox, opens its log files, takes the container's environment, builds its own event loop,
+    ZeroMQ context and libproc runtime, and runs :func:`mesa.command_executor.main` — the very
+    code a cold start runs.
+
+  Either way the zygote answers ``{"op": "spawned", "id", "pid"}``.
 * The containerizer runs every isolator's ``isolate(cid, pid)`` (a cgroup takes the pid while the
-  child is parked, so everything the executor allocates or forks is inside its container), then
-  sends ``{"op": "go", "id"}``: the child opens its sandbox's ``stdout``/``stderr``, moves into
-  the sandbox, takes the container's environment, builds its own event loop, ZeroMQ context and
-  libproc runtime, and runs :func:`mesa.command_executor.main` — the very code a cold start runs.
-  ``{"op": "abort", "id"}`` kills a parked child instead.
-* The zygote is every forked executor's parent, so it reaps them and reports
-  ``{"op": "exited", "id", "pid", "status"}`` (``status`` as asyncio reports it: the exit code, or
-  minus the signal number).
+  child is parked, so everything it allocates or forks is inside its container), then sends
+  ``{"op": "go", "id"}`` to open the gate; ``{"op": "abort", "id"}`` kills a parked child instead.
+* The zygote is every child's parent, so it reaps them and reports
+  ``{"op": "exited", "id", "pid", "status", "cpu"}`` (``status`` as asyncio reports it: the exit
+  code, or minus the signal number; ``cpu``: what the child and its reaped children used).
 
-Fork safety: the zygote is single-threaded and creates no event loop, no ZeroMQ context and no
-socket before it forks (importing the modules creates none); each child builds its own after the
-gate, and closes every descriptor it inherited from the zygote. The child leaves with
-``os._exit`` so that nothing of the zygote's (atexit hooks, buffered output) runs twice.
+Fork safety: the zygote creates no event loop, no ZeroMQ context and no socket (importing the
+modules creates none). A fork waits until no exec start is under way on a pool thread, each
+forked child builds its own loop and runtime after the gate and closes every descriptor it
+inherited, and leaves with ``os._exit`` so that nothing of the zygote's (atexit hooks, buffered
+output) runs twice.
 
-Only mesa's own command executor is forked this way (:func:`is_command_executor`): a framework's
-executor is an arbitrary program, started with ``exec`` as before. If the zygote dies, the
-containerizer starts command executors cold (and starts a new zygote for later launches): the
-zygote is an accelerator, never a point of failure. Children it already forked are unaffected;
-only their exit status is lost (reported as unknown).
+If the zygote dies, the containerizer starts containers itself (and starts a new zygote for
+later launches): the zygote is an accelerator, never a point of failure. Children it already
+started are unaffected; only their exit status is lost (reported as unknown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
 import selectors
 import shlex
 import signal
+import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from libproc import get_logger
+from mesa.spawn import gated_argv
 
 __all__ = [
     "COMMAND_EXECUTOR_MODULE",
@@ -104,12 +118,19 @@ class ZygoteChild:
     """A forked executor, shaped like the part of ``asyncio.subprocess.Process`` the
     containerizer uses: ``pid``, ``returncode`` and ``await wait()``."""
 
-    def __init__(self, zygote: Zygote, cid: str, pid: int, exited: asyncio.Future[int | None]):
+    def __init__(
+        self,
+        zygote: Zygote,
+        cid: str,
+        pid: int,
+        exited: asyncio.Future[int | None],
+        gated: bool = True,
+    ):
         self._zygote = zygote
         self.container_id = cid
         self.pid = pid
         self._exited = exited
-        self.released = False
+        self.released = not gated  # an ungated child never waited
 
     @property
     def returncode(self) -> int | None:
@@ -217,9 +238,20 @@ class Zygote:
         env: Mapping[str, str],
         stdout: str,
         stderr: str,
+        argv: list[str] | None = None,
+        executable: str | None = None,
+        make_cwd: bool = False,
+        gated: bool = True,
         timeout: float = 10.0,
     ) -> ZygoteChild:
-        """Fork a command executor for ``container_id``, parked at its gate."""
+        """Fork a child for ``container_id``: a command executor, or with ``argv``, a process
+        that ``exec``s ``executable`` (found on the ``PATH`` of ``env``; default ``argv[0]``).
+
+        ``gated``: the child parks at its gate until :meth:`ZygoteChild.release` (isolators
+        that must place it first); otherwise it goes on at once. ``make_cwd``: the child makes
+        its working directory (and parents) itself, so the agent's thread never waits on the
+        filesystem for a sandbox.
+        """
         await self.start()
         if container_id in self._pending:
             raise ZygoteError(f"container {container_id} already spawned")
@@ -231,9 +263,15 @@ class Zygote:
                 "op": "spawn",
                 "id": container_id,
                 "cwd": cwd,
-                "env": dict(env),
+                # Only what differs from the zygote's own environment: the whole of it is a few
+                # kilobytes of JSON per launch, written by the agent and parsed by the zygote.
+                "env_set": {k: v for k, v in env.items() if self._env.get(k) != v},
+                "env_unset": [k for k in self._env if k not in env],
                 "stdout": stdout,
                 "stderr": stderr,
+                "exec": [executable or argv[0], *argv] if argv else None,
+                "mkdir": make_cwd,
+                "gate": gated,
             }
         )
         try:
@@ -242,7 +280,7 @@ class Zygote:
             self._pending.pop(container_id, None)
             raise
         self.forked += 1
-        return ZygoteChild(self, container_id, pid, pending.exited)
+        return ZygoteChild(self, container_id, pid, pending.exited, gated)
 
     def _send(self, msg: dict[str, Any]) -> None:
         proc = self._proc
@@ -392,8 +430,9 @@ def _preload() -> None:
     gc.freeze()
 
 
-def _child(req: dict[str, Any], gate: int) -> None:
-    """In the forked child: wait at the gate, become the executor, never return."""
+def _child(req: dict[str, Any], gate: int | None) -> None:
+    """In the forked child: wait at the gate (if any), become the command executor, never
+    return."""
     code = 127
     try:
         os.setsid()  # the container: a session of its own, as start_new_session gives
@@ -401,12 +440,15 @@ def _child(req: dict[str, Any], gate: int) -> None:
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        # Parked: nothing runs until the isolators hold this pid.
-        word = b""
-        with contextlib.suppress(OSError):
-            word = os.read(gate, 1)
-        if word != b"g":
-            os._exit(125)
+        if gate is not None:
+            # Parked: nothing runs until the isolators hold this pid.
+            word = b""
+            with contextlib.suppress(OSError):
+                word = os.read(gate, 1)
+            if word != b"g":
+                os._exit(125)
+        if req.get("mkdir"):
+            os.makedirs(req["cwd"], exist_ok=True)
         devnull = os.open(os.devnull, os.O_RDONLY)
         out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -419,8 +461,9 @@ def _child(req: dict[str, Any], gate: int) -> None:
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         os.chdir(req["cwd"])
+        env = _environment(req)  # from the zygote's environment: read it before clearing
         os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in req["env"].items()})
+        os.environ.update(env)
         sys.argv = [COMMAND_EXECUTOR_MODULE]
         import libproc
         from mesa import command_executor
@@ -439,18 +482,38 @@ def _child(req: dict[str, Any], gate: int) -> None:
         os._exit(code)
 
 
+def _environment(req: dict[str, Any]) -> dict[str, str]:
+    """A child's environment: the zygote's own, less ``env_unset``, plus ``env_set``."""
+    env = dict(os.environ)
+    for key in req.get("env_unset") or ():
+        env.pop(str(key), None)
+    env.update({str(k): str(v) for k, v in (req.get("env_set") or {}).items()})
+    return env
+
+
 class _Server:
     """The zygote's loop: one selector over its stdin and a SIGCHLD wake-up pipe."""
 
     def __init__(self) -> None:
         self.children: dict[int, str] = {}  # pid -> container id
+        # Children started with exec (vfork): their Popen objects, told the exit status when
+        # we reap them, so that they never try to reap a pid themselves.
+        self.popens: dict[int, subprocess.Popen[bytes]] = {}
         self.gates: dict[str, tuple[int, int]] = {}  # container id -> (write end, pid)
         self.out = sys.stdout.buffer
         self.buf = b""
+        # Exec starts run on a few threads: making a sandbox is a handful of inode creations,
+        # which on some filesystems cost a fraction of a millisecond of CPU each, and a burst
+        # of launches (an offer's worth) should not wait for them one after another. The lock
+        # keeps a child's registration, its "spawned" line and the reaper in one order.
+        self.lock = threading.RLock()
+        self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mesa-spawn")
+        self.inflight: set[concurrent.futures.Future[None]] = set()
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        self.out.flush()
+        with self.lock:
+            self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+            self.out.flush()
 
     def serve(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -458,7 +521,9 @@ class _Server:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent ends us by closing stdin
+        # The agent ends us by closing stdin, so a Ctrl-C is swallowed — by a handler, not
+        # SIG_IGN, which every program we exec would inherit.
+        signal.signal(signal.SIGINT, lambda *_: None)
         sel = selectors.DefaultSelector()
         stdin = sys.stdin.buffer.fileno()
         sel.register(stdin, selectors.EVENT_READ, "in")
@@ -484,6 +549,7 @@ class _Server:
             self.reap()
             if not open_:
                 # The agent is gone or stopping: nobody will open the gates, nobody is listening.
+                self.drain()
                 for cid in list(self.gates):
                     self.abort(cid)
                 if self.children:
@@ -492,42 +558,111 @@ class _Server:
 
     def handle(self, msg: dict[str, Any], fds: tuple[int, ...]) -> None:
         op, cid = msg.get("op"), str(msg.get("id", ""))
-        if op == "spawn":
+        if op == "spawn" and msg.get("exec"):
+            future = self.pool.submit(self.spawn, cid, msg)
+            self.inflight.add(future)
+            future.add_done_callback(self.inflight.discard)
+        elif op == "spawn":
+            # A fork copies only this thread: no exec start may be half-way on another.
+            self.drain()
             try:
-                pid = self.fork(cid, msg, fds)
+                with self.lock:
+                    pid = self.fork(cid, msg, fds)
+                    self.send({"op": "spawned", "id": cid, "pid": pid})
             except Exception as e:
                 self.send({"op": "error", "id": cid, "error": repr(e)})
-                return
-            self.send({"op": "spawned", "id": cid, "pid": pid})
         elif op == "go":
-            gate = self.gates.pop(cid, None)
+            with self.lock:
+                gate = self.gates.pop(cid, None)
             if gate is not None:
                 with contextlib.suppress(OSError):
-                    os.write(gate[0], b"g")
+                    os.write(gate[0], b"go\n")  # the fork's gate reads a byte, the shell a line
                 os.close(gate[0])
         elif op == "abort":
             self.abort(cid)
 
+    def drain(self) -> None:
+        """Wait for the exec starts under way."""
+        concurrent.futures.wait(list(self.inflight))
+
     def abort(self, cid: str) -> None:
-        gate = self.gates.pop(cid, None)
+        with self.lock:
+            gate = self.gates.pop(cid, None)
         if gate is not None:
             os.close(gate[0])
             with contextlib.suppress(OSError):
                 os.kill(gate[1], signal.SIGKILL)
 
     def fork(self, cid: str, req: dict[str, Any], fds: tuple[int, ...]) -> int:
-        gate_r, gate_w = os.pipe()
+        gated = req.get("gate", True)
+        gate_r, gate_w = os.pipe() if gated else (None, None)
         self.out.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            os.close(gate_w)
+            if gate_w is not None:
+                os.close(gate_w)
             _child(req, gate_r)
-        os.close(gate_r)
         self.children[pid] = cid
-        self.gates[cid] = (gate_w, pid)
+        if gate_r is not None and gate_w is not None:
+            os.close(gate_r)
+            self.gates[cid] = (gate_w, pid)
         return pid
 
+    def spawn(self, cid: str, req: dict[str, Any]) -> None:
+        """On a pool thread: start ``req["exec"]`` (``[executable, argv0, args...]``) with
+        vfork + exec, in a session of its own, behind the shell gate when ``req["gate"]``,
+        and say so (or why not). The sandbox and its log files are made here, in the zygote,
+        not in the agent."""
+        try:
+            self.start_exec(cid, req)
+        except Exception as e:
+            self.send({"op": "error", "id": cid, "error": repr(e)})
+
+    def start_exec(self, cid: str, req: dict[str, Any]) -> None:
+        executable, *argv = req["exec"]
+        cwd = req["cwd"]
+        if req.get("mkdir"):
+            os.makedirs(cwd, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(req["stdout"], flags, 0o644)
+        err = os.open(req["stderr"], flags, 0o644)
+        gate_r = gate_w = None
+        try:
+            if req.get("gate", True):
+                gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+                argv = gated_argv(executable, argv)
+                executable = argv[0]
+            env = _environment(req)
+            with self.lock:  # the reaper must not see this child before it is registered
+                child = subprocess.Popen(
+                    argv,
+                    executable=executable,
+                    cwd=cwd,
+                    env=env,
+                    stdin=gate_r if gate_r is not None else subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+                self.popens[child.pid] = child
+                self.children[child.pid] = cid
+                if gate_w is not None:
+                    self.gates[cid] = (gate_w, child.pid)
+                self.send({"op": "spawned", "id": cid, "pid": child.pid})
+        except BaseException:
+            if gate_w is not None:
+                os.close(gate_w)
+            raise
+        finally:
+            for fd in (out, err, gate_r):
+                if fd is not None:
+                    os.close(fd)
+
     def reap(self) -> None:
+        with self.lock:
+            self._reap()
+
+    def _reap(self) -> None:
         while self.children:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -537,6 +672,9 @@ class _Server:
             if pid == 0:
                 return
             cid = self.children.pop(pid, None)
+            popen = self.popens.pop(pid, None)
+            if popen is not None:
+                popen.returncode = os.waitstatus_to_exitcode(status)
             if cid is None:
                 continue
             gate = self.gates.pop(cid, None)

@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,27 +61,20 @@ from mesa.messages import (
     ContainerTerminated,
     DestroyContainer,
     LaunchContainer,
+    SignalContainer,
     UpdateContainer,
 )
 from mesa.resources import ResourceError, Resources
-from mesa.zygote import Zygote, ZygoteError, is_command_executor
+from mesa.spawn import Child, gated_argv, spawn
+from mesa.zygote import Zygote, ZygoteChild, ZygoteError, is_command_executor
 
 __all__ = ["USAGE_KEYS", "Containerizer", "source_root"]
 
 # How long, after SIGKILL, to wait for the processes of a container to disappear.
 _KILL_WAIT = 5.0
 
-# The gate a gated executor starts behind: wait for one byte on the pipe the containerizer
-# writes once every isolator has placed the process, then become the executor. EOF (the
-# containerizer gave up) means exit without running anything.
-_GATE = (
-    "import os,sys\n"
-    "fd=int(sys.argv[1])\n"
-    "ok=os.read(fd,1)\n"
-    "os.close(fd)\n"
-    "if not ok: os._exit(125)\n"
-    "os.execvp(sys.argv[2],sys.argv[3:])\n"
-)
+# Hooks whose base implementation does nothing and returns None: not dispatched unless overridden.
+_SKIPPABLE_HOOKS = frozenset({"isolate", "update", "usage", "pids", "kill"})
 
 # Statistics summed over live containers into /metrics/snapshot (containerizer/<key>).
 USAGE_KEYS = (
@@ -111,7 +103,7 @@ class _Container:
     sandbox: Path
     resources: Resources = field(default_factory=Resources.empty)
     pid: int | None = None
-    process: asyncio.subprocess.Process | None = None
+    process: Child | ZygoteChild | asyncio.subprocess.Process | None = None
     watcher: asyncio.Task[None] | None = None
     watches: list[asyncio.Task[None]] = field(default_factory=list)
     destroying: bool = False
@@ -120,6 +112,7 @@ class _Container:
     files: list[IO[bytes]] = field(default_factory=list)
     gate: int | None = None  # write end of the gate's pipe, until the executor is let go
     launched_at: float = 0.0
+    starting: asyncio.Task[None] | None = None  # the start, while it runs (outside the actor)
 
 
 class Containerizer(Process):
@@ -157,6 +150,7 @@ class Containerizer(Process):
         self._usage: dict[str, dict[str, float]] = {}
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
+        self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
         self.log = get_logger("mesa.containerizer")
 
     async def initialize(self) -> None:
@@ -186,7 +180,13 @@ class Containerizer(Process):
     # ------------------------------------------------------------------ calling isolators
 
     async def _call(self, isolator: Isolator, method: str, *args: Any) -> Any:
-        """Run an isolator hook in the isolator's own context."""
+        """Run an isolator hook in the isolator's own context — unless the isolator left that
+        hook as the base class's no-op: a dispatch per hook per isolator per container adds up
+        to a good part of a short task's cost, and asking a no-op is pure overhead."""
+        if method in _SKIPPABLE_HOOKS and getattr(type(isolator), method) is getattr(
+            Isolator, method
+        ):
+            return None
         return await self.runtime.dispatch(isolator.pid, getattr(isolator, method), *args)
 
     async def _call_quiet(self, isolator: Isolator, method: str, *args: Any) -> Any:
@@ -202,7 +202,10 @@ class Containerizer(Process):
     # ------------------------------------------------------------------ launch
 
     @handler(LaunchContainer.NAME)
-    async def _launch(self, sender: UPID, msg: Any) -> None:
+    def _launch(self, sender: UPID, msg: Any) -> None:
+        """Register the container and start it *outside* the actor: a start waits on the
+        isolators and the zygote, and a burst of launches (an offer's worth of tasks) would
+        otherwise wait for each other, and every other request with them."""
         if not isinstance(msg, LaunchContainer) or not isinstance(msg.container_id, str):
             self._invalid(sender, "LaunchContainer", msg)
             return
@@ -212,10 +215,41 @@ class Containerizer(Process):
             return
         container = _Container(cid, sender, Path(msg.sandbox), launched_at=Clock.now())
         self._containers[cid] = container
+        loop = asyncio.get_running_loop()
+        container.starting = loop.create_task(self._start_safely(container, msg))
+        container.starting.add_done_callback(
+            lambda start: start.cancelled() or self._report(self._started, container, msg, start)
+        )
+
+    async def _start_safely(self, container: _Container, msg: LaunchContainer) -> Exception | None:
+        """Outside the actor: start the container; the error, if it failed."""
         try:
             container.resources = _parse_resources(msg.resources)
             await self._start(container, msg)
         except Exception as e:
+            return e
+        return None
+
+    def _report(self, fn: Any, *args: Any) -> None:
+        """From outside the actor (a loop callback): run ``fn(*args)`` inside it."""
+
+        async def call() -> None:
+            with contextlib.suppress(ProcessNotFound, ProcessTerminated):
+                await self.runtime.dispatch(self.pid, fn, *args)
+
+        task = asyncio.get_running_loop().create_task(call())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _started(
+        self, container: _Container, msg: LaunchContainer, start: asyncio.Task[Exception | None]
+    ) -> None:
+        """Back in the actor: the start succeeded (watch it) or failed (undo it, say why)."""
+        cid, sender = container.id, container.owner
+        container.starting = None
+        error = start.result()
+        if error is not None:
+            e = error
             self.metrics.inc("containerizer/launch_errors")
             self.log.warning("container_launch_failed", container_id=cid, error=repr(e))
             self._close_files(container)
@@ -242,11 +276,12 @@ class Containerizer(Process):
             container.watches.append(loop.create_task(self._watch_limits(container, isolator)))
         container.watcher = loop.create_task(self._watch(container))
         self._reply_launched(sender, cid, pid=container.pid)
+        if container.destroying:  # destroyed while it was starting: now there is a pid to kill
+            await self._kill(container)
 
     async def _start(self, container: _Container, msg: LaunchContainer) -> None:
         executable, argv = command_argv(msg.executor.command)
         sandbox = container.sandbox
-        sandbox.mkdir(parents=True, exist_ok=True)
         env = self._environment(container, msg)
         config = ContainerConfig(container.id, sandbox, container.resources, msg.executor)
         prefix: list[str] = []
@@ -260,14 +295,21 @@ class Containerizer(Process):
         if prefix:
             # The launcher runs the command by path; argv[0] becomes that path.
             executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
-        if self.zygote is not None and not prefix and is_command_executor(msg.executor.command):
+        gated = any(isolator.gated for isolator in self.isolators)
+        if gated or self.zygote is not None:
+            # A clear launch error now, rather than an exit status 127 from the gate or the
+            # zygote's child later.
+            if shutil.which(executable, path=os.pathsep.join(os.get_exec_path(env))) is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
+        if self.zygote is not None and not prefix:
+            forked = None if is_command_executor(msg.executor.command) else argv
             try:
-                await self._start_forked(container, env)
+                await self._start_forked(container, env, forked, executable, gated)
                 return
             except ZygoteError as e:  # start it cold instead; a later launch restarts the zygote
                 self.metrics.inc("containerizer/zygote_errors")
                 self.log.warning("zygote_spawn_failed", container_id=container.id, error=repr(e))
-        gated = any(isolator.gated for isolator in self.isolators)
+        sandbox.mkdir(parents=True, exist_ok=True)
         stdout = open(sandbox / "stdout", "ab")
         container.files.append(stdout)
         stderr = open(sandbox / "stderr", "ab")
@@ -281,26 +323,13 @@ class Containerizer(Process):
             "start_new_session": True,
         }
         if gated:
-            if shutil.which(executable, path=os.pathsep.join(os.get_exec_path(env))) is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
             read_end, container.gate = os.pipe()
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-c",
-                    _GATE,
-                    str(read_end),
-                    executable,
-                    *argv,
-                    pass_fds=(read_end,),
-                    **common,
-                )
+                proc = await spawn(gated_argv(executable, argv), **{**common, "stdin": read_end})
             finally:
                 os.close(read_end)
         else:
-            proc = await asyncio.create_subprocess_exec(*argv, executable=executable, **common)
+            proc = await spawn(argv, executable=executable, **common)
         container.process = proc
         container.pid = proc.pid
         # The child holds its own copies of the log files.
@@ -308,12 +337,23 @@ class Containerizer(Process):
         for isolator in self.isolators:
             await self._call(isolator, "isolate", container.id, proc.pid)
         if container.gate is not None:
-            os.write(container.gate, b"\x01")
+            os.write(container.gate, b"go\n")
             self._close_gate(container)
 
-    async def _start_forked(self, container: _Container, env: dict[str, str]) -> None:
-        """A command executor forked from the zygote, parked at its gate until every isolator
-        has placed it (the zygote's gate does what ``_GATE`` does for a cold start)."""
+    async def _start_forked(
+        self,
+        container: _Container,
+        env: dict[str, str],
+        argv: list[str] | None,
+        executable: str,
+        gated: bool,
+    ) -> None:
+        """A child of the zygote: the command executor itself, or (``argv``) a process that
+        ``exec``s the container's command. When an isolator is ``gated`` it parks at its gate
+        until every isolator has placed it (the zygote's gate does what ``GATE_SCRIPT`` does for a
+        cold start). The child makes the sandbox and opens its ``stdout``/``stderr`` itself:
+        on a slow filesystem those are most of what a launch costs, and the agent's thread
+        need not wait for them."""
         assert self.zygote is not None
         child = await self.zygote.spawn(
             container.id,
@@ -321,8 +361,12 @@ class Containerizer(Process):
             env=env,
             stdout=str(container.sandbox / "stdout"),
             stderr=str(container.sandbox / "stderr"),
+            argv=argv,
+            executable=executable,
+            make_cwd=True,
+            gated=gated,
         )
-        container.process = child  # type: ignore[assignment]
+        container.process = child
         container.pid = child.pid
         try:
             for isolator in self.isolators:
@@ -478,6 +522,26 @@ class Containerizer(Process):
             return
         await self._destroy_container(container)
 
+    @handler(SignalContainer.NAME)
+    def _signal(self, sender: UPID, msg: Any) -> None:
+        """A signal to the container's process group: what a graceful kill starts with."""
+        if (
+            not isinstance(msg, SignalContainer)
+            or not isinstance(msg.container_id, str)
+            or not isinstance(msg.signal, int)
+            or isinstance(msg.signal, bool)
+            or msg.signal not in signal.valid_signals()
+        ):
+            self._invalid(sender, "SignalContainer", msg)
+            return
+        container = self._containers.get(msg.container_id)
+        if container is None or container.pid is None or container.destroying:
+            self.log.info("signal_unknown_container", container_id=msg.container_id)
+            return
+        self.metrics.inc("containerizer/containers_signalled")
+        with contextlib.suppress(OSError):
+            os.killpg(container.pid, msg.signal)
+
     async def _destroy_container(self, container: _Container) -> None:
         container.destroying = True
         pids = await self._kill(container)
@@ -486,7 +550,10 @@ class Containerizer(Process):
 
     async def _kill(self, container: _Container) -> set[int]:
         """SIGKILL every process of the container anyone can see; returns the pids."""
-        pids = session_pids(container.pid) if container.pid is not None else set()
+        pids: set[int] = set()
+        if container.pid is not None:
+            reaped = container.process is not None and container.process.returncode is not None
+            pids = session_pids(container.pid, leader_alive=not reaped)
         for isolator in self.isolators:
             found = await self._call_quiet(isolator, "pids", container.id)
             if found:
@@ -503,9 +570,14 @@ class Containerizer(Process):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.kill_wait
         remaining = set(pids) | container.doomed
+        # Only a member can fork into a session: one found empty stays empty, and the common
+        # case (a task that left nothing behind) needs no second scan of every process.
+        session_live = bool(remaining)
         delay = 0.005
         while True:
             remaining = {pid for pid in remaining if _running(pid)}
+            if session_live and container.pid is not None:  # latecomers to the session
+                remaining |= {p for p in session_pids(container.pid) if _running(p)}
             for isolator in self.isolators:
                 found = await self._call_quiet(isolator, "pids", container.id)
                 remaining |= {pid for pid in found or () if _running(pid)}
@@ -618,6 +690,11 @@ class Containerizer(Process):
         (which remove the agent's cgroup roots)."""
         if self._usage_timer is not None:
             self._usage_timer.cancel()
+        # Starts still under way finish first (bounded by the zygote's spawn timeout), so that
+        # every process that will ever exist in a container is known before the kill.
+        starting = [c.starting for c in self._containers.values() if c.starting is not None]
+        if starting:
+            await asyncio.gather(*starting, return_exceptions=True)
         containers = list(self._containers.values())
         for container in containers:
             container.destroying = True
