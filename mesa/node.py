@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between allocation cycles (events also trigger a cycle)",
     )
     m.add_argument(
+        "--allocation-batch-delay",
+        type=flags.positive_float,
+        default=0.01,
+        help="seconds from an event (resources recovered, an agent or framework added) to the "
+        "cycle it triggers; a burst of events within it costs one cycle",
+    )
+    m.add_argument(
         "--agent-ping-interval",
         type=flags.positive_float,
         default=1.0,
@@ -103,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=flags.positive_float,
         default=60.0,
         help="seconds an executor has to register before its container is destroyed",
+    )
+    a.add_argument(
+        "--command-tasks",
+        choices=["direct", "executor"],
+        default="direct",
+        help="how a command task runs: 'direct' (its container runs the command, the agent "
+        "reports its states) or 'executor' (a mesa.command_executor process per task)",
     )
     a.add_argument(
         "--isolation",
@@ -156,6 +170,7 @@ async def _serve(args: argparse.Namespace) -> int:
             MasterFlags(
                 hostname=args.hostname or args.ip,
                 allocation_interval=args.allocation_interval,
+                allocation_batch_delay=args.allocation_batch_delay,
                 agent_ping_interval=args.agent_ping_interval,
                 max_agent_ping_timeouts=args.max_agent_ping_timeouts,
                 offer_timeout=args.offer_timeout,
@@ -207,6 +222,7 @@ def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict
         "hostname": args.hostname or args.ip,
         "http_port": runtime.http_port,
         "executor_registration_timeout": args.executor_registration_timeout,
+        "command_tasks": args.command_tasks,
         "isolation": args.isolation,
         "isolation_options": IsolationOptions(
             cgroups_root=args.cgroups_root,

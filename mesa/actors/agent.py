@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from libproc import UPID, Clock, Process, Timer, get_logger, handler, route
+from mesa import exit_status
 from mesa.actors.containerizer import Containerizer
 from mesa.attributes import parse_attributes
 from mesa.host_resources import resolve_resources
@@ -84,6 +86,7 @@ from mesa.messages import (
     RunTask,
     ShutdownExecutor,
     ShutdownFramework,
+    SignalContainer,
     StatusUpdate,
     StatusUpdateAcknowledgement,
     UpdateContainer,
@@ -141,6 +144,26 @@ def command_executor_info(task: TaskInfo, framework_id: str) -> ExecutorInfo:
     )
 
 
+def direct_task_executor_info(task: TaskInfo, framework_id: str) -> ExecutorInfo:
+    """A command task run directly: its container runs the task's own command, and the agent is
+    its executor (see :class:`Agent`, ``command_tasks``). The id is the task id, as for the
+    command executor, so sandboxes and ``/agent/state`` look the same."""
+    assert task.command is not None
+    return ExecutorInfo(
+        executor_id=task.task_id,
+        command=task.command,
+        framework_id=framework_id,
+        name=f"Task {task.task_id}",
+    )
+
+
+# How long a killed direct task gets between SIGTERM and SIGKILL when neither the kill nor the
+# task names a grace period (the command executor's default).
+DEFAULT_KILL_GRACE_PERIOD = 3.0
+
+COMMAND_TASKS = ("direct", "executor")
+
+
 class _ExecutorState(StrEnum):
     LAUNCHING = "LAUNCHING"  # container started (or starting), executor not registered yet
     RUNNING = "RUNNING"  # registered: tasks go straight to it
@@ -179,6 +202,8 @@ class _Executor:
     container_id: str
     sandbox: Path
     command_executor: bool
+    # The container runs the task's command itself and the agent is its executor.
+    direct: bool = False
     state: _ExecutorState = _ExecutorState.LAUNCHING
     pid: UPID | None = None  # its libproc address, once registered
     os_pid: int | None = None
@@ -194,6 +219,8 @@ class _Executor:
     timers: list[Timer] = field(default_factory=list)
     registration_timer: Timer | None = None  # also in timers; cancelled once it registers
     container_resources: str = ""  # the total the container was last given
+    kill_deadline: float | None = None  # a direct task being killed: when SIGKILL is due
+    escalation: Timer | None = None  # ... and the timer that SIGKILLs it when that runs out
 
     @property
     def id(self) -> str:
@@ -215,6 +242,7 @@ class _Executor:
             "pid": str(self.pid) if self.pid else None,
             "os_pid": self.os_pid,
             "command": self.info.command.value,
+            "direct": self.direct,
             "tasks": [
                 t.describe() for t in self.tasks.values() if t.info.task_id not in self.queued
             ],
@@ -269,6 +297,14 @@ class Agent(Process):
     ``max_missed_pings`` ping intervals without a ping mean the master is gone;
     ``executor_registration_timeout`` for a launched executor to register;
     ``executor_shutdown_grace_period`` between ShutdownExecutor and destroying its container.
+
+    ``command_tasks``: how a task with a ``command`` runs. ``"direct"`` (the default): in a
+    container of its own that runs the command itself, with the agent as its executor — it
+    reports ``TASK_RUNNING`` once the container is up and ``TASK_FINISHED``/``TASK_FAILED``
+    from the exit status, and kills with SIGTERM, the grace period, then the container's
+    destroy. No interpreter starts per task, which is what makes short tasks cheap.
+    ``"executor"``: Mesos's way, a ``python -m mesa.command_executor`` process per task in that
+    container, which runs the command as its child (``TASK_STARTING`` first, then the same).
     """
 
     def __init__(
@@ -291,6 +327,7 @@ class Agent(Process):
         max_missed_pings: int = 5,
         executor_registration_timeout: float = 60.0,
         executor_shutdown_grace_period: float = 5.0,
+        command_tasks: str = "direct",
         id: str = "agent",
     ) -> None:
         super().__init__(id)
@@ -312,6 +349,9 @@ class Agent(Process):
         self.max_missed_pings = max_missed_pings
         self.executor_registration_timeout = executor_registration_timeout
         self.executor_shutdown_grace_period = executor_shutdown_grace_period
+        if command_tasks not in COMMAND_TASKS:
+            raise ValueError(f"command_tasks must be one of {', '.join(COMMAND_TASKS)}")
+        self.command_tasks = command_tasks
 
         # Fail here, in the constructor, on a bad resource string or an unusable work dir, so a
         # command line reports it instead of an actor logging it.
@@ -451,7 +491,8 @@ class Agent(Process):
                 if executor.state == _ExecutorState.TERMINATED:
                     continue
                 listed = True
-                executors.append(executor.info)
+                if not executor.direct:  # the master never knew a direct task's executor
+                    executors.append(executor.info)
                 # Terminal tasks whose update the master has not acknowledged are still news.
                 unacked = [
                     t
@@ -630,8 +671,13 @@ class Agent(Process):
 
         has_command, has_executor = task.command is not None, task.executor is not None
         executor_info: ExecutorInfo | None = None
+        direct = False
         if has_command and not has_executor and isinstance(task.command, CommandInfo):
-            executor_info = command_executor_info(task, fid)
+            direct = self.command_tasks == "direct"
+            if direct:
+                executor_info = direct_task_executor_info(task, fid)
+            else:
+                executor_info = command_executor_info(task, fid)
         elif has_executor and not has_command and isinstance(task.executor, ExecutorInfo):
             executor_info = dataclasses.replace(task.executor, framework_id=fid)
             if not _is_id(executor_info.executor_id) or not isinstance(
@@ -664,9 +710,14 @@ class Agent(Process):
             )
             return
         if executor is None:
-            executor = self._launch_executor(framework, executor_info, has_command, task)
+            executor = self._launch_executor(framework, executor_info, has_command, task, direct)
+        elif direct:  # a leftover of a task with the same id that is still being torn down
+            self._invalid(sender, RunTask.NAME, f"task {task.task_id} is still ending")
+            return
         self.metrics.inc("agent/tasks_launched")
         executor.tasks[task.task_id] = _Task(task, fid, executor.id)
+        if direct:
+            return  # the container launched above runs it
         self._update_container(executor)
         self.log.info(
             "task_launching",
@@ -681,14 +732,27 @@ class Agent(Process):
             executor.queued.append(task.task_id)
 
     def _launch_executor(
-        self, framework: _Framework, info: ExecutorInfo, command_executor: bool, first: TaskInfo
+        self,
+        framework: _Framework,
+        info: ExecutorInfo,
+        command_executor: bool,
+        first: TaskInfo,
+        direct: bool = False,
     ) -> _Executor:
         cid = str(uuid.uuid4())
-        sandbox = self.work_dir.joinpath(
-            "agents", str(self.agent_id), "frameworks", framework.id, "executors",
-            info.executor_id, "runs", cid,
-        )  # fmt: skip
-        executor = _Executor(info, framework.id, cid, sandbox, command_executor)
+        framework_dir = self.work_dir.joinpath("agents", str(self.agent_id), "frameworks")
+        if direct:
+            # One new directory per task, not three: where making a directory costs a fraction
+            # of a millisecond of CPU (it does on the VMs this runs on), that is most of what a
+            # short task costs. /agent/state gives each task's directory.
+            sandbox = framework_dir.joinpath(framework.id, "runs", cid)
+        else:
+            sandbox = framework_dir.joinpath(
+                framework.id, "executors", info.executor_id, "runs", cid
+            )
+        executor = _Executor(
+            info, framework.id, cid, sandbox, command_executor and not direct, direct
+        )
         framework.executors[info.executor_id] = executor
         self._containers[cid] = executor
         env = {
@@ -699,6 +763,9 @@ class Agent(Process):
             "MESA_EXECUTOR_REGISTRATION_TIMEOUT": str(self.executor_registration_timeout),
             "MESA_EXECUTOR_SHUTDOWN_GRACE_PERIOD": str(self.executor_shutdown_grace_period),
         }
+        if direct:
+            # Like Mesos's MESOS_TASK_ID: a command can tell which task it is.
+            env["MESA_TASK_ID"] = first.task_id
         self.log.info(
             "executor_launching",
             framework_id=framework.id,
@@ -712,10 +779,11 @@ class Agent(Process):
             LaunchContainer.NAME,
             LaunchContainer(cid, info, str(sandbox), env, executor.container_resources),
         )
-        executor.registration_timer = self.delay(
-            self.executor_registration_timeout, self._registration_timed_out, cid
-        )
-        executor.timers.append(executor.registration_timer)
+        if not direct:  # a direct task has no executor process to register
+            executor.registration_timer = self.delay(
+                self.executor_registration_timeout, self._registration_timed_out, cid
+            )
+            executor.timers.append(executor.registration_timer)
         return executor
 
     def _container_resources(self, executor: _Executor, extra: Sequence[TaskInfo] = ()) -> str:
@@ -782,6 +850,10 @@ class Agent(Process):
             return
         executor.os_pid = msg.pid
         self.metrics.inc("agent/executors_launched")
+        if executor.direct and executor.state == _ExecutorState.LAUNCHING:
+            executor.state = _ExecutorState.RUNNING
+            for task in list(executor.tasks.values()):
+                self._send_direct_update(executor, task.info.task_id, TaskState.TASK_RUNNING)
 
     # ================================================================== executors
 
@@ -857,6 +929,9 @@ class Agent(Process):
         decided what they become."""
         self._containers.pop(executor.container_id, None)
         executor.cancel_timers()
+        if executor.escalation is not None:
+            executor.escalation.cancel()
+            executor.escalation = None
         if executor.pid is not None:
             self._executor_pids.pop(executor.pid, None)
             self.unlink(executor.pid)
@@ -873,24 +948,43 @@ class Agent(Process):
             message=message,
             limitation=limitation,
         )
+        source = Source.SOURCE_AGENT
+        if executor.direct:
+            # Its command was the container's process: its exit is the task's outcome, reported
+            # as its executor would (unless the launch failed or a limit ended it).
+            source = Source.SOURCE_EXECUTOR
+            if executor.launch_error is None and limitation is None:
+                message = f"Command {exit_status.describe(status)}"
         if executor.launch_error is not None:
             state, reason = TaskState.TASK_FAILED, Reason.REASON_CONTAINER_LAUNCH_FAILED
+            source = Source.SOURCE_AGENT
         elif executor.kill_state is not None:
             state, reason = executor.kill_state, executor.kill_reason
         elif limitation is not None:
             state, reason = TaskState.TASK_FAILED, limitation
+            source = Source.SOURCE_AGENT
             self.metrics.inc("agent/executors_limited")
         elif framework is not None and framework.terminating:
             state, reason = TaskState.TASK_KILLED, Reason.REASON_FRAMEWORK_REMOVED
+        elif executor.direct:
+            state = TaskState.TASK_FINISHED if status == 0 else TaskState.TASK_FAILED
+            reason = None
         else:
             state, reason = TaskState.TASK_FAILED, Reason.REASON_EXECUTOR_TERMINATED
         for task in list(executor.tasks.values()):
             self._send_agent_update(
-                executor.framework_id, executor, task.info.task_id, state, reason, message
+                executor.framework_id,
+                executor,
+                task.info.task_id,
+                state,
+                reason,
+                message,
+                source,
             )
         executor.tasks.clear()
         executor.queued.clear()
-        if self.agent_id is not None:
+        # The master never heard of a direct task's executor: nothing to tell it.
+        if self.agent_id is not None and not executor.direct:
             self.send(
                 self.master,
                 ExitedExecutor.NAME,
@@ -941,6 +1035,12 @@ class Agent(Process):
 
     def _shutdown_executor(self, executor: _Executor) -> None:
         if executor.state in (_ExecutorState.TERMINATING, _ExecutorState.TERMINATED):
+            return
+        if executor.direct:
+            # What the command executor does on shutdown: a kill, with a grace period that
+            # fits inside the executor's own.
+            grace = min(DEFAULT_KILL_GRACE_PERIOD, self.executor_shutdown_grace_period * 0.5)
+            self._kill_direct(executor, grace, Reason.REASON_FRAMEWORK_REMOVED)
             return
         if executor.state == _ExecutorState.LAUNCHING or executor.pid is None:
             self._destroy(executor, TaskState.TASK_KILLED, Reason.REASON_FRAMEWORK_REMOVED)
@@ -1009,13 +1109,15 @@ class Agent(Process):
         state: str,
         reason: str | None,
         message: str,
+        source: str = Source.SOURCE_AGENT,
     ) -> None:
-        """An update the agent makes itself (the executor cannot): same streams, fresh uuid."""
+        """An update the agent makes itself (the executor cannot, or the agent is the task's
+        executor: a direct task): same streams, fresh uuid."""
         status = TaskStatus(
             task_id=task_id,
             state=state,
             message=message,
-            source=Source.SOURCE_AGENT,
+            source=source,
             reason=reason,
             agent_id=self.agent_id,
             executor_id=executor.id if executor else None,
@@ -1023,6 +1125,12 @@ class Agent(Process):
             uuid=uuid.uuid4().bytes,
         )
         self._record_update(framework_id, executor, status)
+
+    def _send_direct_update(self, executor: _Executor, task_id: str, state: str) -> None:
+        """A direct task's non-terminal update (RUNNING, KILLING), made as its executor."""
+        self._send_agent_update(
+            executor.framework_id, executor, task_id, state, None, "", Source.SOURCE_EXECUTOR
+        )
 
     def _record_update(
         self, framework_id: str, executor: _Executor | None, status: TaskStatus
@@ -1110,6 +1218,10 @@ class Agent(Process):
             )
             return
         self.log.info("killing_task", framework_id=framework_id, task_id=task_id)
+        if executor.direct:
+            grace = _first_set(grace_period, task.info.kill_grace_period, DEFAULT_KILL_GRACE_PERIOD)
+            self._kill_direct(executor, grace, None)
+            return
         if task_id in executor.queued:
             # Not handed to the executor yet: it never needs to hear of it.
             executor.queued.remove(task_id)
@@ -1135,6 +1247,47 @@ class Agent(Process):
         else:
             # Terminating: its tasks are settled when the container is gone.
             self.log.info("kill_while_executor_terminating", task_id=task_id)
+
+    def _kill_direct(self, executor: _Executor, grace: float, reason: str | None) -> None:
+        """Kill a direct task as the command executor would: ``TASK_KILLING`` to frameworks that
+        asked for it, SIGTERM to its process group, its container destroyed (SIGKILL to all of
+        it) when ``grace`` runs out, then ``TASK_KILLED``."""
+        if executor.state == _ExecutorState.TERMINATED:
+            return
+        if executor.state == _ExecutorState.LAUNCHING:
+            # Its command has not started: nothing to be polite to.
+            self._destroy(
+                executor, TaskState.TASK_KILLED, reason or Reason.REASON_TASK_KILLED_DURING_LAUNCH
+            )
+            return
+        deadline = Clock.now() + grace
+        if executor.kill_state is not None:
+            # Already being killed: a second kill may only bring the SIGKILL forward.
+            if executor.escalation is not None and deadline < (executor.kill_deadline or 0.0):
+                executor.escalation.cancel()
+                executor.kill_deadline = deadline
+                executor.escalation = self.delay(grace, self._escalate, executor.container_id)
+            return
+        executor.kill_state, executor.kill_reason = TaskState.TASK_KILLED, reason
+        executor.kill_deadline = deadline
+        framework = self._frameworks.get(executor.framework_id)
+        if framework is not None and "TASK_KILLING_STATE" in framework.info.capabilities:
+            for task in list(executor.tasks.values()):
+                self._send_direct_update(executor, task.info.task_id, TaskState.TASK_KILLING)
+        self.send(
+            self._containerizer,  # type: ignore[arg-type]
+            SignalContainer.NAME,
+            SignalContainer(executor.container_id, int(signal.SIGTERM)),
+        )
+        executor.escalation = self.delay(grace, self._escalate, executor.container_id)
+
+    def _escalate(self, cid: str) -> None:
+        """A killed direct task's grace period is over: take its whole container down."""
+        executor = self._containers.get(cid)
+        if executor is not None:
+            executor.escalation = None
+            if executor.state != _ExecutorState.TERMINATED:
+                self._destroy(executor, TaskState.TASK_KILLED, executor.kill_reason)
 
     @handler(ShutdownFramework.NAME)
     def _shutdown_framework(self, sender: UPID, msg: Any) -> None:
@@ -1271,6 +1424,14 @@ def _lost_state(framework: FrameworkInfo | None) -> str:
     if framework is not None and framework.partition_aware:
         return TaskState.TASK_DROPPED
     return TaskState.TASK_LOST
+
+
+def _first_set(*values: Any) -> float:
+    """The first of ``values`` that is a usable grace period (a number >= 0)."""
+    for value in values:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return DEFAULT_KILL_GRACE_PERIOD
 
 
 def _is_id(value: Any) -> bool:

@@ -148,8 +148,13 @@ class Cluster:
         name: str = "agent",
         resources: str = "cpus:2;mem:1024;disk:1024;ports:[31000-31100]",
         *extra: str,
+        command_tasks: str | None = None,
     ) -> Node:
+        """An agent; ``command_tasks`` (``--command-tasks``): how it runs command tasks, when
+        not its default."""
         assert self.master is not None
+        if command_tasks is not None:
+            extra = (*extra, f"--command-tasks={command_tasks}")
         node = Node(
             "agent",
             [

@@ -1,8 +1,12 @@
-"""Command tasks on a real cluster, launched the default way: executors forked from the zygote.
+"""Command tasks on a real cluster, their containers' processes forked from the agent's zygote.
 
 Each test drives the cluster as a user does (a framework on the SDK, a master and an agent as OS
 processes) and then looks at the processes themselves: who forked the executor, which session and
 cgroups it is in, and that nothing of a killed task or a stopped agent is left.
+
+The agents run command tasks with the command executor (``--command-tasks=executor``): a
+``mesa.command_executor`` forked from the zygote per task. What must hold for the default mode as
+well (a task's command forked from the zygote and run directly) runs in both modes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ ISOLATIONS = [
         ),
     ),
 ]
+
+
+BOTH_MODES = pytest.mark.parametrize("command_tasks", ["executor", "direct"])
 
 
 @pytest.fixture
@@ -101,7 +108,7 @@ async def test_forked_executor_runs_tasks_in_its_container(
 ) -> None:
     master = await cluster.start_master()
     agent = await cluster.start_agent(
-        "agent", "cpus:2;mem:1024;disk:1024", f"--isolation={isolation}"
+        "agent", "cpus:2;mem:1024;disk:1024", f"--isolation={isolation}", command_tasks="executor"
     )
     fw, driver = await start_framework(master.endpoint)
     try:
@@ -147,9 +154,10 @@ async def test_forked_executor_runs_tasks_in_its_container(
         await driver.stop()
 
 
-async def test_kill_with_grace_period_leaves_nothing(cluster: Cluster) -> None:
+@BOTH_MODES
+async def test_kill_with_grace_period_leaves_nothing(cluster: Cluster, command_tasks: str) -> None:
     master = await cluster.start_master()
-    agent = await cluster.start_agent()
+    agent = await cluster.start_agent(command_tasks=command_tasks)
     fw, driver = await start_framework(master.endpoint)
     try:
         offer = await fw.offer()
@@ -174,9 +182,12 @@ async def test_kill_with_grace_period_leaves_nothing(cluster: Cluster) -> None:
         await driver.stop()
 
 
-async def test_stopping_the_agent_takes_zygote_and_executors(cluster: Cluster) -> None:
+@BOTH_MODES
+async def test_stopping_the_agent_takes_zygote_and_executors(
+    cluster: Cluster, command_tasks: str
+) -> None:
     master = await cluster.start_master()
-    agent = await cluster.start_agent()
+    agent = await cluster.start_agent(command_tasks=command_tasks)
     fw, driver = await start_framework(master.endpoint)
     try:
         offer = await fw.offer()
@@ -193,7 +204,7 @@ async def test_stopping_the_agent_takes_zygote_and_executors(cluster: Cluster) -
 
 async def test_executors_start_cold_when_the_zygote_keeps_dying(cluster: Cluster) -> None:
     master = await cluster.start_master()
-    agent = await cluster.start_agent()
+    agent = await cluster.start_agent(command_tasks="executor")
     fw, driver = await start_framework(master.endpoint)
     try:
         # Each launch (re)starts a zygote if there is none; kill every one it starts until the

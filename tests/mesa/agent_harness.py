@@ -202,10 +202,15 @@ def python_executor(executor_id: str, script: Path) -> ExecutorInfo:
 
 
 class Cluster:
-    """A fake master and an agent, each on its own ZeroMQ runtime."""
+    """A fake master and an agent, each on its own ZeroMQ runtime.
 
-    def __init__(self, tmp_path: Path) -> None:
+    ``agent_options`` are defaults for every agent it starts (``start_agent``'s own keywords
+    win): ``command_tasks="executor"``, say, for tests of the command executor process.
+    """
+
+    def __init__(self, tmp_path: Path, **agent_options: Any) -> None:
         self.tmp_path = tmp_path
+        self.agent_options = agent_options
         self.work_dir = tmp_path / "work"
         self.master_rt: Runtime | None = None
         self.agent_rt: Runtime | None = None
@@ -231,6 +236,7 @@ class Cluster:
 
     async def start_agent(self, **kw: Any) -> Agent:
         assert self.master is not None
+        kw = {**self.agent_options, **kw}
         kw.setdefault("resources", "cpus:2;mem:1024;disk:4096;ports:[31000-32000]")
         kw.setdefault("attributes", "rack:r1;zone:a;gen:3")
         kw.setdefault("registration_backoff", 0.1)
@@ -266,6 +272,20 @@ class Cluster:
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             assert resp.status == 200, await resp.text()
             return await resp.json()
+
+    async def executor_state(self, executor_id: str) -> dict[str, Any]:
+        """The executor's entry in /agent/state, live or completed (for a command task, its id
+        is the task's)."""
+        state = await self.http_get("/agent/state")
+        for fw in [*state["frameworks"], *state["completed_frameworks"]]:
+            for executor in [*fw["executors"], *fw["completed_executors"]]:
+                if executor["id"] == executor_id:
+                    return executor
+        raise AssertionError(f"no executor {executor_id} in /agent/state")
+
+    async def sandbox(self, executor_id: str) -> Path:
+        """The executor's (or a command task's) sandbox, as /agent/state gives it."""
+        return Path((await self.executor_state(executor_id))["directory"])
 
     async def close(self) -> None:
         await self.stop_agent()
@@ -322,9 +342,10 @@ def kill_leftovers(pid_files: list[Path]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    """A :class:`Cluster` that is always taken down: runtimes stopped, processes killed."""
-    c = Cluster(tmp_path)
+async def running_cluster(tmp_path: Path, **agent_options: Any) -> AsyncIterator[Cluster]:
+    """A :class:`Cluster` that is always taken down: runtimes stopped, processes killed.
+    ``agent_options``: defaults for its agents (see :class:`Cluster`)."""
+    c = Cluster(tmp_path, **agent_options)
     try:
         yield c
     finally:

@@ -1,5 +1,10 @@
 """The agent, driven by a fake master over real ZeroMQ runtimes, with real executor processes.
 
+Command tasks run the agent's default way (``command_tasks="direct"``: the task's container runs
+its command, the agent is its executor); tests whose subject is the command executor process use
+``"executor"``, and those that must hold either way run in both (the ``command_tasks`` fixture).
+The direct path itself has its own tests in test_direct_tasks.py.
+
 Nothing here sleeps for a fixed time: tests await the messages the fake master records, and poll
 with a deadline only for things no message announces (a process's end, a pid file).
 """
@@ -47,10 +52,18 @@ from mesa.messages import (
 )
 from mesa.task_state import Reason, Source, TaskState
 
+BOTH_MODES = pytest.mark.parametrize("command_tasks", ["direct", "executor"])
+
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as c:
+def command_tasks() -> str:
+    """How the agent runs command tasks (its default); tests parametrize it to cover both."""
+    return "direct"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, command_tasks: str) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, command_tasks=command_tasks) as c:
         yield c
 
 
@@ -113,7 +126,10 @@ async def test_restarted_agent_reregisters_with_its_id(cluster: Cluster):
     await wait_until(lambda: cluster.agent.registered)
 
 
-async def test_reregisters_after_the_master_restarts(cluster: Cluster, tmp_path: Path):
+@BOTH_MODES
+async def test_reregisters_after_the_master_restarts(
+    cluster: Cluster, tmp_path: Path, command_tasks: str
+):
     master = await cluster.registered()
     command, pidfile = sleeper(tmp_path)
     tid = new_task_id()
@@ -129,8 +145,11 @@ async def test_reregisters_after_the_master_restarts(cluster: Cluster, tmp_path:
     assert [t.task_id for t in rereg.tasks] == [tid]
     assert [s.state for s in rereg.task_states] == [TaskState.TASK_RUNNING]
     assert rereg.task_frameworks == ["fw-1"]
-    assert [e.executor_id for e in rereg.executors] == [tid]
-    assert rereg.executors[0].framework_id == "fw-1"
+    if command_tasks == "executor":
+        assert [e.executor_id for e in rereg.executors] == [tid]
+        assert rereg.executors[0].framework_id == "fw-1"
+    else:  # the master never heard of a direct task's executor
+        assert rereg.executors == []
     assert [f.id for f in rereg.frameworks] == ["fw-1"]
     await wait_until(lambda: cluster.agent.registered)
 
@@ -177,12 +196,27 @@ async def test_reregistration_kills_tasks_the_master_does_not_know(
 # ------------------------------------------------------------------------------- command tasks
 
 
-async def test_command_task_runs_and_finishes(cluster: Cluster):
+def expected_states(command_tasks: str, *states: str) -> list[str]:
+    """A command task's updates: the command executor sends TASK_STARTING first."""
+    return ["TASK_STARTING", *states] if command_tasks == "executor" else list(states)
+
+
+async def no_exited_executor_for(master, executor_id: str) -> None:
+    """Assert the agent sent no ExitedExecutor for ``executor_id`` (a direct task's). A ping
+    answered is the barrier: anything the agent sent before the pong has arrived by then."""
+    pongs = len(master.received(PongAgent.NAME))
+    master.send(master.agent, PingAgent.NAME, PingAgent())
+    await master.wait_for(PongAgent.NAME, count=pongs + 1)
+    assert exited_for(master, executor_id) == []
+
+
+@BOTH_MODES
+async def test_command_task_runs_and_finishes(cluster: Cluster, command_tasks: str):
     master = await cluster.registered()
     tid = new_task_id()
     master.run_task(framework(), command_task(tid, "echo hello"))
     finished = await master.wait_state(tid, TaskState.TASK_FINISHED)
-    assert master.states(tid) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert master.states(tid) == expected_states(command_tasks, "TASK_RUNNING", "TASK_FINISHED")
     status = finished.status
     assert status.agent_id == "agent-1"
     assert status.executor_id == tid
@@ -190,15 +224,20 @@ async def test_command_task_runs_and_finishes(cluster: Cluster):
     assert status.message == "Command exited with status 0"
     assert finished.framework_id == "fw-1"
 
-    exited = (await master.wait_for(ExitedExecutor.NAME))[0]
-    assert (exited.agent_id, exited.framework_id, exited.executor_id, exited.status) == (
-        "agent-1",
-        "fw-1",
-        tid,
-        0,
-    )
-    runs = cluster.work_dir / "agents/agent-1/frameworks/fw-1/executors" / tid / "runs"
-    [sandbox] = list(runs.iterdir())
+    if command_tasks == "executor":
+        exited = (await master.wait_for(ExitedExecutor.NAME))[0]
+        assert (exited.agent_id, exited.framework_id, exited.executor_id, exited.status) == (
+            "agent-1",
+            "fw-1",
+            tid,
+            0,
+        )
+        runs = cluster.work_dir / "agents/agent-1/frameworks/fw-1/executors" / tid / "runs"
+        [sandbox] = list(runs.iterdir())
+        assert sandbox == await cluster.sandbox(tid)
+    else:
+        await no_exited_executor_for(master, tid)
+        sandbox = await cluster.sandbox(tid)
     assert (sandbox / "stdout").read_text() == "hello\n"
     assert (sandbox / "stderr").exists()
 
@@ -208,29 +247,40 @@ async def test_command_task_runs_and_finishes(cluster: Cluster):
     [done] = state["completed_frameworks"]
     [executor] = done["completed_executors"]
     assert executor["completed_tasks"][0]["state"] == "TASK_FINISHED"
+    assert executor["direct"] is (command_tasks == "direct")
     metrics = await cluster.http_get("/metrics/snapshot")
     assert metrics["agent/tasks_launched"] == 1
     assert metrics["agent/tasks_finished"] == 1
     assert metrics["agent/executors_launched"] == 1
     assert metrics["agent/executors_terminated"] == 1
-    assert metrics["agent/status_updates_acked"] == 3
+    acked = len(expected_states(command_tasks, "TASK_RUNNING", "TASK_FINISHED"))
+    assert metrics["agent/status_updates_acked"] == acked
     assert metrics["containerizer/containers_launched"] == 1
 
 
-async def test_failing_command_reports_its_exit_status(cluster: Cluster):
+@BOTH_MODES
+async def test_failing_command_reports_its_exit_status(cluster: Cluster, command_tasks: str):
     master = await cluster.registered()
     tid = new_task_id()
     master.run_task(framework(), command_task(tid, "echo oops >&2; exit 3"))
     failed = await master.wait_state(tid, TaskState.TASK_FAILED)
     assert failed.status.message == "Command exited with status 3"
-    assert master.states(tid) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FAILED"]
-    await master.wait_for(ExitedExecutor.NAME)
+    assert failed.status.source == Source.SOURCE_EXECUTOR
+    assert master.states(tid) == expected_states(command_tasks, "TASK_RUNNING", "TASK_FAILED")
+    if command_tasks == "executor":
+        await master.wait_for(ExitedExecutor.NAME)
+    else:
+        assert failed.status.reason is None
     [stderr] = list(cluster.work_dir.rglob("stderr"))
+    assert stderr == await cluster.sandbox(tid) / "stderr"
     assert "oops" in stderr.read_text()
     assert cluster.agent_rt.metrics.get("agent/tasks_failed") == 1
 
 
-async def test_killing_a_task_leaves_no_process(cluster: Cluster, tmp_path: Path):
+@BOTH_MODES
+async def test_killing_a_task_leaves_no_process(
+    cluster: Cluster, tmp_path: Path, command_tasks: str
+):
     master = await cluster.registered()
     command, pidfile = sleeper(tmp_path)
     tid = new_task_id()
@@ -246,8 +296,13 @@ async def test_killing_a_task_leaves_no_process(cluster: Cluster, tmp_path: Path
     master.kill("fw-1", tid, grace=1.0)
     killed = await master.wait_state(tid, TaskState.TASK_KILLED)
     assert "SIGTERM" in killed.status.message
-    await master.wait_for(ExitedExecutor.NAME)
-    await wait_gone(pid, executor_pid)
+    if command_tasks == "executor":
+        await master.wait_for(ExitedExecutor.NAME)
+        await wait_gone(pid, executor_pid)
+    else:
+        # A direct task's end is reported once its container is gone.
+        assert not running(pid) and not running(executor_pid)
+        await no_exited_executor_for(master, tid)
 
 
 async def test_killing_a_task_kills_what_it_double_forked(cluster: Cluster, tmp_path: Path):
@@ -278,6 +333,7 @@ def psutil_parent(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.parametrize("command_tasks", ["executor"])  # a direct task has no executor process
 async def test_executor_dying_fails_its_task(cluster: Cluster, tmp_path: Path):
     master = await cluster.registered()
     command, pidfile = sleeper(tmp_path)
@@ -302,14 +358,18 @@ async def test_executor_dying_fails_its_task(cluster: Cluster, tmp_path: Path):
 # ------------------------------------------------------------------------------- reliability
 
 
-async def test_status_updates_are_retried_in_order_until_acknowledged(cluster: Cluster):
+@BOTH_MODES
+async def test_status_updates_are_retried_in_order_until_acknowledged(
+    cluster: Cluster, command_tasks: str
+):
     master = await cluster.start_master(auto_ack=False)
     await cluster.start_agent(status_update_backoff=0.05, status_update_backoff_max=0.2)
     await cluster.registered()
     tid = new_task_id()
     master.run_task(framework(), command_task(tid, "echo hi"))
 
-    for expected in ("TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"):
+    expected_all = expected_states(command_tasks, "TASK_RUNNING", "TASK_FINISHED")
+    for expected in expected_all:
         copies = await master.wait_for(
             StatusUpdate.NAME,
             lambda u, s=expected: u.status.task_id == tid and u.status.state == s,
@@ -320,13 +380,14 @@ async def test_status_updates_are_retried_in_order_until_acknowledged(cluster: C
         assert master.states(tid)[-1] == expected
         master.ack(copies[0])
 
-    assert master.states(tid) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert master.states(tid) == expected_all
     metrics = cluster.agent_rt.metrics
-    await wait_until(lambda: metrics.get("agent/status_updates_acked") == 3)
-    assert metrics.get("agent/status_updates_retried") >= 6
-    assert metrics.get("agent/status_updates_sent") == 3
+    await wait_until(lambda: metrics.get("agent/status_updates_acked") == len(expected_all))
+    assert metrics.get("agent/status_updates_retried") >= 2 * len(expected_all)
+    assert metrics.get("agent/status_updates_sent") == len(expected_all)
     # With every update delivered the framework is forgotten.
-    await master.wait_for(ExitedExecutor.NAME)
+    if command_tasks == "executor":
+        await master.wait_for(ExitedExecutor.NAME)
     await wait_until(lambda: not cluster.agent._frameworks)
     state = await cluster.http_get("/agent/state")
     assert state["pending_status_updates"] == []
@@ -408,7 +469,10 @@ async def test_custom_executor_runs_several_tasks_and_talks(cluster: Cluster):
     assert cluster.agent_rt.metrics.get("agent/executors_launched") == 1
 
 
-async def test_shutdown_framework_kills_its_tasks(cluster: Cluster, tmp_path: Path):
+@BOTH_MODES
+async def test_shutdown_framework_kills_its_tasks(
+    cluster: Cluster, tmp_path: Path, command_tasks: str
+):
     master = await cluster.registered()
     command, pidfile = sleeper(tmp_path)
     t1, t2 = new_task_id("cmd"), new_task_id("custom")
@@ -419,9 +483,14 @@ async def test_shutdown_framework_kills_its_tasks(cluster: Cluster, tmp_path: Pa
     pid = await read_pid(pidfile)
 
     master.shutdown_framework("fw-1")
-    await master.wait_state(t1, TaskState.TASK_KILLED)
+    killed = await master.wait_state(t1, TaskState.TASK_KILLED)
     await master.wait_state(t2, TaskState.TASK_KILLED)
-    await master.wait_for(ExitedExecutor.NAME, count=2)
+    if command_tasks == "executor":
+        await master.wait_for(ExitedExecutor.NAME, count=2)
+    else:  # the custom executor's, not the direct task's
+        assert killed.status.reason == Reason.REASON_FRAMEWORK_REMOVED
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == "echo")
+        assert exited_for(master, t1) == []
     await wait_gone(pid)
     await wait_until(lambda: not cluster.agent._frameworks)
     # A task for a framework that is gone starts a fresh one.

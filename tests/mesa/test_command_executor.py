@@ -1,7 +1,12 @@
-"""The command executor, as the agent runs it: argv and shell commands, environment, kills."""
+"""The command executor, as the agent runs it: argv and shell commands, environment, kills.
+
+The agent runs these in ``command_tasks="executor"`` mode (the default is to run a command task
+directly, tests/mesa/test_direct_tasks.py); what both modes must do alike runs in both.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,19 +26,27 @@ from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo
 from mesa.task_state import Reason, TaskState
 
+BOTH_MODES = pytest.mark.parametrize("command_tasks", ["executor", "direct"])
+
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as c:
+def command_tasks() -> str:
+    """How the agent runs command tasks; tests that hold for both modes parametrize it."""
+    return "executor"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, command_tasks: str) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, command_tasks=command_tasks) as c:
         await c.registered()
         yield c
 
 
-def stdout_of(cluster: Cluster, task_id: str) -> str:
-    [out] = (cluster.work_dir / "agents").rglob(f"executors/{task_id}/runs/*/stdout")
-    return out.read_text()
+async def stdout_of(cluster: Cluster, task_id: str) -> str:
+    return (await cluster.sandbox(task_id) / "stdout").read_text()
 
 
+@BOTH_MODES
 async def test_argv_command_without_a_shell(cluster: Cluster):
     master = cluster.master
     tid = new_task_id()
@@ -41,7 +54,7 @@ async def test_argv_command_without_a_shell(cluster: Cluster):
     task.command = CommandInfo(value="/bin/echo", shell=False, arguments=["echo", "a  b", "$HOME"])
     master.run_task(framework(), task)
     await master.wait_state(tid, TaskState.TASK_FINISHED)
-    assert stdout_of(cluster, tid) == "a  b $HOME\n"  # no shell: nothing expanded or split
+    assert await stdout_of(cluster, tid) == "a  b $HOME\n"  # no shell: nothing expanded or split
 
 
 async def test_task_environment_and_working_directory(cluster: Cluster):
@@ -50,21 +63,23 @@ async def test_task_environment_and_working_directory(cluster: Cluster):
     task = command_task(
         tid,
         'printf "%s\\n" "$PWD" "$MESA_SANDBOX" "$MESA_DIRECTORY" "$MESA_FRAMEWORK_ID" '
-        '"$MESA_EXECUTOR_ID" "$MESA_AGENT_PID" "$GREETING" "$PYTHONPATH"',
+        '"$MESA_EXECUTOR_ID" "$MESA_AGENT_PID" "$GREETING" "$PYTHONPATH" "$PATH"',
     )
     task.command.environment = {"GREETING": "hello there"}
     master.run_task(framework(), task)
     await master.wait_state(tid, TaskState.TASK_FINISHED)
-    lines = stdout_of(cluster, tid).splitlines()
-    pwd, sandbox, directory, fid, eid, agent_pid, greeting, pythonpath = lines
-    assert pwd == sandbox == directory
+    lines = (await stdout_of(cluster, tid)).splitlines()
+    pwd, sandbox, directory, fid, eid, agent_pid, greeting, pythonpath, path = lines
+    assert pwd == sandbox == directory == str(await cluster.sandbox(tid))
     assert Path(sandbox).parent.parent.name == tid  # …/executors/<tid>/runs/<container>
     assert (fid, eid) == ("fw-1", tid)
     assert agent_pid == str(cluster.agent.pid)
     assert greeting == "hello there"
     assert source_root() in pythonpath.split(":")
+    assert path == os.environ["PATH"]  # the rest of the agent's environment, passed on
 
 
+@BOTH_MODES
 async def test_command_killed_by_a_signal(cluster: Cluster):
     master = cluster.master
     tid = new_task_id()

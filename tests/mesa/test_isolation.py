@@ -6,6 +6,10 @@ cgroup root of its own (``mesa/test-<random>``) that is purged when it ends, pas
 parallel runs never meet. Nothing sleeps for a fixed time: tests await status updates, and poll
 with a deadline only for process and cgroup state. The one measured window (the CFS check) is a
 correctness check of the quota, not of our speed.
+
+Command tasks run the agent's default way (directly: the container runs the task's command and
+has the task's resources only, and the task's terminal update comes after its container is gone,
+cgroups included). What the command executor mode must hold as well runs in both modes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from agent_harness import (
     read_pid,
     running,
     running_cluster,
-    wait_gone,
     wait_until,
 )
 from isolation_support import leftover_cgroups, need_cgroups, unique_root
@@ -49,7 +52,7 @@ from mesa.isolators.cgroups import (
 )
 from mesa.isolators.namespaces import PidNamespaceIsolator
 from mesa.messages import ExitedExecutor
-from mesa.task_state import Reason, TaskState
+from mesa.task_state import Reason, Source, TaskState
 from tests.waiting import eventually
 
 MB = 1024 * 1024
@@ -67,10 +70,33 @@ def root() -> Iterator[str]:
         yield name
 
 
+BOTH_MODES = pytest.mark.parametrize("command_tasks", ["direct", "executor"])
+
+
 @pytest.fixture
-async def cluster(tmp_path: Path, root: str) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as c:
+def command_tasks() -> str:
+    """How the agent runs command tasks (its default); tests parametrize it to cover both."""
+    return "direct"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, root: str, command_tasks: str) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, command_tasks=command_tasks) as c:
         yield c
+
+
+def limit_mb(command_tasks: str, task_mb: int = 32) -> int:
+    """A command task's container memory: the task's, plus the command executor's 32 MB when
+    there is one."""
+    return task_mb + (32 if command_tasks == "executor" else 0)
+
+
+async def ended(master: FakeMaster, task_id: str, command_tasks: str) -> None:
+    """After the task's terminal update: wait until its container is gone. A direct task's
+    terminal update already means that; the command executor's container ends after it, with
+    ExitedExecutor."""
+    if command_tasks == "executor":
+        await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == task_id)
 
 
 async def start(cluster: Cluster, isolation: str | None, **options: Any) -> FakeMaster:
@@ -81,8 +107,8 @@ async def start(cluster: Cluster, isolation: str | None, **options: Any) -> Fake
 
 
 def task(task_id: str, command: str, resources: str = "cpus:0.1;mem:32") -> TaskInfo:
-    """A command task; with the command executor's own cpus:0.1;mem:32 its container gets
-    cpus 0.2 and 64 MB."""
+    """A command task; its container gets its resources (and, in the command executor mode, the
+    executor's own cpus:0.1;mem:32 on top)."""
     t = command_task(task_id, command)
     t.resources = resources
     return t
@@ -121,17 +147,22 @@ def cgroup_dir(mounts: cgroupfs.Mounts, subsystem: str, root: str, cid: str) -> 
 # --------------------------------------------------------------------------- cgroups/mem
 
 
-async def test_memory_hog_fails_with_the_memory_reason(cluster: Cluster, root: str):
+@BOTH_MODES
+async def test_memory_hog_fails_with_the_memory_reason(
+    cluster: Cluster, root: str, command_tasks: str
+):
     mounts = need_cgroups(CgroupsMemIsolator)
     master = await start(cluster, "cgroups/mem", cgroups_root=root)
     tid = new_task_id("hog")
     master.run_task(framework(), task(tid, HOG))
     failed = await master.wait_state(tid, TaskState.TASK_FAILED)
     assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
+    assert failed.status.source == Source.SOURCE_AGENT
     assert "Memory limit exceeded" in failed.status.message
-    assert "Requested: 64MB" in failed.status.message  # the limit, named
+    # The limit, named.
+    assert f"Requested: {limit_mb(command_tasks)}MB" in failed.status.message
     assert TaskState.TASK_FINISHED not in master.states(tid)
-    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    await ended(master, tid, command_tasks)
     # The container is gone: its cgroups too (the freezer's and memory's).
     assert leftover_cgroups(root, mounts) == []
     assert cluster.agent_rt.metrics.get("containerizer/limitations_memory") == 1
@@ -146,7 +177,7 @@ async def test_cfs_quota_holds_a_busy_loop_to_its_cpus(
     mounts = need_cgroups(CgroupsCpuIsolator)
     master = await start(cluster, "cgroups/cpu", cgroups_root=root, cgroups_enable_cfs=True)
     tid = new_task_id("busy")
-    master.run_task(framework(), task(tid, BUSY, "cpus:0.4;mem:32"))  # 0.5 with the executor's
+    master.run_task(framework(), task(tid, BUSY, "cpus:0.5;mem:32"))
     await master.wait_state(tid, TaskState.TASK_RUNNING)
     cid = (await container_of(cluster, tid))["container_id"]
     cpu = cgroup_dir(mounts, "cpu", root, cid)
@@ -220,21 +251,22 @@ async def test_a_fork_bomb_stays_inside_its_pids_limit(cluster: Cluster, root: s
     members = [int(p) for p in (pids / "cgroup.procs").read_text().split()]
     master.kill("fw-1", tid, grace=0.1)
     await master.wait_state(tid, TaskState.TASK_KILLED)
-    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
-    await wait_gone(*members)
+    # A direct task's end is reported once its container is gone: processes, cgroups.
+    assert not any(running(p) for p in members)
     assert leftover_cgroups(root, mounts) == []
 
 
 # --------------------------------------------------------------------------- destroy
 
 
+@BOTH_MODES
 async def test_a_double_forked_sleeper_dies_with_its_container(
-    cluster: Cluster, root: str, tmp_path: Path
+    cluster: Cluster, root: str, tmp_path: Path, command_tasks: str
 ):
     mounts = need_cgroups(CgroupsFreezerIsolator)
     escaped_file = tmp_path / "escaped.pid"
     # The subshell starts a sleeper in a session of its own and exits: the sleeper is neither in
-    # the executor's session nor its descendant. Only the cgroup still knows it.
+    # the container's session nor a descendant of its process. Only the cgroup still knows it.
     command = f"(setsid sleep 60 & echo $! > {escaped_file}); exec sleep 60"
     master = await start(cluster, "cgroups/freezer,posix/cpu", cgroups_root=root)
     tid = new_task_id("escape")
@@ -246,7 +278,7 @@ async def test_a_double_forked_sleeper_dies_with_its_container(
     assert escaped not in {p.pid for p in psutil.Process(executor_pid).children(recursive=True)}
     master.kill("fw-1", tid, grace=0.1)
     await master.wait_state(tid, TaskState.TASK_KILLED)
-    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    await ended(master, tid, command_tasks)
     # The containerizer reports the end only when its cgroups are empty.
     assert not running(escaped)
     assert leftover_cgroups(root, mounts) == []
@@ -255,14 +287,18 @@ async def test_a_double_forked_sleeper_dies_with_its_container(
 # --------------------------------------------------------------------------- posix
 
 
-async def test_posix_mem_enforces_the_limit_by_polling(cluster: Cluster):
+@BOTH_MODES
+async def test_posix_mem_enforces_the_limit_by_polling(cluster: Cluster, command_tasks: str):
     master = await start(cluster, "posix/cpu,posix/mem", poll_interval=0.1)
     tid = new_task_id("hog")
-    master.run_task(framework(), task(tid, HOG))
+    pidfile = cluster.tmp_path / "hog.pid"
+    master.run_task(framework(), task(tid, f"echo $$ > {pidfile}; exec {HOG}"))
     failed = await master.wait_state(tid, TaskState.TASK_FAILED)
     assert failed.status.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
-    assert "Memory limit exceeded: Requested: 64MB" in failed.status.message
-    await master.wait_for(ExitedExecutor.NAME, lambda m: m.executor_id == tid)
+    limit = limit_mb(command_tasks)
+    assert f"Memory limit exceeded: Requested: {limit}MB" in failed.status.message
+    await ended(master, tid, command_tasks)
+    assert not running(await read_pid(pidfile))
 
 
 # --------------------------------------------------------------------------- disk/du
@@ -307,17 +343,17 @@ async def test_usage_moves_when_the_task_works(cluster: Cluster, root: str, isol
     later = await statistics_until(
         cluster, tid, lambda s: cpu(s) > cpu(first) and "disk_used_bytes" in s
     )
-    assert later["cpus_limit"] == pytest.approx(0.2)
+    assert later["cpus_limit"] == pytest.approx(0.1)
     assert later["mem_rss_bytes"] > 0
-    assert later["mem_limit_bytes"] == 64 * MB
+    assert later["mem_limit_bytes"] == 32 * MB
     assert later["disk_limit_bytes"] == 16 * MB
     assert later["timestamp"] >= first["timestamp"]
     entry = await container_of(cluster, tid)
-    assert entry["framework_id"] == "fw-1" and entry["resources"] == "cpus:0.2;mem:64;disk:16"
+    assert entry["framework_id"] == "fw-1" and entry["resources"] == "cpus:0.1;mem:32;disk:16"
     # /agent/containers refreshed the numbers behind the aggregates in /metrics/snapshot.
     metrics = await cluster.http_get("/metrics/snapshot")
-    assert metrics["containerizer/cpus_limit"] == pytest.approx(0.2)
-    assert metrics["containerizer/mem_limit_bytes"] == 64 * MB
+    assert metrics["containerizer/cpus_limit"] == pytest.approx(0.1)
+    assert metrics["containerizer/mem_limit_bytes"] == 32 * MB
     assert metrics["containerizer/cpus_user_time_secs"] > 0
     assert metrics["containerizer/containers_running"] == 1
     master.kill("fw-1", tid, grace=0.1)
@@ -373,11 +409,11 @@ async def test_pid_namespace_shows_the_task_only_its_own_processes(cluster: Clus
     # Every pid this task can see, from its own /proc.
     command = "ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' ' > pids.txt; exec sleep 60"
     master.run_task(framework(), task(tid, command))
-    await master.wait_state(tid, TaskState.TASK_RUNNING)  # the executor reached its agent
+    await master.wait_state(tid, TaskState.TASK_RUNNING)
     listing = await sandbox_file(cluster, "pids.txt")
     await wait_until(lambda: listing.exists() and listing.read_text().strip() != "")
     seen = {int(p) for p in listing.read_text().split()}
-    assert 1 in seen  # the executor is the namespace's init
+    assert 1 in seen  # the container's first process is the namespace's init
     assert len(seen) < 10 and max(seen) < 100, seen  # not the host's processes
     master.kill("fw-1", tid, grace=0.1)
     await master.wait_state(tid, TaskState.TASK_KILLED)
@@ -416,9 +452,9 @@ async def test_a_third_party_isolator_loads_by_name(
     state = await cluster.http_get("/agent/state")
     sandbox = Path(state["frameworks"][0]["executors"][0]["directory"])
     await wait_until(
-        lambda: (sandbox / "stdout").exists() and "64" in (sandbox / "stdout").read_text()
+        lambda: (sandbox / "stdout").exists() and (sandbox / "stdout").read_text().endswith("\n")
     )
-    assert (sandbox / "stdout").read_text().strip().endswith(f"{entry['container_id']}:64")
+    assert (sandbox / "stdout").read_text().strip() == f"{entry['container_id']}:32"
     master.kill("fw-1", tid, grace=0.1)
     await master.wait_state(tid, TaskState.TASK_KILLED)
 

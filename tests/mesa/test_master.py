@@ -81,24 +81,27 @@ async def test_status_updates_are_retried_until_acknowledged(setup: Setup) -> No
         offer = await fw.offer()
         # Every acknowledgement the master would pass to the agent is lost on the way.
         dropped = libproc.drop_messages(name=StatusUpdateAcknowledgement.NAME, to=setup.agent_pid)
-        driver.launch_tasks([offer.id], [command_task(offer, "t1", "sleep 30")])
+        # A command task run directly: TASK_RUNNING once its container is up, then (it ends at
+        # once) TASK_FINISHED, which must wait until TASK_RUNNING is acknowledged.
+        driver.launch_tasks([offer.id], [command_task(offer, "t1", "true")])
         # The same update (same uuid) comes again and again while acks are lost...
         await fw.until(
             lambda: (
-                sum(1 for s in fw.updates if s.task_id == "t1" and s.state == "TASK_STARTING") >= 3
+                sum(1 for s in fw.updates if s.task_id == "t1" and s.state == "TASK_RUNNING") >= 3
             ),
-            "TASK_STARTING retried",
+            "TASK_RUNNING retried",
         )
-        starting = [s for s in fw.updates if s.state == "TASK_STARTING"]
-        assert len({s.uuid for s in starting}) == 1
-        # ...and RUNNING waits behind it: updates for a task stay in order.
-        assert not any(s.state == "TASK_RUNNING" for s in fw.updates)
+        running = [s for s in fw.updates if s.state == "TASK_RUNNING"]
+        assert len({s.uuid for s in running}) == 1
+        # ...and FINISHED waits behind it: updates for a task stay in order.
+        assert not any(s.state == "TASK_FINISHED" for s in fw.updates)
         assert dropped.count >= 2
         dropped.cancel()
-        await fw.state_of("t1", TaskState.TASK_RUNNING)
+        await fw.state_of("t1", TaskState.TASK_FINISHED)
         states = [s.state for s in fw.updates if s.task_id == "t1"]
-        assert states.index("TASK_RUNNING") > max(
-            i for i, s in enumerate(states) if s == "TASK_STARTING"
+        assert set(states) == {"TASK_RUNNING", "TASK_FINISHED"}
+        assert states.index("TASK_FINISHED") > max(
+            i for i, s in enumerate(states) if s == "TASK_RUNNING"
         )
         assert setup.agent_rt.metrics.get("agent/status_updates_retried") >= 2
     finally:

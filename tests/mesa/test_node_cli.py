@@ -35,6 +35,7 @@ def test_help_explains_every_flag() -> None:
         "--log-format",
         "--agent-ping-interval",
         "--offer-timeout",
+        "--command-tasks",
     ):
         assert flag in result.stdout, flag
 
@@ -49,6 +50,7 @@ def test_help_explains_every_flag() -> None:
         (["--role=agent", "--master=127.0.0.1:5050", "--attributes=rack"], "NAME:VALUE"),
         (["--role=agent"], "needs --master"),
         (["--role=queen"], "invalid choice"),
+        (["--role=agent", "--master=127.0.0.1:5050", "--command-tasks=fork"], "invalid choice"),
     ],
 )
 def test_bad_flag_values_end_in_one_clear_line(args: list[str], expected: str) -> None:
