@@ -95,6 +95,9 @@ class MasterFlags:
 
     hostname: str | None = None
     allocation_interval: float = 1.0
+    # How long after an event (resources back, an agent or framework added) its cycle runs, so a
+    # burst of events costs one cycle: latency of reuse against allocator CPU.
+    allocation_batch_delay: float = 0.01
     agent_ping_interval: float = 1.0
     max_agent_ping_timeouts: int = 5
     offer_timeout: float | None = None
@@ -221,7 +224,11 @@ class Master(Process):
     def initialize(self) -> None:
         self.log = self.log.bind(component="master")
         self.allocator_pid = self.spawn(
-            Allocator(self.pid, interval=self.flags.allocation_interval)
+            Allocator(
+                self.pid,
+                interval=self.flags.allocation_interval,
+                batch_delay=self.flags.allocation_batch_delay,
+            )
         )
         m = self.metrics
         m.gauge("master/frameworks_active", lambda: self._count_frameworks(True))
