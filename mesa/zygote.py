@@ -177,6 +177,7 @@ class Zygote:
         self._reader: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, _Pending] = {}
+        self._outbox: list[bytes] = []
         self._starting: asyncio.Task[None] | None = None
         self._orphan_watches: set[asyncio.Future[None]] = set()
         self.pid: int | None = None
@@ -283,13 +284,22 @@ class Zygote:
         return ZygoteChild(self, container_id, pid, pending.exited, gated)
 
     def _send(self, msg: dict[str, Any]) -> None:
+        """Queue a line; the lines of one loop turn go in one write. Every write wakes the
+        zygote, and a burst of launches (an offer's worth) should wake it once, not per task."""
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise ZygoteError("the zygote is not running")
-        try:
-            proc.stdin.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        except (ConnectionError, RuntimeError) as e:
-            raise ZygoteError(f"the zygote is gone: {e!r}") from e
+        self._outbox.append(json.dumps(msg, separators=(",", ":")).encode())
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._outbox = self._outbox, []
+        proc = self._proc
+        if not lines or proc is None or proc.stdin is None or proc.returncode is not None:
+            return  # gone: its reader sees EOF and fails what was in flight
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            proc.stdin.write(b"\n".join(lines) + b"\n")
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -339,6 +349,7 @@ class Zygote:
     def _gone(self) -> None:
         """The zygote ended: fail launches in flight; children it forked are watched by pid."""
         self._reader = None
+        self._outbox.clear()  # lines for a process that is gone; never for its successor
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ZygoteError("the zygote exited before it was ready"))
             self._ready.exception()  # mark retrieved
@@ -373,6 +384,7 @@ class Zygote:
         if starting is not None and not starting.done():
             starting.cancel()
             await asyncio.wait([starting], timeout=timeout)
+        self._flush()  # what the containerizer asked for last (a gate to close) still goes
         proc, self._proc = self._proc, None
         reader = self._reader
         if proc is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -91,6 +92,7 @@ USAGE_KEYS = (
 )
 
 
+@functools.cache
 def source_root() -> str:
     """The directory holding the ``mesa`` package, so executors import the same code."""
     return str(Path(__file__).resolve().parent.parent.parent)
@@ -151,6 +153,11 @@ class Containerizer(Process):
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
         self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
+        self._base_env: dict[str, str] | None = None
+        # An isolator that knows every process of a container (a cgroup's members, escaped
+        # sessions included) makes the scan of every process on the machine for the session
+        # redundant.
+        self._tracks_processes = any(i.tracks_processes for i in self.isolators)
         self.log = get_logger("mesa.containerizer")
 
     async def initialize(self) -> None:
@@ -377,7 +384,10 @@ class Containerizer(Process):
         child.release()
 
     def _environment(self, container: _Container, msg: LaunchContainer) -> dict[str, str]:
-        env = dict(os.environ)
+        if self._base_env is None:
+            # The agent's environment, read once: copying os.environ decodes every variable.
+            self._base_env = dict(os.environ)
+        env = dict(self._base_env)
         env.update({str(k): str(v) for k, v in (msg.environment or {}).items()})
         env.update({str(k): str(v) for k, v in (msg.executor.command.environment or {}).items()})
         env["MESA_CONTAINER_ID"] = container.id
@@ -551,7 +561,7 @@ class Containerizer(Process):
     async def _kill(self, container: _Container) -> set[int]:
         """SIGKILL every process of the container anyone can see; returns the pids."""
         pids: set[int] = set()
-        if container.pid is not None:
+        if container.pid is not None and not self._tracks_processes:
             reaped = container.process is not None and container.process.returncode is not None
             pids = session_pids(container.pid, leader_alive=not reaped)
         for isolator in self.isolators:
@@ -576,7 +586,7 @@ class Containerizer(Process):
         delay = 0.005
         while True:
             remaining = {pid for pid in remaining if _running(pid)}
-            if session_live and container.pid is not None:  # latecomers to the session
+            if session_live and container.pid is not None and not self._tracks_processes:
                 remaining |= {p for p in session_pids(container.pid) if _running(p)}
             for isolator in self.isolators:
                 found = await self._call_quiet(isolator, "pids", container.id)

@@ -117,10 +117,15 @@ class Isolator(Process):
     ``gated``: set True when ``isolate`` must run before the executor does anything (a cgroup
     must hold the process before it can fork a child outside it). The containerizer then starts
     the executor behind a small gate that waits for every ``isolate`` to return.
+    ``tracks_processes``: set True when ``pids`` sees every process of the container, even one
+    that left its session (a cgroup's members).
     """
 
     name: ClassVar[str] = "base"
     gated: ClassVar[bool] = False
+    # True when ``pids`` reports every process of a container, wherever it went (a cgroup):
+    # the containerizer then does not scan the machine for the container's session.
+    tracks_processes: bool = False
 
     def __init__(self, options: IsolationOptions | None = None, *, id: str | None = None) -> None:
         super().__init__(id)
