@@ -7,7 +7,9 @@ its handlers never run at the same time. A handler may be ``async``; the mailbox
 before the next event, which keeps that guarantee across ``await``.
 
 Draining runs straight off ``loop.call_soon`` (no task per message): a sync handler costs a
-function call, which is why in-process ping-pong beats an ``asyncio.Queue`` pair.
+function call, which is why in-process ping-pong beats an ``asyncio.Queue`` pair. A message that
+arrives alone in a frame from another runtime skips even that when its actor is idle: the handler
+runs in the transport's read callback (:meth:`Process._deliver_now`).
 """
 
 from __future__ import annotations
@@ -256,9 +258,9 @@ class Process:
         Idle means no handler running and nothing queued (``_busy`` is false only when the
         mailbox is empty), so running it now cannot overtake an earlier message from anyone, and
         ``_busy`` is held while it runs, so a second handler cannot start. That saves a
-        ``call_soon`` and a loop iteration per message, which is a tenth of a cross-process round
-        trip. Local sends keep going through :meth:`_deliver`: running those inline would nest
-        a ping-pong pair's handlers until the stack ran out.
+        ``call_soon`` and a loop iteration per message on the latency path of every
+        cross-process request and reply. Local sends keep going through :meth:`_deliver`:
+        running those inline would nest a ping-pong pair's handlers until the stack ran out.
         """
         fn = self._handlers.get(name)
         if self._busy or self._state != _RUNNING or fn is None:

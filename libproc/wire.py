@@ -2,7 +2,8 @@
 
 One ZeroMQ message carries a *batch*: every message a runtime sends to the same peer in one loop
 turn is coalesced into a single frame, so a burst of small messages costs one syscall and one
-ZeroMQ message, not one each. The frame is::
+ZeroMQ message, not one each. (Replies that handlers send while a transport hands over what one
+read found leave together when that read is over, still in the same loop turn.) The frame is::
 
     b"LP1" + msgpack array of [recipient_id: str, sender: str, name: str, body: any]
 
