@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -63,6 +64,8 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from libproc import get_logger
 from mesa.spawn import gated_argv
@@ -181,6 +184,9 @@ class Zygote:
         self._starting: asyncio.Task[None] | None = None
         self._orphan_watches: set[asyncio.Future[None]] = set()
         self.pid: int | None = None
+        # The zygote adopts every orphan of the processes it started (PR_SET_CHILD_SUBREAPER),
+        # so what a container leaves behind is found among its children: see leftovers().
+        self.subreaper = False
         self.failures = 0
         # For /metrics/snapshot: how many executors were forked and what they cost in CPU.
         self.forked = 0
@@ -324,6 +330,7 @@ class Zygote:
     def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "ready":
+            self.subreaper = bool(msg.get("subreaper"))
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
@@ -368,6 +375,38 @@ class Zygote:
         if self._proc is not None:
             self.failures += 1
             log.warning("zygote_exited", pid=self.pid, orphaned_executors=live)
+
+    def leftovers(self, leader: int) -> set[int] | None:
+        """What is left of the container whose first process ``leader`` the zygote started and
+        has reaped: the orphans the zygote adopted from it (by session) and their descendants.
+
+        A few small reads of the zygote's own ``/proc`` entries, where a scan of the session
+        must ask every process on the machine (and the descendants of those orphans count even
+        if they left the session). None when the zygote cannot tell (it is gone, or could not
+        become a subreaper): scan the session instead.
+        """
+        if not self.subreaper or not self.alive or self.pid is None:
+            return None
+        task_dir = f"/proc/{self.pid}/task"
+        try:
+            children: set[int] = set()
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/children", "rb") as f:
+                    children.update(int(p) for p in f.read().split())
+        except OSError:
+            return None
+        live_leaders = {p.spawned.result() for p in self._pending.values() if p.spawned.done()}
+        out: set[int] = set()
+        for pid in children - live_leaders:
+            try:
+                if os.getsid(pid) != leader:
+                    continue
+            except OSError:
+                continue
+            out.add(pid)
+            with contextlib.suppress(psutil.Error):
+                out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        return out
 
     def _kill_now(self) -> None:
         """SIGKILL the zygote without waiting (its reader sees EOF and settles the rest)."""
@@ -503,6 +542,18 @@ def _environment(req: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def _become_subreaper() -> bool:
+    """Adopt the orphans of our descendants instead of leaving them to init (Linux >= 3.4)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
 class _Server:
     """The zygote's loop: one selector over its stdin and a SIGCHLD wake-up pipe."""
 
@@ -540,7 +591,7 @@ class _Server:
         stdin = sys.stdin.buffer.fileno()
         sel.register(stdin, selectors.EVENT_READ, "in")
         sel.register(wake_r, selectors.EVENT_READ, "chld")
-        self.send({"op": "ready", "pid": os.getpid()})
+        self.send({"op": "ready", "pid": os.getpid(), "subreaper": _become_subreaper()})
         open_ = True
         while open_ or self.children:
             for key, _ in sel.select(1.0 if not open_ else None):

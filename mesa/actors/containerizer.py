@@ -563,7 +563,10 @@ class Containerizer(Process):
         pids: set[int] = set()
         reaped = container.process is not None and container.process.returncode is not None
         if container.pid is not None and not self._tracks_processes:
-            pids = session_pids(container.pid, leader_alive=not reaped)
+            found = None
+            if reaped and self.zygote is not None and isinstance(container.process, ZygoteChild):
+                found = self.zygote.leftovers(container.pid)
+            pids = found if found is not None else session_pids(container.pid, not reaped)
         for isolator in self.isolators:
             found = await self._call_quiet(isolator, "pids", container.id)
             if found:
