@@ -486,15 +486,13 @@ class Containerizer(Process):
         if container is None:
             return
         self._usage.pop(cid, None)
-        if container.limitation is None:
-            # The kernel may have been quicker than the watcher (a v2 OOM kill of the whole
-            # group): ask each isolator to look now.
-            for isolator in self.isolators:
-                found = await self._call_quiet(isolator, "check", cid)
-                if isinstance(found, Limitation):
-                    container.limitation = found
-                    break
-        await self._cleanup_isolators(container)
+        # The kernel may have been quicker than the watcher (a v2 OOM kill of the whole group):
+        # each isolator looks now, as it cleans up.
+        for isolator in self.isolators:
+            check = container.limitation is None
+            found = await self._call_quiet(isolator, "_run_finish", cid, check)
+            if check and isinstance(found, Limitation):
+                container.limitation = found
         if container.destroying:
             self.metrics.inc("containerizer/containers_destroyed")
         limitation = container.limitation
