@@ -33,14 +33,7 @@ GATE_SCRIPT = 'read -r _ || exit 125; exec "$@" </dev/null'
 
 def gated_argv(executable: str, argv: list[str]) -> list[str]:
     """The argv that runs ``executable`` (with ``argv[1:]``) behind :data:`GATE_SCRIPT`; give
-    it the gate's read end as stdin and write one line to open it.
-
-    A shell command (``/bin/sh -c VALUE``) gets the gate as its first line instead: the shell
-    runs one command at a time, so nothing of ``VALUE`` runs before the gate opens, and it is
-    one ``exec`` of a shell fewer per task.
-    """
-    if executable == "/bin/sh" and len(argv) == 3 and argv[1] == "-c":
-        return ["/bin/sh", "-c", "read -r _ || exit 125; exec </dev/null\n" + argv[2]]
+    it the gate's read end as stdin and write one line to open it."""
     return ["/bin/sh", "-c", GATE_SCRIPT, "mesa-gate", executable, *argv[1:]]
 
 
