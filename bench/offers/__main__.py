@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         choices=["command", "custom"],
-        help="command: an executor per task (default); custom: one per framework per agent",
+        help="command: command tasks, which the agent runs directly (default); custom: an "
+        "executor per framework per agent",
     )
     p.add_argument("--ping-interval", type=float, help="the master's agent ping interval")
     p.add_argument("--agents-per-process", type=int, help="simulated agents per agent process")

@@ -783,7 +783,8 @@ def format_report(report: dict[str, Any]) -> str:
         f" load {m['load_average_before'][0]:.1f}->{m['load_average_after'][0]:.1f},"
         f" {c['elapsed_s']:.0f}s",
         f"agents {c['agent_resources']}; tasks {c['task_resources']} for {c['task_seconds']}s"
-        f" ({c['executor']} executor); ping every {c['ping_interval']}s; medians of"
+        f" ({'direct command tasks' if c['executor'] == 'command' else 'custom executors'});"
+        f" ping every {c['ping_interval']}s; medians of"
         f" {c['runs']} x {c['window_s']}s windows",
         HEADER,
         "-" * len(HEADER),

@@ -3,7 +3,12 @@
 The agent (``mesa.actors.agent.Agent``) is given ``containerizer=<UPID of SimContainerizer>``. It
 speaks the real agent ↔ containerizer protocol (``LaunchContainer`` → ``ContainerLaunched``, later
 ``ContainerTerminated``; ``DestroyContainer``), and instead of starting an OS process the
-containerizer spawns a :class:`SimExecutor` actor in the same runtime. That actor is what a real
+containerizer simulates what would run in it. A *direct* command task (the agent's default: the
+container runs the task's command, the agent is its executor) is just a timer: the container is
+reported launched at once and terminated with status 0 after the task's duration, exactly the
+messages the real containerizer sends, so the agent's own update, acknowledgement and teardown
+code runs for every task. For an executor (``--command-tasks=executor``, or a framework's own)
+the containerizer spawns a :class:`SimExecutor` actor in the same runtime. That actor is what a real
 executor's libproc half would be: it registers with the agent (``RegisterExecutor``), is handed
 tasks (``RunTask``), reports ``TASK_RUNNING`` at once and ``TASK_FINISHED`` after the task's
 duration as status updates that carry a uuid and wait for the agent's acknowledgement, and ends
@@ -36,6 +41,7 @@ from mesa.messages import (
     RegisterExecutor,
     RunTask,
     ShutdownExecutor,
+    SignalContainer,
     StatusUpdate,
     StatusUpdateAcknowledgement,
     UpdateContainer,
@@ -54,15 +60,22 @@ class SimContainerizer(Process):
         super().__init__(id)
         self.task_seconds = task_seconds
         self.containers: dict[str, tuple[UPID, UPID]] = {}  # cid -> (owner agent, executor)
+        self.tasks: dict[str, tuple[UPID, Timer]] = {}  # direct tasks: cid -> (owner, its end)
         self.launched = 0
 
     @handler(LaunchContainer.NAME)
     def _launch(self, sender: UPID, msg: LaunchContainer) -> None:
         cid = msg.container_id
-        if cid in self.containers:
+        if cid in self.containers or cid in self.tasks:
             self.send(sender, ContainerLaunched.NAME, ContainerLaunched(cid, error="exists"))
             return
         env = msg.environment
+        if "MESA_TASK_ID" in env:  # a direct task: no executor, the command "runs" for a while
+            timer = self.delay(self.task_seconds, self._task_done, cid)
+            self.tasks[cid] = (sender, timer)
+            self.launched += 1
+            self.send(sender, ContainerLaunched.NAME, ContainerLaunched(cid, pid=next(_fake_pids)))
+            return
         executor = SimExecutor(
             self.pid,
             self.task_seconds,
@@ -77,8 +90,28 @@ class SimContainerizer(Process):
         self.launched += 1
         self.send(sender, ContainerLaunched.NAME, ContainerLaunched(cid, pid=next(_fake_pids)))
 
+    def _task_done(self, cid: str) -> None:
+        self._end_task(cid, status=0)
+
+    def _end_task(self, cid: str, status: int, destroyed: bool = False) -> None:
+        entry = self.tasks.pop(cid, None)
+        if entry is not None:
+            entry[1].cancel()
+            self.send(
+                entry[0],
+                ContainerTerminated.NAME,
+                ContainerTerminated(cid, status=status, destroyed=destroyed),
+            )
+
+    @handler(SignalContainer.NAME)
+    def _signal(self, sender: UPID, msg: SignalContainer) -> None:
+        self._end_task(msg.container_id, status=-msg.signal)  # a simulated command obeys
+
     @handler(DestroyContainer.NAME)
     def _destroy(self, sender: UPID, msg: DestroyContainer) -> None:
+        if msg.container_id in self.tasks:
+            self._end_task(msg.container_id, status=-9, destroyed=True)
+            return
         entry = self.containers.get(msg.container_id)
         if entry is not None:
             self.runtime.terminate(entry[1])
