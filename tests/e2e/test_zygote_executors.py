@@ -84,6 +84,13 @@ def _zygote_pid(agent: Node) -> int:
     raise AssertionError("the agent has no zygote")
 
 
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return ""
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -169,7 +176,15 @@ async def test_kill_with_grace_period_leaves_nothing(cluster: Cluster, command_t
         ex = await _poll(lambda: _executor(agent, "stubborn"), "the executor")
         pid = ex["os_pid"]
         assert psutil.Process(pid).ppid() == _zygote_pid(agent)
-        members = await _poll(lambda: _session(pid) - {pid}, "the task's processes")
+
+        def sleeping() -> set[int]:
+            # Both sleeps run only once the shell has set its trap: a SIGTERM sent earlier would
+            # end the shell, and the task, before the grace period.
+            members = _session(pid) - {pid}
+            sleeps = [p for p in members if _name(p) == "sleep"]
+            return members if len(sleeps) >= 2 else set()
+
+        members = await _poll(sleeping, "the task's two sleeps (its trap set)")
         started = time.monotonic()
         driver.kill_task("stubborn", grace_period=0.5)
         killed = await fw.state_of("stubborn", TaskState.TASK_KILLED)
