@@ -259,6 +259,7 @@ class _Framework:
     executors: dict[str, _Executor] = field(default_factory=dict)
     completed_executors: deque[_Executor] = field(default_factory=lambda: deque(maxlen=50))
     terminating: bool = False
+    directory: str | None = None  # where its sandboxes go, once known
 
     @property
     def id(self) -> str:
@@ -716,9 +717,8 @@ class Agent(Process):
             return
         self.metrics.inc("agent/tasks_launched")
         executor.tasks[task.task_id] = _Task(task, fid, executor.id)
-        if direct:
-            return  # the container launched above runs it
-        self._update_container(executor)
+        if not direct:  # (a direct task's container was made for it, with its resources)
+            self._update_container(executor)
         self.log.info(
             "task_launching",
             framework_id=fid,
@@ -726,6 +726,8 @@ class Agent(Process):
             executor_id=executor.id,
             executor_state=str(executor.state),
         )
+        if direct:
+            return  # the container launched above runs it
         if executor.state == _ExecutorState.RUNNING:
             self._send_to_executor(executor, framework, task)
         else:
@@ -740,16 +742,17 @@ class Agent(Process):
         direct: bool = False,
     ) -> _Executor:
         cid = str(uuid.uuid4())
-        framework_dir = self.work_dir.joinpath("agents", str(self.agent_id), "frameworks")
+        if framework.directory is None:
+            framework.directory = os.path.join(
+                self.work_dir, "agents", str(self.agent_id), "frameworks", framework.id
+            )
         if direct:
             # One new directory per task, not three: where making a directory costs a fraction
             # of a millisecond of CPU (it does on the VMs this runs on), that is most of what a
             # short task costs. /agent/state gives each task's directory.
-            sandbox = framework_dir.joinpath(framework.id, "runs", cid)
+            sandbox = Path(f"{framework.directory}/runs/{cid}")
         else:
-            sandbox = framework_dir.joinpath(
-                framework.id, "executors", info.executor_id, "runs", cid
-            )
+            sandbox = Path(f"{framework.directory}/executors/{info.executor_id}/runs/{cid}")
         executor = _Executor(
             info, framework.id, cid, sandbox, command_executor and not direct, direct
         )
@@ -773,7 +776,10 @@ class Agent(Process):
             container_id=cid,
             sandbox=str(sandbox),
         )
-        executor.container_resources = self._container_resources(executor, [first])
+        if direct and isinstance(first.resources, str):
+            executor.container_resources = first.resources  # the task's own, as validated
+        else:
+            executor.container_resources = self._container_resources(executor, [first])
         self.send(
             self._containerizer,  # type: ignore[arg-type]
             LaunchContainer.NAME,
