@@ -173,6 +173,7 @@ class Zygote:
         max_failures: int = 3,
     ) -> None:
         self._env = dict(env if env is not None else os.environ)
+        self._env_items = self._env.items()  # a set-like view: a launch's difference in C
         self._start_timeout = start_timeout
         # A zygote that keeps dying is given up on: every launch then starts cold.
         self.max_failures = max_failures
@@ -272,8 +273,8 @@ class Zygote:
                 "cwd": cwd,
                 # Only what differs from the zygote's own environment: the whole of it is a few
                 # kilobytes of JSON per launch, written by the agent and parsed by the zygote.
-                "env_set": {k: v for k, v in env.items() if self._env.get(k) != v},
-                "env_unset": [k for k in self._env if k not in env],
+                "env_set": dict(env.items() - self._env_items),
+                "env_unset": list(self._env.keys() - env.keys()),
                 "stdout": stdout,
                 "stderr": stderr,
                 "exec": [executable or argv[0], *argv] if argv else None,

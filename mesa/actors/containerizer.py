@@ -364,10 +364,10 @@ class Containerizer(Process):
         assert self.zygote is not None
         child = await self.zygote.spawn(
             container.id,
-            cwd=str(container.sandbox),
+            cwd=env["MESA_SANDBOX"],
             env=env,
-            stdout=str(container.sandbox / "stdout"),
-            stderr=str(container.sandbox / "stderr"),
+            stdout=env["MESA_SANDBOX"] + "/stdout",
+            stderr=env["MESA_SANDBOX"] + "/stderr",
             argv=argv,
             executable=executable,
             make_cwd=True,
@@ -391,8 +391,7 @@ class Containerizer(Process):
         env.update({str(k): str(v) for k, v in (msg.environment or {}).items()})
         env.update({str(k): str(v) for k, v in (msg.executor.command.environment or {}).items()})
         env["MESA_CONTAINER_ID"] = container.id
-        env["MESA_SANDBOX"] = str(container.sandbox)
-        env["MESA_DIRECTORY"] = str(container.sandbox)
+        env["MESA_SANDBOX"] = env["MESA_DIRECTORY"] = str(msg.sandbox)
         # `python -m mesa.command_executor` must import this very code, installed or not; the
         # sandbox is the working directory, so the checkout must be on the path explicitly.
         root = source_root()
