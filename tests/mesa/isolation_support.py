@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from libproc import Runtime
 from mesa.isolators import cgroupfs
+from mesa.isolators.base import Isolator
 from mesa.isolators.cgroupfs import Mounts
 
 
@@ -67,3 +70,27 @@ def leftover_cgroups(root: str, mounts: Mounts | None = None) -> list[Path]:
         if top.is_dir():
             out.extend(Path(d) for d, _, _ in os.walk(top) if Path(d) != top)
     return out
+
+
+class Bed:
+    """A runtime hosting isolators, called as the containerizer calls them (by dispatch)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def add(self, isolator: Isolator) -> Any:
+        self.rt.spawn(isolator)
+        return isolator
+
+    async def call(self, isolator: Isolator, method: str, *args: Any) -> Any:
+        return await self.rt.dispatch(isolator.pid, getattr(isolator, method), *args)
+
+
+@contextlib.asynccontextmanager
+async def isolator_bed() -> AsyncIterator[Bed]:
+    """A :class:`Bed` on a runtime of its own, stopped (with its isolators) on the way out."""
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        yield Bed(rt)
+    finally:
+        await rt.stop()

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 from agent_harness import running, wait_until
-from isolation_support import need_cgroups, unique_root
+from isolation_support import Bed, isolator_bed, need_cgroups, unique_root
 
-from libproc import Runtime
-from mesa.isolators import ContainerConfig, IsolationOptions, Isolator, cgroupfs
+from mesa.isolators import ContainerConfig, IsolationOptions, cgroupfs
 from mesa.isolators.cgroupfs import Mounts, V1Cgroup, V2Cgroup
 from mesa.isolators.cgroups import (
     CgroupsCpuIsolator,
@@ -32,27 +31,10 @@ from mesa.resources import Resources
 MB = 1024 * 1024
 
 
-class Bed:
-    """A runtime hosting isolators, called as the containerizer calls them (by dispatch)."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-
-    def add(self, isolator: Isolator) -> Any:
-        self.rt.spawn(isolator)
-        return isolator
-
-    async def call(self, isolator: Isolator, method: str, *args: Any) -> Any:
-        return await self.rt.dispatch(isolator.pid, getattr(isolator, method), *args)
-
-
 @pytest.fixture
 async def bed() -> AsyncIterator[Bed]:
-    rt = await Runtime("127.0.0.1", 0).start()
-    try:
-        yield Bed(rt)
-    finally:
-        await rt.stop()
+    async with isolator_bed() as b:
+        yield b
 
 
 @pytest.fixture

@@ -330,34 +330,27 @@ async def test_the_tasks_grace_period_applies_when_the_kill_has_none(
     assert not running(pid)
 
 
-async def test_a_second_kill_can_shorten_the_grace_period(cluster: Cluster, tmp_path: Path):
-    master = await start(cluster)
-    pidfile = tmp_path / "stubborn.pid"
-    tid = new_task_id()
-    master.run_task(framework(), command_task(tid, STUBBORN.format(pidfile=pidfile)))
-    await master.wait_state(tid, TaskState.TASK_RUNNING)
-    pid = await read_pid(pidfile)
-    master.kill("fw-1", tid, grace=10 * DEADLINE)  # far beyond the wait below
-    master.kill("fw-1", tid, grace=0.1)
-    killed = await master.wait_state(tid, TaskState.TASK_KILLED)
-    assert killed.status.message == "Command terminated by signal SIGKILL"
-    assert master.states(tid) == ["TASK_RUNNING", "TASK_KILLED"]  # one kill, one update
-    assert not running(pid)
-
-
-async def test_a_second_longer_kill_does_not_postpone_the_sigkill(
-    cluster: Cluster, tmp_path: Path
+@pytest.mark.parametrize(
+    "graces",
+    [(10 * DEADLINE, 0.1), (0.2, 10 * DEADLINE)],
+    ids=["a-second-kill-shortens-the-wait", "a-longer-second-kill-does-not-postpone-it"],
+)
+async def test_only_the_earliest_sigkill_counts(
+    cluster: Cluster, tmp_path: Path, graces: tuple[float, float]
 ):
+    # Either way the SIGKILL comes at the earlier deadline: one far beyond the wait below
+    # would make the task outlive it.
     master = await start(cluster)
     pidfile = tmp_path / "stubborn.pid"
     tid = new_task_id()
     master.run_task(framework(), command_task(tid, STUBBORN.format(pidfile=pidfile)))
     await master.wait_state(tid, TaskState.TASK_RUNNING)
     pid = await read_pid(pidfile)
-    master.kill("fw-1", tid, grace=0.2)
-    master.kill("fw-1", tid, grace=10 * DEADLINE)  # would push the SIGKILL past the wait below
+    for grace in graces:
+        master.kill("fw-1", tid, grace=grace)
     killed = await master.wait_state(tid, TaskState.TASK_KILLED)
     assert killed.status.message == "Command terminated by signal SIGKILL"
+    assert master.states(tid) == ["TASK_RUNNING", "TASK_KILLED"]  # two kills, one update
     assert not running(pid)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from agent_harness import kill_leftovers, read_pid, running, wait_until
-from isolation_support import need_cgroups, unified_tree, unique_root
+from isolation_support import Bed, isolator_bed, need_cgroups, unified_tree, unique_root
 
 from libproc import UPID, Process, Runtime
 from mesa.actors.containerizer import Containerizer
@@ -27,7 +27,6 @@ from mesa.isolators import (
     BUILTIN,
     ContainerConfig,
     IsolationOptions,
-    Isolator,
     cgroupfs,
     default_isolation,
     isolator_class,
@@ -119,27 +118,10 @@ def test_v2_is_chosen_where_the_unified_tree_offers_the_controller(tmp_path: Pat
 # ------------------------------------------------------------------------------- v2 files
 
 
-class Bed:
-    """A runtime hosting isolators, called as the containerizer calls them (by dispatch)."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-
-    def add(self, isolator: Isolator) -> Isolator:
-        self.rt.spawn(isolator)
-        return isolator
-
-    async def call(self, isolator: Isolator, method: str, *args: Any) -> Any:
-        return await self.rt.dispatch(isolator.pid, getattr(isolator, method), *args)
-
-
 @pytest.fixture
 async def bed() -> AsyncIterator[Bed]:
-    rt = await Runtime("127.0.0.1", 0).start()
-    try:
-        yield Bed(rt)
-    finally:
-        await rt.stop()
+    async with isolator_bed() as b:
+        yield b
 
 
 def config(tmp_path: Path, cid: str, resources: str) -> ContainerConfig:
