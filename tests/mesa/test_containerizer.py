@@ -223,3 +223,29 @@ async def test_stopping_the_containerizer_destroys_everything(tmp_path: Path):
     finally:
         await rt.stop()
         kill_leftovers(list(tmp_path.rglob("*.pid")))
+
+
+async def test_a_destroy_that_arrives_while_the_start_is_under_way_still_ends_it(bed: Bed):
+    # Both requests go in the same loop turn: the destroy is handled while the start (the
+    # isolators' prepare, the zygote's spawn) is still running outside the actor.
+    pidfile = bed.tmp / "c1.pid"
+    bed.launch("c1", f"echo $$ > {pidfile}; exec sleep 60")
+    bed.destroy("c1")
+    end = await bed.terminated("c1")
+    assert end.destroyed
+    launched = await bed.launched("c1")
+    assert launched.error is None and launched.pid is not None
+    assert not running(launched.pid)
+    assert bed.isolator.steps("c1")[-1] == "cleanup"
+
+
+async def test_starts_run_side_by_side(bed: Bed):
+    # A burst of launches (an offer's worth of tasks) is not started one after another: every
+    # start has asked its isolators to prepare before any of them has a process to isolate.
+    for i in range(5):
+        bed.launch(f"b{i}", "exit 0")
+    ends = [await bed.terminated(f"b{i}") for i in range(5)]
+    assert [e.status for e in ends] == [0] * 5
+    assert all(bed.owner.launched[f"b{i}"].error is None for i in range(5))
+    hooks = [call[0] for call in bed.isolator.calls if call[0] in ("prepare", "isolate")]
+    assert hooks[:5] == ["prepare"] * 5, hooks
