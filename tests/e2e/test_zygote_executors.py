@@ -217,9 +217,12 @@ async def test_stopping_the_agent_takes_zygote_and_executors(
         await driver.stop()
 
 
-async def test_executors_start_cold_when_the_zygote_keeps_dying(cluster: Cluster) -> None:
+@BOTH_MODES
+async def test_containers_start_cold_when_the_zygote_keeps_dying(
+    cluster: Cluster, command_tasks: str
+) -> None:
     master = await cluster.start_master()
-    agent = await cluster.start_agent(command_tasks="executor")
+    agent = await cluster.start_agent(command_tasks=command_tasks)
     fw, driver = await start_framework(master.endpoint)
     try:
         # Each launch (re)starts a zygote if there is none; kill every one it starts until the
@@ -238,5 +241,29 @@ async def test_executors_start_cold_when_the_zygote_keeps_dying(cluster: Cluster
         assert metrics.get("containerizer/zygote_errors", 0) >= 1
         with pytest.raises(AssertionError):
             _zygote_pid(agent)  # none was started again
+    finally:
+        await driver.stop()
+
+
+async def test_a_direct_task_whose_zygote_dies_still_ends_and_is_reported(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent(command_tasks="direct")
+    fw, driver = await start_framework(master.endpoint)
+    flag = tmp_path / "go"
+    try:
+        offer = await fw.offer()
+        waits = f"while [ ! -e {flag} ]; do sleep 0.05; done"  # the task polls, not the test
+        driver.launch_tasks([offer.id], [command_task(offer, "waits", waits)])
+        await fw.state_of("waits", TaskState.TASK_RUNNING)
+        zygote = _zygote_pid(agent)
+        os.kill(zygote, 9)  # a descendant of the agent this test started
+        await _poll(lambda: _gone(zygote), "the zygote gone")
+        flag.touch()
+        # Its parent is gone, so its exit status is too; its end is not.
+        ended = await fw.state_of("waits", TaskState.TASK_FAILED)
+        assert ended.message == "Command exit status unknown"
+        await _poll(lambda: _executor(agent, "waits") is None, "its container gone")
     finally:
         await driver.stop()
