@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reports its states) or 'executor' (a mesa.command_executor process per task)",
     )
     a.add_argument(
+        "--gc-delay",
+        type=flags.positive_float,
+        default=7 * 24 * 3600.0,
+        help="seconds a finished container's sandbox is kept before it is removed (a week)",
+    )
+    a.add_argument(
         "--isolation",
         default=None,
         help="comma-separated isolators, e.g. 'cgroups/cpu,cgroups/mem,cgroups/pids,disk/du' "
@@ -223,6 +229,7 @@ def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict
         "http_port": runtime.http_port,
         "executor_registration_timeout": args.executor_registration_timeout,
         "command_tasks": args.command_tasks,
+        "gc_delay": args.gc_delay,
         "isolation": args.isolation,
         "isolation_options": IsolationOptions(
             cgroups_root=args.cgroups_root,

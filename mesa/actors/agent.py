@@ -93,6 +93,7 @@ from mesa.messages import (
     UpdateFramework,
 )
 from mesa.resources import ResourceError, Resources
+from mesa.sandbox_gc import SandboxCollector
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
 from mesa.validation import parse_resources
@@ -156,6 +157,9 @@ def direct_task_executor_info(task: TaskInfo, framework_id: str) -> ExecutorInfo
         name=f"Task {task.task_id}",
     )
 
+
+# How long a finished container's sandbox is kept (Mesos's --gc_delay default: a week).
+DEFAULT_GC_DELAY = 7 * 24 * 3600.0
 
 # How long a killed direct task gets between SIGTERM and SIGKILL when neither the kill nor the
 # task names a grace period (the command executor's default).
@@ -306,6 +310,9 @@ class Agent(Process):
     destroy. No interpreter starts per task, which is what makes short tasks cheap.
     ``"executor"``: Mesos's way, a ``python -m mesa.command_executor`` process per task in that
     container, which runs the command as its child (``TASK_STARTING`` first, then the same).
+
+    ``gc_delay``: seconds a finished container's sandbox is kept (for people to read what its
+    tasks wrote) before it is removed (Mesos's ``--gc_delay``; a week by default).
     """
 
     def __init__(
@@ -329,6 +336,7 @@ class Agent(Process):
         executor_registration_timeout: float = 60.0,
         executor_shutdown_grace_period: float = 5.0,
         command_tasks: str = "direct",
+        gc_delay: float = DEFAULT_GC_DELAY,
         id: str = "agent",
     ) -> None:
         super().__init__(id)
@@ -353,6 +361,7 @@ class Agent(Process):
         if command_tasks not in COMMAND_TASKS:
             raise ValueError(f"command_tasks must be one of {', '.join(COMMAND_TASKS)}")
         self.command_tasks = command_tasks
+        self._sandboxes = SandboxCollector(gc_delay, self.delay)
 
         # Fail here, in the constructor, on a bad resource string or an unusable work dir, so a
         # command line reports it instead of an actor logging it.
@@ -405,6 +414,8 @@ class Agent(Process):
         m.gauge("agent/executors_running", lambda: len(self._containers))
         m.gauge("agent/tasks_running", self._count_live_tasks)
         m.gauge("agent/status_update_streams", lambda: len(self._updates))
+        m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
+        m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
         self.log.info(
             "agent_started",
             master=str(self.master),
@@ -425,6 +436,7 @@ class Agent(Process):
         for executor in self._containers.values():
             executor.cancel_timers()
         self._updates.close()
+        self._sandboxes.close()
         if self._containerizer is None:
             return
         if self._own_containerizer:
@@ -996,11 +1008,19 @@ class Agent(Process):
                 ExitedExecutor.NAME,
                 ExitedExecutor(self.agent_id, executor.framework_id, executor.id, status),
             )
+        self._collect_sandbox(executor)
         if framework is not None:
             if framework.executors.get(executor.id) is executor:
                 del framework.executors[executor.id]
             framework.completed_executors.append(executor)
             self._maybe_remove_framework(framework)
+
+    def _collect_sandbox(self, executor: _Executor) -> None:
+        """Its container is gone: its sandbox goes after ``gc_delay`` (and, for an executor, the
+        ``runs`` and executor directories above it, if that leaves them empty)."""
+        runs = executor.sandbox.parent
+        parents = () if executor.direct else (str(runs), str(runs.parent))
+        self._sandboxes.add(str(executor.sandbox), parents)
 
     def _maybe_remove_framework(self, framework: _Framework) -> None:
         """Forget a framework with no executors left, once its updates are delivered (or, when

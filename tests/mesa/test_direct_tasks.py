@@ -533,3 +533,32 @@ async def test_reregistration_lists_the_task_but_no_executor(cluster: Cluster, t
     assert not running(pid)
     master.kill("fw-1", custom)
     await master.wait_state(custom, TaskState.TASK_KILLED)
+
+
+@pytest.mark.parametrize("command_tasks", ["direct", "executor"])
+async def test_a_finished_containers_sandbox_is_removed_after_the_gc_delay(
+    cluster: Cluster, command_tasks: str
+):
+    master = await start(cluster, gc_delay=1.0, command_tasks=command_tasks)
+    keep = new_task_id("keep")
+    master.run_task(framework(), command_task(keep, "exec sleep 60"))
+    await master.wait_state(keep, TaskState.TASK_RUNNING)
+    tid = new_task_id()
+    master.run_task(framework(), command_task(tid, "echo written"))
+    await master.wait_state(tid, TaskState.TASK_FINISHED)
+    sandbox = await cluster.sandbox(tid)
+    # Kept for people to read for a while (nothing removes it the moment the task ends) ...
+    assert (sandbox / "stdout").read_text() == "written\n"
+    # ... then gone, with the executor's own directories above it (executor mode).
+    await wait_until(lambda: not sandbox.exists())
+    if command_tasks == "executor":
+        assert not sandbox.parent.parent.exists()  # executors/<task id>
+        assert sandbox.parent.parent.parent.exists()  # the framework's executors directory
+    else:
+        assert sandbox.parent.exists()  # the framework's runs directory
+    # A running task's sandbox is not touched.
+    assert (await cluster.sandbox(keep)).exists()
+    metrics = await cluster.http_get("/metrics/snapshot")
+    assert metrics["agent/sandboxes_removed"] >= 1
+    master.kill("fw-1", keep, grace=0.1)
+    await master.wait_state(keep, TaskState.TASK_KILLED)

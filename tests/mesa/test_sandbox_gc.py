@@ -1,0 +1,101 @@
+"""The sandbox collector: each sandbox goes ``delay`` after it was handed in, in order, with one
+timer at a time however many wait; the removal runs off the loop's thread."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libproc import Clock
+from mesa.sandbox_gc import SandboxCollector
+from tests.waiting import eventually
+
+
+class FakeTimer:
+    def __init__(self, due: float, fn: Callable[[], Any]) -> None:
+        self.due, self.fn, self.cancelled = due, fn, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Schedule:
+    """Stands in for an actor's ``delay``: records timers; ``fire`` runs the due ones."""
+
+    def __init__(self) -> None:
+        self.timers: list[FakeTimer] = []
+
+    def __call__(self, seconds: float, fn: Callable[[], Any]) -> FakeTimer:
+        timer = FakeTimer(Clock.now() + seconds, fn)
+        self.timers.append(timer)
+        return timer
+
+    def live(self) -> list[FakeTimer]:
+        return [t for t in self.timers if not t.cancelled and t.fn is not None]
+
+    def fire(self) -> None:
+        for timer in self.live():
+            if timer.due <= Clock.now():
+                fn, timer.fn = timer.fn, None  # type: ignore[assignment]
+                fn()
+
+
+def sandbox(root: Path, name: str) -> Path:
+    path = root / "executors" / name / "runs" / "c"
+    path.mkdir(parents=True)
+    (path / "stdout").write_text("out\n")
+    return path
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[type[Clock]]:
+    Clock.pause()
+    try:
+        yield Clock
+    finally:
+        Clock.resume()
+
+
+async def test_each_sandbox_goes_after_the_delay_in_order(clock: Any, tmp_path: Path):
+    schedule = Schedule()
+    gc = SandboxCollector(10.0, schedule)
+    first = sandbox(tmp_path, "e1")
+    gc.add(str(first), [str(first.parent), str(first.parent.parent)])
+    clock.advance(4.0)
+    second = sandbox(tmp_path, "e2")
+    gc.add(str(second))
+    assert len(gc) == 2 and len(schedule.live()) == 1  # one timer, for the oldest
+
+    clock.advance(6.0)  # the first is due, the second not yet
+    schedule.fire()
+    await eventually(lambda: not first.exists(), "the first sandbox removed")
+    assert not (tmp_path / "executors" / "e1").exists()  # its emptied parents too
+    assert (tmp_path / "executors").exists()
+    assert second.exists() and len(gc) == 1
+    await eventually(lambda: gc.removed == 1, "the removal counted")
+
+    clock.advance(4.0)
+    schedule.fire()
+    await eventually(lambda: not second.exists(), "the second sandbox removed")
+    assert (second.parent).exists()  # no parents asked for: the runs directory stays
+    await eventually(lambda: gc.removed == 2, "both counted")
+    assert len(gc) == 0 and schedule.live() == []
+
+
+async def test_close_leaves_what_is_due_on_disk(clock: Any, tmp_path: Path):
+    schedule = Schedule()
+    gc = SandboxCollector(1.0, schedule)
+    path = sandbox(tmp_path, "e1")
+    gc.add(str(path))
+    gc.close()
+    clock.advance(5.0)
+    schedule.fire()
+    assert path.exists() and schedule.live() == []
+
+
+def test_a_negative_delay_is_refused():
+    with pytest.raises(ValueError, match="negative"):
+        SandboxCollector(-1.0, Schedule())
