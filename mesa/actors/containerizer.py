@@ -280,7 +280,8 @@ class Containerizer(Process):
         )
         loop = asyncio.get_running_loop()
         for isolator in self.isolators:
-            container.watches.append(loop.create_task(self._watch_limits(container, isolator)))
+            if isolator.reports_limits:
+                container.watches.append(loop.create_task(self._watch_limits(container, isolator)))
         container.watcher = loop.create_task(self._watch(container))
         self._reply_launched(sender, cid, pid=container.pid)
         if container.destroying:  # destroyed while it was starting: now there is a pid to kill

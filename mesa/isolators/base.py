@@ -118,7 +118,8 @@ class Isolator(Process):
     must hold the process before it can fork a child outside it). The containerizer then starts
     the executor behind a small gate that waits for every ``isolate`` to return.
     ``tracks_processes``: set True when ``pids`` sees every process of the container, even one
-    that left its session (a cgroup's members).
+    that left its session (a cgroup's members). ``reports_limits``: set False when the isolator
+    never calls :meth:`limit`.
     """
 
     name: ClassVar[str] = "base"
@@ -126,6 +127,9 @@ class Isolator(Process):
     # True when ``pids`` reports every process of a container, wherever it went (a cgroup):
     # the containerizer then does not scan the machine for the container's session.
     tracks_processes: bool = False
+    # False when this isolator never calls ``limit``: the containerizer then keeps no watcher
+    # on it (a task per container per isolator otherwise).
+    reports_limits: bool = True
 
     def __init__(self, options: IsolationOptions | None = None, *, id: str | None = None) -> None:
         super().__init__(id)

@@ -330,6 +330,7 @@ def cpu_weight(shares: int) -> int:
 
 
 class CgroupsCpuIsolator(CgroupsIsolator):
+    reports_limits = False  # shares and quotas throttle; they never end a container
     name = "cgroups/cpu"
     v1_subsystems = ("cpu", "cpuacct")
     v2_controllers = ("cpu",)
@@ -607,6 +608,8 @@ class CgroupsMemIsolator(CgroupsIsolator):
 class CgroupsPidsIsolator(CgroupsIsolator):
     """A ceiling on processes (and threads): a ``pids`` resource, else ``cgroups_max_pids``."""
 
+    reports_limits = False  # it confines; it never ends a container
+
     name = "cgroups/pids"
     v1_subsystems = ("pids",)
     v2_controllers = ("pids",)
@@ -644,6 +647,8 @@ class CgroupsPidsIsolator(CgroupsIsolator):
 class CgroupsFreezerIsolator(CgroupsIsolator):
     """No limit: destroy through the freezer (v1) or ``cgroup.kill`` (v2), so a container that
     forks as fast as it can is still killed to the last process."""
+
+    reports_limits = False  # it only helps destroy
 
     name = "cgroups/freezer"
     v1_subsystems = ("freezer",)

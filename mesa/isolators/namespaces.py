@@ -50,6 +50,7 @@ def _probe() -> tuple[str | None, str]:
 
 
 class PidNamespaceIsolator(Isolator):
+    reports_limits = False  # a namespace confines; it never ends a container
     name = "namespaces/pid"
     launcher: ClassVar[list[str]] = ["--pid", "--fork", "--mount-proc", "--kill-child"]
 

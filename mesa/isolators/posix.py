@@ -108,6 +108,8 @@ class PosixCpuIsolator(_PosixBase):
     """Usage only: cpu time of the container's processes, including the children they reaped
     (a process reaped by init instead takes its time with it; the total never goes back)."""
 
+    reports_limits = False  # it only measures
+
     name = "posix/cpu"
 
     def __init__(self, *args: Any, **kw: Any) -> None:
