@@ -256,9 +256,8 @@ class Containerizer(Process):
         container.starting = None
         error = start.result()
         if error is not None:
-            e = error
             self.metrics.inc("containerizer/launch_errors")
-            self.log.warning("container_launch_failed", container_id=cid, error=repr(e))
+            self.log.warning("container_launch_failed", container_id=cid, error=repr(error))
             self._close_files(container)
             self._close_gate(container)
             pids = await self._kill(container)
@@ -269,7 +268,8 @@ class Containerizer(Process):
             del self._containers[cid]
             await self._cleanup_isolators(container)
             command = msg.executor.command.value if msg.executor else None
-            self._reply_launched(sender, cid, error=f"{type(e).__name__}: {e} ({command!r})")
+            why = f"{type(error).__name__}: {error} ({command!r})"
+            self._reply_launched(sender, cid, error=why)
             return
         self.metrics.inc("containerizer/containers_launched")
         self.log.info(
