@@ -44,29 +44,34 @@ class Child:
         self._popen = popen
         self.pid = popen.pid
         self._loop = loop
-        self._exited: asyncio.Future[int] = loop.create_future()
-        self._pidfd: int | None = os.pidfd_open(self.pid)
+        self._exited: asyncio.Future[int | None] = loop.create_future()
+        self.returncode: int | None = None
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except OSError:
+            # Nobody could watch it (out of descriptors, or refused): it must not run unwatched.
+            popen.kill()
+            popen.wait()
+            raise
         loop.add_reader(self._pidfd, self._reap)
 
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    async def wait(self) -> int:
-        """Its exit code, or minus the signal that ended it (as ``Popen.returncode``)."""
+    async def wait(self) -> int | None:
+        """Its exit code, or minus the signal that ended it (as ``Popen.returncode``); None when
+        something else reaped it and the status is lost."""
         return await asyncio.shield(self._exited)
 
     def _reap(self) -> None:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere; the status is lost
-            pid, status = self.pid, 0
+            code: int | None = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere: the status is lost, not "success"
+            pid, code = self.pid, None
         if pid == 0:
             return  # woken early; the pidfd stays readable until it really exits
         self._close()
-        code = os.waitstatus_to_exitcode(status)
+        self.returncode = code
         # Tell the Popen object, or its finaliser would try to reap a pid that is not ours now.
-        self._popen.returncode = code
+        self._popen.returncode = code if code is not None else -1
         if not self._exited.done():
             self._exited.set_result(code)
 
