@@ -43,7 +43,12 @@ output) runs twice.
 
 If the zygote dies, the containerizer starts containers itself (and starts a new zygote for
 later launches): the zygote is an accelerator, never a point of failure. Children it already
-started are unaffected; only their exit status is lost (reported as unknown).
+started are unaffected; only their exit status is lost (reported as unknown). A spawn that was
+with the zygote when it died fails (:class:`ZygoteLostSpawn`), after whatever it may have started
+is killed: a command never runs twice. A spawn the client gave up on (a timeout) is killed when
+its child shows up. When its stdin closes (the agent stopped, or died without destroying its
+containers), the zygote kills the processes it exec'd and the orphans it adopted: no task
+outlives its agent.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ __all__ = [
     "Zygote",
     "ZygoteChild",
     "ZygoteError",
+    "ZygoteLostSpawn",
     "command_executor_command",
     "is_command_executor",
     "main",
@@ -108,6 +114,11 @@ class ZygoteError(RuntimeError):
     """The zygote could not fork an executor (or is gone)."""
 
 
+class ZygoteLostSpawn(ZygoteError):
+    """The spawn went to the zygote, which died (or never answered) before saying what became of
+    it: a child may have started, and must not be started again elsewhere."""
+
+
 # ====================================================================== client (in the agent)
 
 
@@ -128,10 +139,12 @@ class ZygoteChild:
         pid: int,
         exited: asyncio.Future[int | None],
         gated: bool = True,
+        zygote_pid: int | None = None,
     ):
         self._zygote = zygote
         self.container_id = cid
         self.pid = pid
+        self.zygote_pid = zygote_pid  # which zygote is its parent (one may replace another)
         self._exited = exited
         self.released = not gated  # an ungated child never waited
 
@@ -182,6 +195,7 @@ class Zygote:
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, _Pending] = {}
         self._outbox: list[bytes] = []
+        self._abandoned: set[str] = set()  # spawns given up on (timed out, cancelled)
         self._starting: asyncio.Task[None] | None = None
         self._orphan_watches: set[asyncio.Future[None]] = set()
         self.pid: int | None = None
@@ -192,6 +206,7 @@ class Zygote:
         # For /metrics/snapshot: how many executors were forked and what they cost in CPU.
         self.forked = 0
         self.exited = 0
+        self.abandoned_killed = 0  # children of spawns given up on, killed when they showed up
         self.executor_cpu_seconds = 0.0
 
     @property
@@ -266,6 +281,40 @@ class Zygote:
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), loop.create_future())
         self._pending[container_id] = pending
+        try:
+            self._send_spawn(
+                container_id, cwd, env, stdout, stderr, argv, executable, make_cwd, gated
+            )
+        except BaseException:
+            self._pending.pop(container_id, None)  # nothing was sent
+            raise
+        try:
+            pid = await asyncio.wait_for(asyncio.shield(pending.spawned), timeout)
+        except BaseException as e:
+            self._pending.pop(container_id, None)
+            # The request may be with the zygote already: if its child shows up later, nobody
+            # will be watching it, so it is killed the moment it does.
+            self._abandoned.add(container_id)
+            if isinstance(e, TimeoutError):
+                raise ZygoteLostSpawn(
+                    f"no answer to the spawn of {container_id} in {timeout}s"
+                ) from e
+            raise
+        self.forked += 1
+        return ZygoteChild(self, container_id, pid, pending.exited, gated, self.pid)
+
+    def _send_spawn(
+        self,
+        container_id: str,
+        cwd: str,
+        env: Mapping[str, str],
+        stdout: str,
+        stderr: str,
+        argv: list[str] | None,
+        executable: str | None,
+        make_cwd: bool,
+        gated: bool,
+    ) -> None:
         self._send(
             {
                 "op": "spawn",
@@ -282,13 +331,6 @@ class Zygote:
                 "gate": gated,
             }
         )
-        try:
-            pid = await asyncio.wait_for(asyncio.shield(pending.spawned), timeout)
-        except BaseException:
-            self._pending.pop(container_id, None)
-            raise
-        self.forked += 1
-        return ZygoteChild(self, container_id, pid, pending.exited, gated)
 
     def _send(self, msg: dict[str, Any]) -> None:
         """Queue a line; the lines of one loop turn go in one write. Every write wakes the
@@ -337,6 +379,11 @@ class Zygote:
             return
         pending = self._pending.get(msg.get("id", ""))
         if pending is None:
+            cid = msg.get("id", "")
+            if cid in self._abandoned and op in ("spawned", "exited", "error"):
+                self._abandoned.discard(cid)
+                if op == "spawned":
+                    self._kill_abandoned(cid, int(msg["pid"]))
             return
         if op == "spawned":
             if not pending.spawned.done():
@@ -354,6 +401,17 @@ class Zygote:
             if not pending.exited.done():
                 pending.exited.set_result(msg.get("status"))
 
+    def _kill_abandoned(self, cid: str, pid: int) -> None:
+        """A child whose spawn was given up on: it never runs (parked at a gate) or not for long
+        (its session killed); the zygote, its parent, reaps it."""
+        log.warning("zygote_abandoned_child_killed", container_id=cid, pid=pid)
+        self.abandoned_killed += 1
+        with contextlib.suppress(ZygoteError):
+            self._send({"op": "abort", "id": cid})
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(OSError):
+                kill(pid, signal.SIGKILL)
+
     def _gone(self) -> None:
         """The zygote ended: fail launches in flight; children it forked are watched by pid."""
         self._reader = None
@@ -365,7 +423,7 @@ class Zygote:
         live = 0
         for cid, p in pending.items():
             if not p.spawned.done():
-                p.spawned.set_exception(ZygoteError("the zygote exited"))
+                p.spawned.set_exception(ZygoteLostSpawn("the zygote exited during the spawn"))
                 p.spawned.exception()
             elif not p.exited.done():
                 live += 1
@@ -377,7 +435,7 @@ class Zygote:
             self.failures += 1
             log.warning("zygote_exited", pid=self.pid, orphaned_executors=live)
 
-    def leftovers(self, leader: int) -> set[int] | None:
+    def leftovers(self, leader: int, parent: int | None) -> set[int] | None:
         """What is left of the container whose first process ``leader`` the zygote started and
         has reaped: the orphans the zygote adopted from it (by session) and their descendants.
 
@@ -386,8 +444,8 @@ class Zygote:
         if they left the session). None when the zygote cannot tell (it is gone, or could not
         become a subreaper): scan the session instead.
         """
-        if not self.subreaper or not self.alive or self.pid is None:
-            return None
+        if not self.subreaper or not self.alive or self.pid is None or self.pid != parent:
+            return None  # (a zygote that replaced the leader's parent adopted none of it)
         task_dir = f"/proc/{self.pid}/task"
         try:
             children: set[int] = set()
@@ -616,6 +674,7 @@ class _Server:
                 self.drain()
                 for cid in list(self.gates):
                     self.abort(cid)
+                self.kill_exec_children()
                 if self.children:
                     break  # forked executors live on (they notice the agent's end themselves)
         return 0
@@ -644,6 +703,22 @@ class _Server:
                 os.close(gate[0])
         elif op == "abort":
             self.abort(cid)
+
+    def kill_exec_children(self) -> None:
+        """The agent is gone (a stop has destroyed its containers already; a crash has not):
+        no task it started may outlive it. Exec children and the orphans adopted from them are
+        killed; forked command executors notice the agent's end themselves and end their tasks."""
+        with self.lock:
+            doomed = set(self.popens)
+            known = set(self.children)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                    doomed.update(int(p) for p in f.read().split() if int(p) not in known)
+        for pid in doomed:
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(OSError):
+                    kill(pid, signal.SIGKILL)
 
     def drain(self) -> None:
         """Wait for the exec starts under way."""
@@ -727,11 +802,13 @@ class _Server:
             self._reap()
 
     def _reap(self) -> None:
-        while self.children:
+        # Every child, not only those we started: the orphans we adopt must not stay zombies.
+        while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                self.popens.clear()
                 return
             if pid == 0:
                 return

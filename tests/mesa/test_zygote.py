@@ -137,3 +137,43 @@ async def test_a_zygote_that_keeps_dying_is_given_up_on(tmp_path: Path) -> None:
             await z.spawn("c7", **_spawn_args(tmp_path))
     finally:
         await z.stop()
+
+
+async def test_a_spawn_given_up_on_leaves_no_process(zygote: Zygote, tmp_path: Path) -> None:
+    # A spawn that times out (a zygote stuck on a slow filesystem, say) fails with ZygoteError,
+    # and the child the zygote starts anyway is killed the moment it is heard of.
+    marker = f"MESA_TEST_LATE={os.getpid()}-{tmp_path.name}"
+    key, value = marker.split("=")
+    argv = ["/bin/sh", "-c", "exec sleep 300"]
+    args = _spawn_args(tmp_path, **{key: value})
+    with pytest.raises(ZygoteError, match="no answer"):
+        await zygote.spawn("late", argv=argv, gated=False, timeout=0, **args)
+    await eventually(lambda: zygote.abandoned_killed == 1, "the late child heard of and killed")
+    await eventually(lambda: not _live_with(marker.encode()), "no process of it left")
+
+
+def _live_with(marker: bytes) -> list[int]:
+    """Live processes whose environment holds ``marker``."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0") and not _zombie(p.pid):
+                    found.append(p.pid)
+        except OSError:
+            continue
+    return found
+
+
+async def test_exec_children_do_not_outlive_the_zygote_s_end(tmp_path: Path) -> None:
+    # The agent gone without destroying its containers (a crash): the zygote sees its stdin
+    # close and takes the tasks it started with it, orphans they left included.
+    z = Zygote(_env())
+    await z.start()
+    pidfile = tmp_path / "orphan.pid"
+    argv = ["/bin/sh", "-c", f"(sleep 300 & echo $! > {pidfile}); exec sleep 300"]
+    child = await z.spawn("task", argv=argv, gated=False, **_spawn_args(tmp_path))
+    await eventually(pidfile.exists, "the orphan started")
+    orphan = int(pidfile.read_text())
+    await z.stop()
+    await eventually(lambda: _zombie(child.pid) and _zombie(orphan), "the task and its orphan gone")
