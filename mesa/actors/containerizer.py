@@ -67,7 +67,13 @@ from mesa.messages import (
 )
 from mesa.resources import ResourceError, Resources
 from mesa.spawn import Child, gated_argv, spawn
-from mesa.zygote import Zygote, ZygoteChild, ZygoteError, is_command_executor
+from mesa.zygote import (
+    Zygote,
+    ZygoteChild,
+    ZygoteError,
+    ZygoteLostSpawn,
+    is_command_executor,
+)
 
 __all__ = ["USAGE_KEYS", "Containerizer", "source_root"]
 
@@ -178,6 +184,7 @@ class Containerizer(Process):
             z = self.zygote
             m.gauge("containerizer/zygote_executors_forked", lambda: z.forked)
             m.gauge("containerizer/zygote_executors_exited", lambda: z.exited)
+            m.gauge("containerizer/zygote_abandoned_killed", lambda: z.abandoned_killed)
             m.gauge("containerizer/zygote_executor_cpu_seconds", lambda: z.executor_cpu_seconds)
             # Warm it now, off the actor: the first launch awaits it if it is not ready yet.
             self._zygote_start = asyncio.ensure_future(self.zygote.start())
@@ -256,8 +263,12 @@ class Containerizer(Process):
         container.starting = None
         error = start.result()
         if error is not None:
-            self.metrics.inc("containerizer/launch_errors")
-            self.log.warning("container_launch_failed", container_id=cid, error=repr(error))
+            if isinstance(error, _DestroyedWhileStarting):
+                self.metrics.inc("containerizer/destroyed_while_starting")
+                self.log.info("container_destroyed_while_starting", container_id=cid)
+            else:
+                self.metrics.inc("containerizer/launch_errors")
+                self.log.warning("container_launch_failed", container_id=cid, error=repr(error))
             self._close_files(container)
             self._close_gate(container)
             pids = await self._kill(container)
@@ -311,12 +322,22 @@ class Containerizer(Process):
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
         if self.zygote is not None and not prefix:
             forked = None if is_command_executor(msg.executor.command) else argv
+            _check_not_destroyed(container)
             try:
                 await self._start_forked(container, env, forked, executable, gated)
                 return
-            except ZygoteError as e:  # start it cold instead; a later launch restarts the zygote
+            except ZygoteLostSpawn:
+                # The zygote may have started the command before it died: kill whatever it
+                # started, and fail this launch rather than run the command a second time.
                 self.metrics.inc("containerizer/zygote_errors")
+                for pid in await asyncio.to_thread(processes_of_container, container.id):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                raise
+            except ZygoteError as e:  # nothing started: start it cold; a later launch restarts
+                self.metrics.inc("containerizer/zygote_errors")  # the zygote
                 self.log.warning("zygote_spawn_failed", container_id=container.id, error=repr(e))
+        _check_not_destroyed(container)
         sandbox.mkdir(parents=True, exist_ok=True)
         stdout = open(sandbox / "stdout", "ab")
         container.files.append(stdout)
@@ -344,6 +365,7 @@ class Containerizer(Process):
         self._close_files(container)
         for isolator in self.isolators:
             await self._call(isolator, "isolate", container.id, proc.pid)
+        _check_not_destroyed(container)  # (the error path closes the gate: it never runs)
         if container.gate is not None:
             os.write(container.gate, b"go\n")
             self._close_gate(container)
@@ -379,6 +401,7 @@ class Containerizer(Process):
         try:
             for isolator in self.isolators:
                 await self._call(isolator, "isolate", container.id, child.pid)
+            _check_not_destroyed(container)
         except BaseException:
             child.abort()
             raise
@@ -563,7 +586,7 @@ class Containerizer(Process):
         if container.pid is not None and not self._tracks_processes:
             found = None
             if reaped and self.zygote is not None and isinstance(container.process, ZygoteChild):
-                found = self.zygote.leftovers(container.pid)
+                found = self.zygote.leftovers(container.pid, container.process.zygote_pid)
             pids = found if found is not None else session_pids(container.pid, not reaped)
         for isolator in self.isolators:
             found = await self._call_quiet(isolator, "pids", container.id)
@@ -735,6 +758,36 @@ class Containerizer(Process):
             self.runtime.terminate(isolator.pid)
         for isolator in self._spawned:
             await self.runtime.wait(isolator.pid)
+
+
+class _DestroyedWhileStarting(Exception):
+    """A DestroyContainer came while the start was under way: it stops before the command runs."""
+
+    def __str__(self) -> str:
+        return "the container was destroyed before its command started"
+
+
+def _check_not_destroyed(container: _Container) -> None:
+    if container.destroying:
+        raise _DestroyedWhileStarting()
+
+
+def processes_of_container(container_id: str) -> list[int]:
+    """Every process whose environment names ``container_id`` (``MESA_CONTAINER_ID``): what a
+    zygote that died mid-start may have left, whose pid nobody heard. A slow scan, for that rare
+    case only."""
+    marker = f"MESA_CONTAINER_ID={container_id}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid not in (os.getpid(), 1)]
 
 
 def _zygote_env() -> dict[str, str]:

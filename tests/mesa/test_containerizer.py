@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from agent_harness import kill_leftovers, read_pid, running, wait_gone, wait_until
 
@@ -225,18 +226,19 @@ async def test_stopping_the_containerizer_destroys_everything(tmp_path: Path):
         kill_leftovers(list(tmp_path.rglob("*.pid")))
 
 
-async def test_a_destroy_that_arrives_while_the_start_is_under_way_still_ends_it(bed: Bed):
+async def test_a_destroy_that_arrives_while_the_start_is_under_way_stops_it(bed: Bed):
     # Both requests go in the same loop turn: the destroy is handled while the start (the
-    # isolators' prepare, the zygote's spawn) is still running outside the actor.
-    pidfile = bed.tmp / "c1.pid"
-    bed.launch("c1", f"echo $$ > {pidfile}; exec sleep 60")
+    # isolators' prepare, the zygote) is still under way, and the command never runs.
+    marker = bed.tmp / "ran"
+    bed.launch("c1", f"touch {marker}; exec sleep 60")
     bed.destroy("c1")
-    end = await bed.terminated("c1")
-    assert end.destroyed
     launched = await bed.launched("c1")
-    assert launched.error is None and launched.pid is not None
-    assert not running(launched.pid)
-    assert bed.isolator.steps("c1")[-1] == "cleanup"
+    assert launched.error is not None and "destroyed before its command started" in launched.error
+    assert bed.isolator.steps("c1")[-1] == "cleanup"  # nothing held for it any more
+    assert "c1" not in bed.owner.terminated  # a failed launch is its own end
+    bed.launch("c2", "exit 0")  # the containerizer goes on: a later container still runs
+    assert (await bed.terminated("c2")).status == 0
+    assert not marker.exists()
 
 
 async def test_starts_run_side_by_side(bed: Bed):
@@ -249,3 +251,38 @@ async def test_starts_run_side_by_side(bed: Bed):
     assert all(bed.owner.launched[f"b{i}"].error is None for i in range(5))
     hooks = [call[0] for call in bed.isolator.calls if call[0] in ("prepare", "isolate")]
     assert hooks[:5] == ["prepare"] * 5, hooks
+
+
+async def test_a_zygote_that_dies_mid_burst_runs_no_command_twice(bed: Bed):
+    log = bed.tmp / "started"
+    n = 30
+    for i in range(n):
+        bed.launch(f"z{i}", f"echo z{i} >> {log}; exec sleep 60")
+    await wait_until(lambda: log.exists() and log.read_text().strip() != "")  # under way
+    zygotes = [p for p in psutil.Process().children() if "mesa.zygote" in " ".join(p.cmdline())]
+    assert len(zygotes) == 1
+    zygotes[0].kill()  # the zygote this test's containerizer started
+    await wait_until(lambda: len(bed.owner.launched) == n)
+    # Launches it was in the middle of failed (whatever it had started for them was killed);
+    # none was started a second time, cold.
+    started = log.read_text().split()
+    assert len(started) == len(set(started)), sorted(started)
+    failed = [cid for cid, m in bed.owner.launched.items() if m.error is not None]
+    assert all("zygote" in (bed.owner.launched[cid].error or "") for cid in failed)
+    for cid, m in bed.owner.launched.items():
+        if m.error is None:
+            bed.destroy(cid)
+    for cid, m in bed.owner.launched.items():
+        if m.error is None:
+            await bed.terminated(cid)
+    await wait_until(lambda: not _sleepers_in(bed.tmp))
+
+
+def _sleepers_in(root: Path) -> list[int]:
+    """Live processes whose working directory is below ``root`` (this test's sandboxes)."""
+    found = []
+    for p in psutil.process_iter(["cwd", "status"]):
+        cwd = p.info["cwd"] or ""
+        if cwd.startswith(str(root)) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p.pid)
+    return found
