@@ -724,8 +724,15 @@ class Agent(Process):
             return
         if executor is None:
             executor = self._launch_executor(framework, executor_info, has_command, task, direct)
-        elif direct:  # a leftover of a task with the same id that is still being torn down
-            self._invalid(sender, RunTask.NAME, f"task {task.task_id} is still ending")
+        elif direct:  # a container with this id (an earlier run of it, an executor) is still here
+            self._send_agent_update(
+                fid,
+                None,
+                task.task_id,
+                _lost_state(framework.info),
+                Reason.REASON_TASK_INVALID,
+                f"A container for {task.task_id!r} is still running or ending on this agent",
+            )
             return
         self.metrics.inc("agent/tasks_launched")
         executor.tasks[task.task_id] = _Task(task, fid, executor.id)
@@ -973,11 +980,15 @@ class Agent(Process):
             source = Source.SOURCE_EXECUTOR
             if executor.launch_error is None and limitation is None:
                 message = f"Command {exit_status.describe(status)}"
-        if executor.launch_error is not None:
+        if executor.kill_state is not None:
+            # What the agent decided comes first: a kill during the launch is a kill, whatever
+            # became of the launch.
+            state, reason = executor.kill_state, executor.kill_reason
+            if reason == Reason.REASON_TASK_KILLED_DURING_LAUNCH or executor.launch_error:
+                source = Source.SOURCE_AGENT  # it never ran as its own executor's task
+        elif executor.launch_error is not None:
             state, reason = TaskState.TASK_FAILED, Reason.REASON_CONTAINER_LAUNCH_FAILED
             source = Source.SOURCE_AGENT
-        elif executor.kill_state is not None:
-            state, reason = executor.kill_state, executor.kill_reason
         elif limitation is not None:
             state, reason = TaskState.TASK_FAILED, limitation
             source = Source.SOURCE_AGENT
