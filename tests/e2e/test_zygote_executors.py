@@ -267,3 +267,27 @@ async def test_a_direct_task_whose_zygote_dies_still_ends_and_is_reported(
         await _poll(lambda: _executor(agent, "waits") is None, "its container gone")
     finally:
         await driver.stop()
+
+
+async def test_a_direct_task_does_not_outlive_an_agent_killed_with_sigkill(
+    cluster: Cluster,
+) -> None:
+    master = await cluster.start_master()
+    agent = await cluster.start_agent(command_tasks="direct")
+    fw, driver = await start_framework(master.endpoint)
+    try:
+        offer = await fw.offer()
+        # It leaves a child of its own behind too: the zygote adopted that orphan.
+        driver.launch_tasks([offer.id], [command_task(offer, "long", "sleep 60 & exec sleep 60")])
+        await fw.state_of("long", TaskState.TASK_RUNNING)
+        ex = await _poll(lambda: _executor(agent, "long"), "the task's container")
+        pid = ex["os_pid"]
+        session = await _poll(
+            lambda: _session(pid) if len(_session(pid)) >= 2 else set(),
+            "the task and its background sleep",
+        )
+        pids = {_zygote_pid(agent), *session}
+        agent.kill9()  # no destroy: the agent just dies
+        await _poll(lambda: all(_gone(p) for p in pids), "the zygote and the task gone")
+    finally:
+        await driver.stop()
