@@ -281,10 +281,22 @@ class Zygote:
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), loop.create_future())
         self._pending[container_id] = pending
+        request = {
+            "op": "spawn",
+            "id": container_id,
+            "cwd": cwd,
+            # Only what differs from the zygote's own environment: the whole of it is a few
+            # kilobytes of JSON per launch, written by the agent and parsed by the zygote.
+            "env_set": dict(env.items() - self._env_items),
+            "env_unset": list(self._env.keys() - env.keys()),
+            "stdout": stdout,
+            "stderr": stderr,
+            "exec": [executable or argv[0], *argv] if argv else None,
+            "mkdir": make_cwd,
+            "gate": gated,
+        }
         try:
-            self._send_spawn(
-                container_id, cwd, env, stdout, stderr, argv, executable, make_cwd, gated
-            )
+            self._send(request)
         except BaseException:
             self._pending.pop(container_id, None)  # nothing was sent
             raise
@@ -302,35 +314,6 @@ class Zygote:
             raise
         self.forked += 1
         return ZygoteChild(self, container_id, pid, pending.exited, gated, self.pid)
-
-    def _send_spawn(
-        self,
-        container_id: str,
-        cwd: str,
-        env: Mapping[str, str],
-        stdout: str,
-        stderr: str,
-        argv: list[str] | None,
-        executable: str | None,
-        make_cwd: bool,
-        gated: bool,
-    ) -> None:
-        self._send(
-            {
-                "op": "spawn",
-                "id": container_id,
-                "cwd": cwd,
-                # Only what differs from the zygote's own environment: the whole of it is a few
-                # kilobytes of JSON per launch, written by the agent and parsed by the zygote.
-                "env_set": dict(env.items() - self._env_items),
-                "env_unset": list(self._env.keys() - env.keys()),
-                "stdout": stdout,
-                "stderr": stderr,
-                "exec": [executable or argv[0], *argv] if argv else None,
-                "mkdir": make_cwd,
-                "gate": gated,
-            }
-        )
 
     def _send(self, msg: dict[str, Any]) -> None:
         """Queue a line; the lines of one loop turn go in one write. Every write wakes the
