@@ -273,7 +273,52 @@ def _kill_pids(pids: list[int] | set[int]) -> int:
     return killed
 
 
-class V1Cgroup:
+class _CgroupDir:
+    """What a v1 and a v2 cgroup share: a directory, its files, its members. Paths are kept as
+    strings (the per-task path uses them), a ``Path`` made only when asked for."""
+
+    _create_files = False  # whether a write may create a missing file (v2's fake test trees)
+
+    def __init__(self, path: Path | str) -> None:
+        self._dir = os.fspath(path)
+        self._path = path if isinstance(path, Path) else None
+        self._procs = self._dir + "/cgroup.procs"
+
+    @property
+    def path(self) -> Path:
+        """The cgroup's directory."""
+        if self._path is None:
+            self._path = Path(self._dir)
+        return self._path
+
+    def file(self, name: str) -> str:
+        """The path of one of this cgroup's files."""
+        return os.path.join(self._dir, name)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self._dir)
+
+    def create(self) -> None:
+        make_dir(self._dir)
+
+    def write(self, name: str, value: object) -> None:
+        write_file(os.path.join(self._dir, name), value, create=self._create_files)
+
+    def procs(self) -> list[int]:
+        try:
+            return _parse_pids(read_file(self._procs))
+        except FileNotFoundError:
+            return []
+
+    def add(self, pid: int) -> None:
+        write_file(self._procs, pid, create=self._create_files)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self._dir)
+
+
+class V1Cgroup(_CgroupDir):
     """One cgroup in one v1 hierarchy (``subsystem``).
 
     Files are read and written with plain syscalls; :attr:`controller` (cgroupspy's typed
@@ -289,21 +334,12 @@ class V1Cgroup:
     }
 
     def __init__(self, subsystem: str, path: Path | str) -> None:
+        super().__init__(path)
         self.subsystem = subsystem
-        self._dir = os.fspath(path)
-        self._path = path if isinstance(path, Path) else None
-        self._procs = self._dir + "/cgroup.procs"
         self._controller: Any = None
 
     def __repr__(self) -> str:
         return f"V1Cgroup({self.subsystem}:{self._dir})"
-
-    @property
-    def path(self) -> Path:
-        """The cgroup's directory (a Path made on first use: the hot path uses strings)."""
-        if self._path is None:
-            self._path = Path(self._dir)
-        return self._path
 
     @property
     def controller(self) -> Any:
@@ -317,16 +353,6 @@ class V1Cgroup:
             self._controller = cls(Node(os.fsencode(self._dir)))
         return self._controller
 
-    def file(self, name: str) -> str:
-        """The path of one of this cgroup's files."""
-        return os.path.join(self._dir, name)
-
-    def exists(self) -> bool:
-        return os.path.isdir(self._dir)
-
-    def create(self) -> None:
-        make_dir(self._dir)
-
     def read(self, name: str) -> str:
         """A file's content, stripped (as cgroupspy's ``get_property`` returns it)."""
         return read_file(os.path.join(self._dir, name)).strip()
@@ -335,25 +361,9 @@ class V1Cgroup:
         """A keyed file (``memory.oom_control``); ValueError when it is not one."""
         return parse_keyed(read_file(os.path.join(self._dir, name)), strict=True)
 
-    def write(self, name: str, value: object) -> None:
-        write_file(os.path.join(self._dir, name), value)
-
-    def procs(self) -> list[int]:
-        try:
-            return _parse_pids(read_file(self._procs))
-        except FileNotFoundError:
-            return []
-
-    def add(self, pid: int) -> None:
-        write_file(self._procs, pid)
-
     def sweep(self) -> int:
         """SIGKILL every process in the cgroup once; returns how many were signalled."""
         return _kill_pids(self.procs())
-
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self._dir)
 
     # freezer ------------------------------------------------------------------------
 
@@ -367,7 +377,7 @@ class V1Cgroup:
         return self.read("freezer.state")
 
 
-class V2Cgroup:
+class V2Cgroup(_CgroupDir):
     """One cgroup of the unified (v2) tree; plain reads and writes of its interface files.
 
     Writes create a missing file (``open(…, "w")`` semantics) so that the isolators' file
@@ -375,36 +385,13 @@ class V2Cgroup:
     it always did. ``cgroup.kill`` and ``cgroup.freeze`` are only ever written when present.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self._dir = os.fspath(path)
-        self._path = path if isinstance(path, Path) else None
-        self._procs = self._dir + "/cgroup.procs"
+    _create_files = True
 
     def __repr__(self) -> str:
         return f"V2Cgroup({self._dir})"
 
-    @property
-    def path(self) -> Path:
-        """The cgroup's directory (a Path made on first use: the hot path uses strings)."""
-        if self._path is None:
-            self._path = Path(self._dir)
-        return self._path
-
-    def file(self, name: str) -> str:
-        """The path of one of this cgroup's files."""
-        return os.path.join(self._dir, name)
-
-    def exists(self) -> bool:
-        return os.path.isdir(self._dir)
-
-    def create(self) -> None:
-        make_dir(self._dir)
-
     def read(self, name: str) -> str:
         return read_file(os.path.join(self._dir, name))
-
-    def write(self, name: str, value: object) -> None:
-        write_file(os.path.join(self._dir, name), value, create=True)
 
     def read_int(self, name: str) -> int | None:
         """An integer file, with ``max`` as None."""
@@ -413,15 +400,6 @@ class V2Cgroup:
     def read_keyed(self, name: str) -> dict[str, int]:
         """A flat keyed file (``memory.events``, ``cpu.stat``, ``cgroup.events``)."""
         return parse_keyed(self.read(name))
-
-    def procs(self) -> list[int]:
-        try:
-            return _parse_pids(read_file(self._procs))
-        except FileNotFoundError:
-            return []
-
-    def add(self, pid: int) -> None:
-        write_file(self._procs, pid, create=True)
 
     def populated(self) -> bool:
         """From ``cgroup.events`` (which also counts descendants), else from ``cgroup.procs``."""
@@ -451,10 +429,6 @@ class V2Cgroup:
         if frozen:
             with contextlib.suppress(OSError):
                 write_file(freeze, 0)
-
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self._dir)
 
     def enable(self, controllers: set[str] | list[str], mount: Path) -> None:
         """Enable ``controllers`` in ``cgroup.subtree_control`` from the mount root down to
