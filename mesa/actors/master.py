@@ -766,17 +766,18 @@ class Master(Process):
 
     @handler(ReviveOffers.NAME)
     def revive_offers(self, sender: UPID, body: Any) -> None:
-        framework = self._framework_of(sender, getattr(body, "framework_id", None), "revive")
-        if framework is not None:
-            self.metrics.inc("master/revive")
-            self._to_allocator(AllocatorRevive(framework.id, list(body.roles or [])))
+        self._offer_wish(sender, body, "revive", AllocatorRevive)
 
     @handler(SuppressOffers.NAME)
     def suppress_offers(self, sender: UPID, body: Any) -> None:
-        framework = self._framework_of(sender, getattr(body, "framework_id", None), "suppress")
+        self._offer_wish(sender, body, "suppress", AllocatorSuppress)
+
+    def _offer_wish(self, sender: UPID, body: Any, kind: str, message: Any) -> None:
+        """A framework wants offers again (revive) or no more (suppress), for its roles."""
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), kind)
         if framework is not None:
-            self.metrics.inc("master/suppress")
-            self._to_allocator(AllocatorSuppress(framework.id, list(body.roles or [])))
+            self.metrics.inc(f"master/{kind}")
+            self._to_allocator(message(framework.id, list(body.roles or [])))
 
     @handler(ReconcileTasks.NAME)
     def reconcile_tasks(self, sender: UPID, body: Any) -> None:
