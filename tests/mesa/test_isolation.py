@@ -194,8 +194,7 @@ async def test_cfs_quota_holds_a_busy_loop_to_its_cpus(
     first = sample()
     await wait_until(lambda: sample()[1] > first[1])
     t0, u0 = sample()
-    while time.monotonic() - t0 < 2.0:
-        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # the measurement window itself: nothing to wait for
     t1, u1 = sample()
     rate = (u1 - u0) / 1e9 / (t1 - t0)
     record_property("cfs_cpu_seconds_per_second", round(rate, 4))

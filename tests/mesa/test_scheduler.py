@@ -61,6 +61,7 @@ from mesa.scheduler import (
     parse_master,
 )
 from mesa.task_state import is_terminal
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # a bound on waiting for something that should happen, never an expected duration
@@ -176,15 +177,17 @@ class Recorder(Scheduler):
 async def start_runtime(port: int) -> Runtime:
     """A runtime on ``port``. ZeroMQ closes a stopped runtime's listening socket in its own I/O
     thread, after ``Runtime.stop()`` has returned, so a restart on the same port may find it
-    still bound for a moment: poll (bounded) until it is free; nothing can be awaited instead."""
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while True:
+    still bound for a moment: wait until the port is free (nothing announces it)."""
+
+    async def started() -> Runtime | None:
         try:
             return await Runtime("127.0.0.1", port).start()
         except zmq.ZMQError as e:
-            if e.errno != errno.EADDRINUSE or asyncio.get_running_loop().time() > deadline:
+            if e.errno != errno.EADDRINUSE:
                 raise
-            await asyncio.sleep(0.02)
+            return None
+
+    return await eventually(started, f"port {port} free again", WAIT)
 
 
 class Cluster:
