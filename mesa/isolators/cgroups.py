@@ -82,6 +82,7 @@ class CgroupsIsolator(Isolator):
     """
 
     gated = True
+    tracks_processes = True  # the kernel lists every member, wherever it went
     v1_subsystems: ClassVar[tuple[str, ...]] = ()
     v2_controllers: ClassVar[tuple[str, ...]] = ()
 
@@ -94,8 +95,6 @@ class CgroupsIsolator(Isolator):
         id: str | None = None,
     ) -> None:
         super().__init__(options, id=id)
-        # The kernel's cgroups know every member; a tree given by a test is only files.
-        self.tracks_processes = mounts is None
         self.mounts = mounts if mounts is not None else cgroupfs.mounts()
         # Each held container's cgroup objects, from prepare (or recover, for an orphan) to
         # cleanup: hooks run several times per container and would otherwise rebuild them.
