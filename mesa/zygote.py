@@ -486,8 +486,6 @@ class Zygote:
 async def _watch_orphan(pid: int, exited: asyncio.Future[int | None]) -> None:
     """A forked executor whose zygote died: no one can reap it for us, so poll until it is gone
     (a zombie counts as gone) and report an unknown status."""
-    import psutil
-
     delay = 0.01
     while True:
         try:
