@@ -31,6 +31,13 @@ Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over it
 * The containerizer runs every isolator's ``isolate(cid, pid)`` (a cgroup takes the pid while the
   child is parked, so everything it allocates or forks is inside its container), then sends
   ``{"op": "go", "id"}`` to open the gate; ``{"op": "abort", "id"}`` kills a parked child instead.
+* Or, for an exec start, no gate at all: ``"cgroups"`` lists cgroup v1 directories the child is
+  to be **born in**. The pool thread that starts it writes its own thread id into each one's
+  ``tasks`` file, vforks (a child starts in its parent thread's cgroups), and writes itself back
+  into the zygote's own cgroups. The command is inside its container from its first instruction,
+  with no gate shell to exec and no ``go`` to wait for. (cgroup v2 cannot hold one thread of a
+  process outside its process's cgroup, so a v2 container is gated.) The ``ready`` line says
+  whether this zygote can do it (``"place"``): it must see its own cgroup in every v1 hierarchy.
 * The zygote is every child's parent, so it reaps them and reports
   ``{"op": "exited", "id", "pid", "status", "cpu"}`` (``status`` as asyncio reports it: the exit
   code, or minus the signal number; ``cpu``: what the child and its reaped children used).
@@ -66,13 +73,14 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from libproc import get_logger
+from mesa.isolators.cgroupfs import own_v1_cgroups
 from mesa.spawn import gated_argv
 
 __all__ = [
@@ -202,6 +210,8 @@ class Zygote:
         # The zygote adopts every orphan of the processes it started (PR_SET_CHILD_SUBREAPER),
         # so what a container leaves behind is found among its children: see leftovers().
         self.subreaper = False
+        # Whether it can start an exec child inside its cgroups (see the module's docstring).
+        self.can_place = False
         self.failures = 0
         # For /metrics/snapshot: how many executors were forked and what they cost in CPU.
         self.forked = 0
@@ -265,6 +275,7 @@ class Zygote:
         executable: str | None = None,
         make_cwd: bool = False,
         gated: bool = True,
+        cgroups: list[str] | None = None,
         timeout: float = 10.0,
     ) -> ZygoteChild:
         """Fork a child for ``container_id``: a command executor, or with ``argv``, a process
@@ -273,9 +284,12 @@ class Zygote:
         ``gated``: the child parks at its gate until :meth:`ZygoteChild.release` (isolators
         that must place it first); otherwise it goes on at once. ``make_cwd``: the child makes
         its working directory (and parents) itself, so the agent's thread never waits on the
-        filesystem for a sandbox.
+        filesystem for a sandbox. ``cgroups`` (with ``argv``, when :attr:`can_place`): cgroup v1
+        directories the child is born in; it needs no gate for them.
         """
         await self.start()
+        if cgroups and not (argv and self.can_place):
+            raise ZygoteError("this zygote cannot start a child in its cgroups")
         if container_id in self._pending:
             raise ZygoteError(f"container {container_id} already spawned")
         loop = asyncio.get_running_loop()
@@ -295,6 +309,8 @@ class Zygote:
             "mkdir": make_cwd,
             "gate": gated,
         }
+        if cgroups:
+            request["cgroups"] = list(cgroups)
         try:
             self._send(request)
         except BaseException:
@@ -357,6 +373,7 @@ class Zygote:
         op = msg.get("op")
         if op == "ready":
             self.subreaper = bool(msg.get("subreaper"))
+            self.can_place = bool(msg.get("place"))
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
@@ -612,6 +629,9 @@ class _Server:
         self.lock = threading.RLock()
         self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mesa-spawn")
         self.inflight: set[concurrent.futures.Future[None]] = set()
+        # v1 hierarchy mount point -> the zygote's own cgroup in it: where a pool thread goes
+        # back to after starting a child inside a container's cgroups.
+        self.homes = own_v1_cgroups()
 
     def send(self, msg: dict[str, Any]) -> None:
         with self.lock:
@@ -631,7 +651,14 @@ class _Server:
         stdin = sys.stdin.buffer.fileno()
         sel.register(stdin, selectors.EVENT_READ, "in")
         sel.register(wake_r, selectors.EVENT_READ, "chld")
-        self.send({"op": "ready", "pid": os.getpid(), "subreaper": _become_subreaper()})
+        self.send(
+            {
+                "op": "ready",
+                "pid": os.getpid(),
+                "subreaper": _become_subreaper(),
+                "place": bool(self.homes),
+            }
+        )
         open_ = True
         while open_ or self.children:
             for key, _ in sel.select(1.0 if not open_ else None):
@@ -754,16 +781,19 @@ class _Server:
                 executable = argv[0]
             env = _environment(req)
             with self.lock:  # the reaper must not see this child before it is registered
-                child = subprocess.Popen(
-                    argv,
-                    executable=executable,
-                    cwd=cwd,
-                    env=env,
-                    stdin=gate_r if gate_r is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
+                with self.inside(req.get("cgroups") or ()):
+                    child = subprocess.Popen(
+                        argv,
+                        executable=executable,
+                        cwd=cwd,
+                        env=env,
+                        stdin=gate_r if gate_r is not None else subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+                # Only now, with this thread out of the container's cgroups, is the child
+                # announced: from then on the agent may read (and kill) the cgroups' members.
                 self.popens[child.pid] = child
                 self.children[child.pid] = cid
                 if gate_w is not None:
@@ -777,6 +807,40 @@ class _Server:
             for fd in (out, err, gate_r):
                 if fd is not None:
                     os.close(fd)
+
+    @contextlib.contextmanager
+    def inside(self, cgroups: Sequence[str]) -> Iterator[None]:
+        """This thread in the cgroup v1 directories ``cgroups`` for the duration: a child it
+        starts meanwhile is born in them. It goes back into the zygote's own cgroups after, or
+        the zygote ends: a thread left in a container's cgroups would start the next child in
+        the wrong container and keep the cgroup from being removed."""
+        if not cgroups:
+            yield
+            return
+        tid = str(threading.get_native_id())
+        joined: list[str] = []
+        try:
+            for path in cgroups:
+                mount = self._mount_of(path)
+                with open(os.path.join(path, "tasks"), "w") as f:
+                    f.write(tid)
+                joined.append(mount)
+            yield
+        finally:
+            for mount in joined:
+                try:
+                    with open(os.path.join(self.homes[mount], "tasks"), "w") as f:
+                        f.write(tid)
+                except OSError as e:  # pragma: no cover - the zygote's own cgroup went away
+                    sys.stderr.write(f"mesa.zygote: cannot leave a container's cgroup: {e!r}\n")
+                    sys.stderr.flush()
+                    os._exit(70)
+
+    def _mount_of(self, path: str) -> str:
+        for mount in self.homes:
+            if path.startswith(mount + "/"):
+                return mount
+        raise ValueError(f"{path} is not in a cgroup v1 hierarchy this zygote can see")
 
     def reap(self) -> None:
         with self.lock:

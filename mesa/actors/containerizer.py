@@ -304,6 +304,7 @@ class Containerizer(Process):
         env = self._environment(container, msg)
         config = ContainerConfig(container.id, sandbox, container.resources, msg.executor)
         prefix: list[str] = []
+        birthplace: dict[Isolator, list[str]] = {}  # isolator -> the cgroups it can be born in
         for isolator in self.isolators:
             info: LaunchInfo | None = await self._call(
                 isolator, "_run_prepare", container.id, config
@@ -311,6 +312,8 @@ class Containerizer(Process):
             if info is not None:
                 env.update({str(k): str(v) for k, v in info.environment.items()})
                 prefix.extend(info.command_prefix)
+                if info.cgroups:
+                    birthplace[isolator] = info.cgroups
         if prefix:
             # The launcher runs the command by path; argv[0] becomes that path.
             executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
@@ -324,7 +327,7 @@ class Containerizer(Process):
             forked = None if is_command_executor(msg.executor.command) else argv
             _check_not_destroyed(container)
             try:
-                await self._start_forked(container, env, forked, executable, gated)
+                await self._start_forked(container, env, forked, executable, gated, birthplace)
                 return
             except ZygoteLostSpawn:
                 # The zygote may have started the command before it died: kill whatever it
@@ -377,14 +380,29 @@ class Containerizer(Process):
         argv: list[str] | None,
         executable: str,
         gated: bool,
+        birthplace: dict[Isolator, list[str]],
     ) -> None:
         """A child of the zygote: the command executor itself, or (``argv``) a process that
         ``exec``s the container's command. When an isolator is ``gated`` it parks at its gate
         until every isolator has placed it (the zygote's gate does what ``GATE_SCRIPT`` does for a
-        cold start). The child makes the sandbox and opens its ``stdout``/``stderr`` itself:
-        on a slow filesystem those are most of what a launch costs, and the agent's thread
-        need not wait for them."""
+        cold start) — unless every gated isolator gave cgroups it can be born in, and the
+        zygote can start it there: then it needs no gate, and those isolators no ``isolate``.
+        The zygote makes the sandbox and opens its ``stdout``/``stderr``: on a slow
+        filesystem those are most of what a launch costs, and the agent's thread need not
+        wait for them."""
         assert self.zygote is not None
+        await self.zygote.start()  # (what it can do is known once it is up)
+        cgroups: list[str] = []
+        if (
+            gated
+            and argv is not None
+            and self.zygote.can_place
+            and all(i in birthplace for i in self.isolators if i.gated)
+        ):
+            cgroups = list(dict.fromkeys(p for paths in birthplace.values() for p in paths))
+            gated = False
+        else:
+            birthplace = {}  # placed the usual way: every isolator's isolate
         child = await self.zygote.spawn(
             container.id,
             cwd=env["MESA_SANDBOX"],
@@ -395,12 +413,14 @@ class Containerizer(Process):
             executable=executable,
             make_cwd=True,
             gated=gated,
+            cgroups=cgroups,
         )
         container.process = child
         container.pid = child.pid
         try:
             for isolator in self.isolators:
-                await self._call(isolator, "isolate", container.id, child.pid)
+                if isolator not in birthplace:
+                    await self._call(isolator, "isolate", container.id, child.pid)
             _check_not_destroyed(container)
         except BaseException:
             child.abort()
@@ -575,6 +595,12 @@ class Containerizer(Process):
 
     async def _destroy_container(self, container: _Container) -> None:
         container.destroying = True
+        if container.starting is not None:
+            # The start sees the flag: it stops before the command runs, or (the process exists
+            # by then) _started kills it. Killing now could not be complete, and could hit the
+            # zygote's thread while it is inside the container's cgroups starting the child.
+            self.log.info("destroying_starting_container", container_id=container.id)
+            return
         pids = await self._kill(container)
         self.log.info("destroying_container", container_id=container.id, pids=len(pids))
         # The watcher sees the executor die, sweeps again, and reports ContainerTerminated.

@@ -104,11 +104,19 @@ class ContainerConfig:
 
 @dataclass
 class LaunchInfo:
-    """What ``prepare`` may add to the launch: environment variables for the executor, and a
-    command prefix (e.g. ``unshare --pid --fork``) that runs the executor."""
+    """What ``prepare`` may add to the launch: environment variables for the executor, a
+    command prefix (e.g. ``unshare --pid --fork``) that runs the executor, and ``cgroups``.
+
+    ``cgroups``: cgroup v1 directories the executor can be *born in* (a gated isolator's way of
+    placing it). When every gated isolator names its cgroups and the zygote can start a child
+    inside them, the executor starts there, with no gate, and those isolators' ``isolate`` is
+    not called: there is nothing left for it to do. Otherwise the executor is gated and
+    ``isolate`` places it, as always.
+    """
 
     environment: dict[str, str] = field(default_factory=dict)
     command_prefix: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
 
 
 class Isolator(Process):

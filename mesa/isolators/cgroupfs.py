@@ -111,6 +111,34 @@ def mounts(mountinfo: str = MOUNTINFO) -> Mounts:
 _READ_CHUNK = 65536
 
 
+def own_v1_cgroups(cgroup: str = "/proc/self/cgroup", mountinfo: str = MOUNTINFO) -> dict[str, str]:
+    """Each cgroup v1 mount point -> this process's own cgroup directory under it.
+
+    Empty when some v1 hierarchy does not show this process's cgroup (a mount of a subtree it is
+    not in): a thread of it moved into a container's cgroup could then not come back.
+    """
+    own: dict[frozenset[str], str] = {}
+    for line in Path(cgroup).read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers:  # (the v2 line has none)
+            own[frozenset(controllers.split(","))] = path
+    homes: dict[str, str] = {}
+    for line in Path(mountinfo).read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _source, superopts = ([*right.split(), "", "", ""])[:3]
+        if fstype != "cgroup":
+            continue
+        fields = left.split()
+        root, mount = _unescape(fields[3]), _unescape(fields[4])
+        opts = set(superopts.split(","))
+        path = next((p for c, p in own.items() if c <= opts), None)
+        if path is None or not (path + "/").startswith(root.rstrip("/") + "/"):
+            return {}
+        rel = os.path.relpath(path, root)
+        homes[mount] = mount if rel == "." else os.path.join(mount, rel)
+    return homes
+
+
 def read_file(path: str) -> str:
     """The whole of a (small, kernel-made) file, with plain syscalls: no buffered text layer,
     which costs more than the read itself for cgroup files."""

@@ -246,7 +246,14 @@ class CgroupsIsolator(Isolator):
         for cg in self._distinct(container_id):
             cg.create()
         self._apply(container_id, config.resources, initial=True)
-        return None
+        return self._birthplace(container_id)
+
+    def _birthplace(self, container_id: str) -> LaunchInfo | None:
+        """v1: the cgroups the executor can be started in (see :class:`LaunchInfo`); v2 has no
+        such thing for one thread of the starter, so the executor is gated and placed."""
+        if self.version != 1:
+            return None
+        return LaunchInfo(cgroups=[str(cg.path) for cg in self._distinct(container_id)])
 
     async def isolate(self, container_id: str, pid: int) -> None:
         for cg in self._distinct(container_id):
@@ -433,7 +440,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
                 cg.write("memory.swap.max", 0)  # the limit is hard: no escape into swap
         self._apply(container_id, config.resources, initial=True)
         self._arm_poll()
-        return None
+        return self._birthplace(container_id)
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         if "mem" not in resources.names():

@@ -177,3 +177,67 @@ async def test_exec_children_do_not_outlive_the_zygote_s_end(tmp_path: Path) -> 
     orphan = int(pidfile.read_text())
     await z.stop()
     await eventually(lambda: _zombie(child.pid) and _zombie(orphan), "the task and its orphan gone")
+
+
+def _thread_cgroups(pid: int) -> set[str]:
+    """Every distinct ``/proc/<pid>/task/<tid>/cgroup`` of ``pid``'s threads."""
+    seen = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
+            seen.add(f.read())
+    return seen
+
+
+async def test_an_exec_child_is_born_in_its_cgroups_and_the_zygote_stays_home(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    from mesa.isolators.cgroupfs import mounts as cgroup_mounts
+    from tests.mesa.isolation_support import unique_root
+
+    v1 = cgroup_mounts().v1
+    wanted = [s for s in ("memory", "pids", "freezer") if s in v1]
+    if not wanted or not zygote.can_place:
+        pytest.skip("no cgroup v1 hierarchy to start a child in")
+    home = _thread_cgroups(zygote.pid)  # type: ignore[arg-type]
+    assert len(home) == 1
+    with unique_root() as root:
+        dirs = [v1[s] / root / "c" for s in wanted]
+        for d in dirs:
+            d.mkdir()
+        args = _spawn_args(tmp_path)
+        # `exec`: what reads /proc/self/cgroup is the child itself, not a descendant of it.
+        child = await zygote.spawn(
+            "born",
+            **args,
+            argv=["sh", "-c", "exec cat /proc/self/cgroup"],
+            gated=False,
+            cgroups=[str(d) for d in dirs],
+        )
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+        lines = (tmp_path / "stdout").read_text().splitlines()
+        for subsystem in wanted:
+            assert any(
+                line.split(":")[1] == subsystem and line.endswith(f"/{root}/c") for line in lines
+            ), (subsystem, lines)
+        # Every spawning thread went back where it came from; nothing stays in the cgroups.
+        assert _thread_cgroups(zygote.pid) == home  # type: ignore[arg-type]
+        for d in dirs:
+            assert (d / "tasks").read_text().split() == []
+
+
+async def test_a_cgroup_the_zygote_cannot_place_in_fails_the_spawn_and_moves_nothing(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    if not zygote.can_place:
+        pytest.skip("this zygote cannot start children in cgroups here")
+    home = _thread_cgroups(zygote.pid)  # type: ignore[arg-type]
+    with pytest.raises(ZygoteError, match="not in a cgroup v1 hierarchy"):
+        await zygote.spawn(
+            "nowhere",
+            **_spawn_args(tmp_path),
+            argv=["true"],
+            gated=False,
+            cgroups=[str(tmp_path)],
+        )
+    assert _thread_cgroups(zygote.pid) == home  # type: ignore[arg-type]
+    assert not (tmp_path / "stdout").exists() or (tmp_path / "stdout").read_text() == ""
