@@ -6,8 +6,7 @@ executor (``python -m mesa.command_executor`` spends ~100-130 ms of CPU importin
 ZeroMQ, structlog, msgpack, libproc and mesa before it runs one instruction of the task), and
 making the sandbox (a directory and two log files: on the VMs this runs on, creating an inode
 costs 0.15-0.6 ms of CPU). The zygote takes both off the agent's thread: it has imported
-everything a command executor needs, and it makes sandboxes and starts processes on threads of
-its own.
+everything a command executor needs, and it makes sandboxes and starts processes itself.
 
 How. The containerizer starts ``python -m mesa.zygote`` (its child, in a session of its own so a
 Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over its stdin/stdout:
@@ -17,10 +16,10 @@ Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over it
   asks for the sandbox (``cwd``) to be made.
 
   - With ``exec`` (``[executable, argv0, args...]``: a task's command, or any executor that is
-    not mesa's own): on a pool thread the zygote makes the sandbox, opens its ``stdout`` and
-    ``stderr``, and starts the program with vfork + exec (``subprocess.Popen``) in a session of
-    its own. With ``gate`` it starts behind the shell gate of :mod:`mesa.spawn` and does not
-    run a line of its own until the gate opens.
+    not mesa's own): the zygote makes the sandbox, opens its ``stdout`` and ``stderr``, and
+    starts the program with ``posix_spawn`` (vfork + exec) in a session of its own. With ``gate``
+    it starts behind the shell gate of :mod:`mesa.spawn` and does not run a line of its own until
+    the gate opens.
   - Without: the zygote forks a command executor. The child makes itself a session leader and,
     with ``gate``, **waits on a gate** before doing anything else; then it makes and enters the
     sandbox, opens its log files, takes the container's environment, builds its own event loop,
@@ -32,21 +31,21 @@ Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over it
   child is parked, so everything it allocates or forks is inside its container), then sends
   ``{"op": "go", "id"}`` to open the gate; ``{"op": "abort", "id"}`` kills a parked child instead.
 * Or, for an exec start, no gate at all: ``"cgroups"`` lists cgroup v1 directories the child is
-  to be **born in**. The pool thread that starts it writes its own thread id into each one's
-  ``tasks`` file, vforks (a child starts in its parent thread's cgroups), and writes itself back
-  into the zygote's own cgroups. The command is inside its container from its first instruction,
-  with no gate shell to exec and no ``go`` to wait for. (cgroup v2 cannot hold one thread of a
-  process outside its process's cgroup, so a v2 container is gated.) The ``ready`` line says
+  to be **born in**. The zygote writes itself into each one's ``tasks`` file, vforks (a child
+  starts in its parent's cgroups), and writes itself back into its own cgroups before it
+  announces the child. The command is inside its container from its first instruction, with no
+  gate shell to exec and no ``go`` to wait for. (The few pages the spawn touches meanwhile are
+  charged to the container, and the microseconds to its cpuacct: the price of starting it.
+  cgroup v2 keeps a process in one cgroup, so a v2 container is gated.) The ``ready`` line says
   whether this zygote can do it (``"place"``): it must see its own cgroup in every v1 hierarchy.
 * The zygote is every child's parent, so it reaps them and reports
   ``{"op": "exited", "id", "pid", "status", "cpu"}`` (``status`` as asyncio reports it: the exit
   code, or minus the signal number; ``cpu``: what the child and its reaped children used).
 
-Fork safety: the zygote creates no event loop, no ZeroMQ context and no socket (importing the
-modules creates none). A fork waits until no exec start is under way on a pool thread, each
-forked child builds its own loop and runtime after the gate and closes every descriptor it
-inherited, and leaves with ``os._exit`` so that nothing of the zygote's (atexit hooks, buffered
-output) runs twice.
+Fork safety: the zygote has one thread and creates no event loop, no ZeroMQ context and no
+socket (importing the modules creates none). Each forked child builds its own loop and runtime
+after the gate and closes every descriptor it inherited, and leaves with ``os._exit`` so that
+nothing of the zygote's (atexit hooks, buffered output) runs twice.
 
 If the zygote dies, the containerizer starts containers itself (and starts a new zygote for
 later launches): the zygote is an accelerator, never a point of failure. Children it already
@@ -61,17 +60,16 @@ outlives its agent.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import selectors
 import shlex
+import shutil
 import signal
-import subprocess
 import sys
-import threading
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -609,34 +607,35 @@ def _become_subreaper() -> bool:
 
 
 _PR_SET_CHILD_SUBREAPER = 36
+# What Popen's restore_signals gives a child back: Python ignores these, and an ignored signal
+# stays ignored across exec (a task's `yes | head` would then end with EPIPE, not SIGPIPE).
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 
 
 class _Server:
-    """The zygote's loop: one selector over its stdin and a SIGCHLD wake-up pipe."""
+    """The zygote's loop: one thread, one selector over its stdin and a SIGCHLD wake-up pipe.
+
+    One thread on purpose. Starts once ran on a pool of threads (so that slow sandbox creations
+    could overlap), but handing each start and each "spawned" line between threads and the GIL
+    cost more CPU than the start itself: about 0.1 ms per task of context switches and lock
+    hand-offs on these VMs. On two busy cores nothing overlaps anyway.
+    """
 
     def __init__(self) -> None:
         self.children: dict[int, str] = {}  # pid -> container id
-        # Children started with exec (vfork): their Popen objects, told the exit status when
-        # we reap them, so that they never try to reap a pid themselves.
-        self.popens: dict[int, subprocess.Popen[bytes]] = {}
+        self.execs: set[int] = set()  # the children started with exec (not forked executors)
         self.gates: dict[str, tuple[int, int]] = {}  # container id -> (write end, pid)
         self.out = sys.stdout.buffer
         self.buf = b""
-        # Exec starts run on a few threads: making a sandbox is a handful of inode creations,
-        # which on some filesystems cost a fraction of a millisecond of CPU each, and a burst
-        # of launches (an offer's worth) should not wait for them one after another. The lock
-        # keeps a child's registration, its "spawned" line and the reaper in one order.
-        self.lock = threading.RLock()
-        self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mesa-spawn")
-        self.inflight: set[concurrent.futures.Future[None]] = set()
-        # v1 hierarchy mount point -> the zygote's own cgroup in it: where a pool thread goes
-        # back to after starting a child inside a container's cgroups.
+        # v1 hierarchy mount point -> the zygote's own cgroup in it: where the zygote goes back
+        # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
 
     def send(self, msg: dict[str, Any]) -> None:
-        with self.lock:
-            self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-            self.out.flush()
+        self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        self.out.flush()
 
     def serve(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -679,7 +678,6 @@ class _Server:
             self.reap()
             if not open_:
                 # The agent is gone or stopping: nobody will open the gates, nobody is listening.
-                self.drain()
                 for cid in list(self.gates):
                     self.abort(cid)
                 self.kill_exec_children()
@@ -689,22 +687,18 @@ class _Server:
 
     def handle(self, msg: dict[str, Any], fds: tuple[int, ...]) -> None:
         op, cid = msg.get("op"), str(msg.get("id", ""))
-        if op == "spawn" and msg.get("exec"):
-            future = self.pool.submit(self.spawn, cid, msg)
-            self.inflight.add(future)
-            future.add_done_callback(self.inflight.discard)
-        elif op == "spawn":
-            # A fork copies only this thread: no exec start may be half-way on another.
-            self.drain()
+        if op == "spawn":
             try:
-                with self.lock:
+                if msg.get("exec"):
+                    pid = self.start_exec(cid, msg)
+                else:
                     pid = self.fork(cid, msg, fds)
-                    self.send({"op": "spawned", "id": cid, "pid": pid})
             except Exception as e:
                 self.send({"op": "error", "id": cid, "error": repr(e)})
+            else:
+                self.send({"op": "spawned", "id": cid, "pid": pid})
         elif op == "go":
-            with self.lock:
-                gate = self.gates.pop(cid, None)
+            gate = self.gates.pop(cid, None)
             if gate is not None:
                 with contextlib.suppress(OSError):
                     os.write(gate[0], b"go\n")  # the fork's gate reads a byte, the shell a line
@@ -716,25 +710,17 @@ class _Server:
         """The agent is gone (a stop has destroyed its containers already; a crash has not):
         no task it started may outlive it. Exec children and the orphans adopted from them are
         killed; forked command executors notice the agent's end themselves and end their tasks."""
-        with self.lock:
-            doomed = set(self.popens)
-            known = set(self.children)
+        doomed = set(self.execs)
         with contextlib.suppress(OSError):
-            for tid in os.listdir("/proc/self/task"):
-                with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                    doomed.update(int(p) for p in f.read().split() if int(p) not in known)
+            with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
+                doomed.update(int(p) for p in f.read().split() if int(p) not in self.children)
         for pid in doomed:
             for kill in (os.killpg, os.kill):
                 with contextlib.suppress(OSError):
                     kill(pid, signal.SIGKILL)
 
-    def drain(self) -> None:
-        """Wait for the exec starts under way."""
-        concurrent.futures.wait(list(self.inflight))
-
     def abort(self, cid: str) -> None:
-        with self.lock:
-            gate = self.gates.pop(cid, None)
+        gate = self.gates.pop(cid, None)
         if gate is not None:
             os.close(gate[0])
             with contextlib.suppress(OSError):
@@ -755,17 +741,11 @@ class _Server:
             self.gates[cid] = (gate_w, pid)
         return pid
 
-    def spawn(self, cid: str, req: dict[str, Any]) -> None:
-        """On a pool thread: start ``req["exec"]`` (``[executable, argv0, args...]``) with
-        vfork + exec, in a session of its own, behind the shell gate when ``req["gate"]``,
-        and say so (or why not). The sandbox and its log files are made here, in the zygote,
-        not in the agent."""
-        try:
-            self.start_exec(cid, req)
-        except Exception as e:
-            self.send({"op": "error", "id": cid, "error": repr(e)})
-
-    def start_exec(self, cid: str, req: dict[str, Any]) -> None:
+    def start_exec(self, cid: str, req: dict[str, Any]) -> int:
+        """Start ``req["exec"]`` (``[executable, argv0, args...]``) with vfork + exec, in a
+        session of its own, behind the shell gate when ``req["gate"]``, born in
+        ``req["cgroups"]`` when given. The sandbox and its log files are made here, in the
+        zygote, not in the agent."""
         executable, *argv = req["exec"]
         cwd = req["cwd"]
         if req.get("mkdir"):
@@ -780,57 +760,43 @@ class _Server:
                 argv = gated_argv(executable, argv)
                 executable = argv[0]
             env = _environment(req)
-            with self.lock:  # the reaper must not see this child before it is registered
-                with self.inside(req.get("cgroups") or ()):
-                    child = subprocess.Popen(
-                        argv,
-                        executable=executable,
-                        cwd=cwd,
-                        env=env,
-                        stdin=gate_r if gate_r is not None else subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                        start_new_session=True,
-                    )
-                # Only now, with this thread out of the container's cgroups, is the child
-                # announced: from then on the agent may read (and kill) the cgroups' members.
-                self.popens[child.pid] = child
-                self.children[child.pid] = cid
-                if gate_w is not None:
-                    self.gates[cid] = (gate_w, child.pid)
-                self.send({"op": "spawned", "id": cid, "pid": child.pid})
-        except BaseException:
+            with self.inside(req.get("cgroups") or ()):
+                pid = _posix_spawn(executable, argv, cwd, env, gate_r, out, err)
+            self.execs.add(pid)
+            self.children[pid] = cid
             if gate_w is not None:
-                os.close(gate_w)
-            raise
+                self.gates[cid] = (gate_w, pid)
+                gate_w = None
+            return pid
         finally:
-            for fd in (out, err, gate_r):
+            for fd in (out, err, gate_r, gate_w):
                 if fd is not None:
                     os.close(fd)
 
     @contextlib.contextmanager
     def inside(self, cgroups: Sequence[str]) -> Iterator[None]:
-        """This thread in the cgroup v1 directories ``cgroups`` for the duration: a child it
-        starts meanwhile is born in them. It goes back into the zygote's own cgroups after, or
-        the zygote ends: a thread left in a container's cgroups would start the next child in
-        the wrong container and keep the cgroup from being removed."""
+        """The zygote in the cgroup v1 directories ``cgroups`` for the duration: a child it
+        starts meanwhile is born in them. It goes back into its own cgroups after (before the
+        child is announced: from then on the agent may read, and kill, the cgroups' members),
+        or it ends: left in a container's cgroups, it would start the next child in the wrong
+        container and keep the cgroup from being removed."""
         if not cgroups:
             yield
             return
-        tid = str(threading.get_native_id())
+        me = str(os.getpid())
         joined: list[str] = []
         try:
             for path in cgroups:
                 mount = self._mount_of(path)
                 with open(os.path.join(path, "tasks"), "w") as f:
-                    f.write(tid)
+                    f.write(me)
                 joined.append(mount)
             yield
         finally:
             for mount in joined:
                 try:
                     with open(os.path.join(self.homes[mount], "tasks"), "w") as f:
-                        f.write(tid)
+                        f.write(me)
                 except OSError as e:  # pragma: no cover - the zygote's own cgroup went away
                     sys.stderr.write(f"mesa.zygote: cannot leave a container's cgroup: {e!r}\n")
                     sys.stderr.flush()
@@ -843,24 +809,18 @@ class _Server:
         raise ValueError(f"{path} is not in a cgroup v1 hierarchy this zygote can see")
 
     def reap(self) -> None:
-        with self.lock:
-            self._reap()
-
-    def _reap(self) -> None:
         # Every child, not only those we started: the orphans we adopt must not stay zombies.
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
-                self.popens.clear()
+                self.execs.clear()
                 return
             if pid == 0:
                 return
+            self.execs.discard(pid)
             cid = self.children.pop(pid, None)
-            popen = self.popens.pop(pid, None)
-            if popen is not None:
-                popen.returncode = os.waitstatus_to_exitcode(status)
             if cid is None:
                 continue
             gate = self.gates.pop(cid, None)
@@ -878,8 +838,62 @@ class _Server:
             )
 
 
+def _posix_spawn(
+    executable: str,
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    stdin: int | None,
+    out: int,
+    err: int,
+) -> int:
+    """vfork + exec ``executable`` (searched on the ``PATH`` of ``env`` if it has no slash) in
+    ``cwd``, in a session of its own, with ``stdin`` (default ``/dev/null``), ``out`` and ``err``
+    as its descriptors 0-2 and nothing else (every other descriptor of the zygote is
+    close-on-exec), and the default handling of the signals Python ignores. ``posix_spawn``
+    does in C what ``subprocess.Popen`` does in Python, for half the CPU. It has no working
+    directory of its own to give (not in Python 3.11), so the zygote goes there for the spawn:
+    it has one thread, and no relative path of its own."""
+    if os.sep not in executable:
+        found = shutil.which(executable, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
+        executable = found
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, stdin, 0)
+        if stdin is not None
+        else (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out, 1),
+        (os.POSIX_SPAWN_DUP2, err, 2),
+    ]
+    os.chdir(cwd)
+    try:
+        return os.posix_spawn(
+            executable,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=_RESTORED_SIGNALS,
+            setsigmask=(),
+        )
+    finally:
+        os.chdir("/")
+
+
+def _not_inherited() -> None:
+    """Mark every descriptor above 2 close-on-exec: ``posix_spawn`` passes on whatever is not,
+    and a descriptor the agent's process leaked to us must not reach every task."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
 def main() -> int:
     """``python -m mesa.zygote``: started by the containerizer, not by hand."""
+    _not_inherited()
     _preload()
     try:
         return _Server().serve()

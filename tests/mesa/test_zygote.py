@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -241,3 +242,29 @@ async def test_a_cgroup_the_zygote_cannot_place_in_fails_the_spawn_and_moves_not
         )
     assert _thread_cgroups(zygote.pid) == home  # type: ignore[arg-type]
     assert not (tmp_path / "stdout").exists() or (tmp_path / "stdout").read_text() == ""
+
+
+async def test_an_exec_child_gets_its_sandbox_default_signals_and_only_fds_0_to_2(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # Python ignores SIGPIPE; an ignored signal survives exec, and `yes | head` would then end
+    # with EPIPE instead of SIGPIPE. Nothing of the zygote's own descriptors may leak either.
+    sandbox = tmp_path / "sandbox"
+    child = await zygote.spawn(
+        "plain",
+        **{**_spawn_args(sandbox), "make_cwd": True},
+        argv=["sh", "-c", "pwd; grep SigIgn /proc/self/status; exec ls /proc/self/fd"],
+        gated=False,
+    )
+    assert await asyncio.wait_for(child.wait(), 30) == 0
+    lines = (sandbox / "stdout").read_text().split()
+    assert lines[0] == str(sandbox)
+    assert lines[1] == "SigIgn:"
+    ignored = int(lines[2], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
+        assert not ignored & (1 << (sig - 1)), sig
+    # (glibc's posix_spawn leaves its two internal signals, 32 and 33, ignored; every program
+    # on glibc installs its own handlers for them at start.)
+    assert ignored & ~(0b11 << 31) == 0
+    assert sorted(lines[3:]) == ["0", "1", "2", "3"]  # (3: the directory ls is reading)
+    assert psutil.Process(zygote.pid).cwd() == "/"
