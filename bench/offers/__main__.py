@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-loop-compare", action="store_true", help="skip uvloop vs asyncio")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--log-dir", type=Path, help="keep the workers' logs here")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="cProfile workers (on CPU time) through the measured windows; .prof files here",
+    )
+    p.add_argument(
+        "--profile-roles",
+        type=lambda s: tuple(s.split(",")),
+        help="which workers --profile profiles: master (default), agents, frameworks",
+    )
     return p
 
 
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         ping_interval=args.ping_interval,
         agents_per_process=args.agents_per_process,
         max_inflight=args.max_inflight,
+        profile_dir=str(args.profile) if args.profile else None,
+        profile_roles=args.profile_roles,
     )
     if args.no_loop_compare:
         cfg = with_overrides(cfg, loop_compare=None)

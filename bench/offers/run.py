@@ -90,6 +90,12 @@ class Config:
     frameworks_per_process: int = 500
     blast_messages: int = 100_000
     register_timeout_s: float = 180.0
+    # When set, every worker runs cProfile (on its CPU clock) through the measured full-speed
+    # windows of each point and writes ``<worker name>.prof`` here (``master-10000a-100f-uvloop``).
+    profile_dir: str = ""
+    # Which workers: profiling slows a process several times over, and a slowed agent process
+    # changes what the master sees (fewer launches, retried updates), so the master alone.
+    profile_roles: tuple[str, ...] = ("master",)
 
     def points(self) -> list[tuple[int, int]]:
         pts: list[tuple[int, int]] = []
@@ -508,6 +514,20 @@ class Cluster:
             time.sleep(0.2)
         return time.monotonic() - t0
 
+    def profile(self, start: bool) -> None:
+        """Start or stop (and write) every worker's profile, when ``profile_dir`` asks for it."""
+        if not self.cfg.profile_dir:
+            return
+        out = Path(self.cfg.profile_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for child in [self.master, *self.agent_procs, *self.fw_procs]:
+            if child is None or not child.name.startswith(self.cfg.profile_roles):
+                continue
+            if start:
+                child.ask("profile_start")
+            else:
+                child.ask("profile_stop", path=str(out / f"{child.name}.prof"))
+
     def _cpu(self) -> dict[str, float]:
         out = {"agents": 0.0, "frameworks": 0.0}
         for kind, procs in (("agents", self.agent_procs), ("frameworks", self.fw_procs)):
@@ -596,9 +616,11 @@ def measure_point(
         warmup = cfg.warmup_s * max(1.0, agents / 10_000)
         cluster._sample(warmup, progress, f"{label}: warm-up")
         runs = []
+        cluster.profile(start=True)
         for r in range(cfg.runs):
             runs.append(cluster.window(cfg.window_s, progress, f"{label}: run {r + 1}/{cfg.runs}"))
             progress.step()
+        cluster.profile(start=False)
         summary = _summarise(runs)
         half: dict[str, Any] = {}
         if half_rate:
