@@ -5,12 +5,18 @@ turn is coalesced into a single frame, so a burst of small messages costs one sy
 ZeroMQ message, not one each. (Replies that handlers send while a transport hands over what one
 read found leave together when that read is over, still in the same loop turn.) The frame is::
 
-    b"LP1" + msgpack array of [recipient_id: str, sender: str, name: str, body: any]
+    b"LP2" + msgpack array of [recipient_id: str, sender: str, name: str, body: any]
 
 Bodies are plain msgpack types (None, bool, int, float, str, bytes, list, dict) or *records*:
-dataclasses declared with :func:`record`, which travel as a msgpack ext type carrying the record's
-registered name and its fields, and come back as the same class. Anything else is refused at
-``send`` with :class:`EncodeError` rather than discovered by the receiver.
+dataclasses declared with :func:`record`, which come back as the same class. Anything else is
+refused at ``send`` with :class:`EncodeError` rather than discovered by the receiver.
+
+A record travels as an array headed by its *tag*, a msgpack ext value (code 1) holding its
+registered name: ``[tag, field, field, ...]``. The packer writes it in place, in the buffer of the
+message around it, and the unpacker's array hook turns an array headed by a tag back into the
+record; a tag anywhere else (alone, second in an array, a map's value) is a bad record. (LP1 put
+each record's fields in an ext of their own, which took a second packer, an intermediate bytes
+and an ``ExtType`` per record to send, and a second unpacker per record to receive.)
 """
 
 from __future__ import annotations
@@ -33,15 +39,15 @@ __all__ = [
     "record",
 ]
 
-MAGIC = b"LP1"
-_RECORD_EXT = 1
+MAGIC = b"LP2"
+_RECORD_TAG = 1
 
 T = TypeVar("T")
 
 _records_by_name: dict[str, type] = {}
 _names_by_type: dict[type, str] = {}
-# type -> (the record's name, packed, as the head of its payload; a getter of its fields)
-_encoders: dict[type, tuple[bytes, Callable[[Any], Any]]] = {}
+# type -> (its tag, as sent: the ext value that heads its array; a getter of its fields as a tuple)
+_encoders: dict[type, tuple[msgpack.ExtType, Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 class EncodeError(TypeError):
@@ -54,6 +60,20 @@ class DecodeError(ValueError):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+
+
+class _Tag:
+    """What a record's ext value decodes to: the class to build from the rest of its array."""
+
+    __slots__ = ("cls", "name")
+
+    def __init__(self, name: str, cls: type) -> None:
+        self.name = name
+        self.cls = cls
+
+
+# The ext payload (the record's name, UTF-8) -> its tag.
+_tags: dict[bytes, _Tag] = {}
 
 
 def record(name: str) -> Callable[[type[T]], type[T]]:
@@ -73,17 +93,19 @@ def record(name: str) -> Callable[[type[T]], type[T]]:
         _names_by_type[cls] = name
         fields = tuple(f.name for f in dataclasses.fields(cls))
         cls._libproc_fields = fields  # type: ignore[attr-defined]
-        # The payload is ``[name, [fields...]]``: a fixarray of two, the name, the fields. The
-        # first two never change, so they are packed once here.
-        head = b"\x92" + msgpack.packb(name, use_bin_type=True)
+        # A record travels as an array: its tag (an ext value holding its name), then its
+        # fields. The tag never changes, so it is made once here and packed natively.
+        raw = name.encode()
+        tag = msgpack.ExtType(_RECORD_TAG, raw)
+        _tags[raw] = _Tag(name, cls)
         if len(fields) == 1:
             one = operator.attrgetter(fields[0])
-            getter: Callable[[Any], Any] = lambda obj: (one(obj),)  # noqa: E731
+            getter: Callable[[Any], tuple[Any, ...]] = lambda obj: (one(obj),)  # noqa: E731
         elif fields:
             getter = operator.attrgetter(*fields)
         else:
             getter = lambda obj: ()  # noqa: E731
-        _encoders[cls] = (head, getter)
+        _encoders[cls] = (tag, getter)
         return cls
 
     return register
@@ -91,8 +113,8 @@ def record(name: str) -> Callable[[type[T]], type[T]]:
 
 # Packers are reused: ``msgpack.packb`` makes a new Packer per call, and a Packer starts with a
 # buffer of hundreds of kilobytes, which the C allocator maps and unmaps each time (that was a
-# third of a busy master's time, most of it in the kernel). Packing nests (a record inside a
-# record is packed while the outer one is), so each level takes its own packer from the pool.
+# third of a busy master's time, most of it in the kernel). A pool rather than one packer: a
+# packer is busy while it calls ``_default`` (Python), and another thread may pack meanwhile.
 _pool: list[msgpack.Packer] = []
 
 
@@ -101,54 +123,55 @@ def _new_packer() -> msgpack.Packer:
 
 
 def _default(obj: Any) -> Any:
+    # A record becomes ``(tag, *fields)``, which the packer goes on packing in the same buffer
+    # (nested records come back here): no second packer, no intermediate bytes per record.
     enc = _encoders.get(type(obj))
     if enc is None:
         raise EncodeError(
             f"cannot send a {type(obj).__name__}: bodies are msgpack types or @record dataclasses"
         )
-    head, getter = enc
-    packer = _pool.pop() if _pool else _new_packer()
-    try:
-        return msgpack.ExtType(_RECORD_EXT, head + packer.pack(getter(obj)))
-    finally:
-        _pool.append(packer)
+    tag, getter = enc
+    return (tag, *getter(obj))
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
-    # Every way a record can be wrong is reported as "bad_record": its payload not decoding, not
-    # being [name, fields], an unknown or unhashable name, fields the class refuses.
-    if code != _RECORD_EXT:
-        raise DecodeError("bad_record", f"unknown ext type {code}")
-    try:
-        decoded = _unpackb(data)
-    except DecodeError:
-        raise
-    except Exception as e:
-        raise DecodeError("bad_record", f"record payload: {type(e).__name__}: {e}") from None
-    if type(decoded) is not list or len(decoded) != 2 or type(decoded[0]) is not str:
-        raise DecodeError("bad_record", "a record is [name, fields]")
-    name, fields = decoded
-    cls = _records_by_name.get(name)
-    if cls is None:
-        raise DecodeError("bad_record", f"unknown record {name!r}")
-    if type(fields) is not list:
-        raise DecodeError("bad_record", f"record {name!r}: fields must be an array")
-    try:
-        return cls(*fields)
-    except Exception as e:  # wrong arity, or the class's own __post_init__ checks
-        raise DecodeError("bad_record", f"record {name!r}: {type(e).__name__}: {e}") from None
+class _Hooks:
+    """The unpacker's callbacks for one decode: tags become records, and a tag left over (one
+    that did not head an array) makes the decode fail. One decode at a time each (taken from
+    a pool), not one global: the count of tags seen must not mix two threads' frames."""
+
+    __slots__ = ("array_hook", "ext_hook", "open")
+
+    def __init__(self) -> None:
+        self.open = 0  # tags decoded and not yet consumed by their array
+        # Bound once: binding a method per decode costs more than the decode of a small frame.
+        self.ext_hook = self.ext
+        self.array_hook = self.array
+
+    def ext(self, code: int, data: bytes) -> _Tag:
+        # Every way a record can be wrong is reported as "bad_record": an unknown ext code or
+        # record name, fields the class refuses, a tag that does not head an array.
+        if code != _RECORD_TAG:
+            raise DecodeError("bad_record", f"unknown ext type {code}")
+        tag = _tags.get(data)
+        if tag is None:
+            raise DecodeError("bad_record", f"unknown record {bytes(data)!r}")
+        self.open += 1
+        return tag
+
+    def array(self, items: list[Any]) -> Any:
+        if not items or type(items[0]) is not _Tag:
+            return items
+        self.open -= 1
+        tag: _Tag = items[0]
+        try:
+            return tag.cls(*items[1:])
+        except Exception as e:  # wrong arity, or the class's own __post_init__ checks
+            raise DecodeError(
+                "bad_record", f"record {tag.name!r}: {type(e).__name__}: {e}"
+            ) from None
 
 
-def _packb(obj: Any) -> bytes:
-    packer = _pool.pop() if _pool else _new_packer()
-    try:
-        return packer.pack(obj)
-    finally:
-        _pool.append(packer)
-
-
-def _unpackb(data: bytes) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+_hooks_pool: list[_Hooks] = []
 
 
 def encode_message(recipient: str, sender: str, name: str, body: Any) -> bytes:
@@ -209,12 +232,26 @@ def decode_batch(frame: bytes) -> list[Any]:
         raise DecodeError("bad_magic", f"frame does not start with {MAGIC!r}")
     # A small frame is cheaper to copy than to wrap in a memoryview; a big one is not copied.
     body = frame[3:] if len(frame) < _COPY_BELOW else memoryview(frame)[3:]
+    hooks = _hooks_pool.pop() if _hooks_pool else _Hooks()
+    hooks.open = 0
     try:
-        batch = msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        batch = msgpack.unpackb(
+            body,
+            ext_hook=hooks.ext_hook,
+            list_hook=hooks.array_hook,
+            raw=False,
+            strict_map_key=False,
+        )
     except (DecodeError, TypeError, ValueError) as e:
         return _decode_each(frame, e)
     except Exception as e:  # msgpack raises several types for truncated or garbage input
         raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
+    else:
+        stray = hooks.open
+    finally:
+        _hooks_pool.append(hooks)
+    if stray:
+        return _decode_each(frame, DecodeError("bad_record", "a record tag outside a record"))
     if type(batch) is not list:
         raise DecodeError("bad_batch", f"expected an array of messages, got {type(batch).__name__}")
     return batch
@@ -223,8 +260,16 @@ def decode_batch(frame: bytes) -> list[Any]:
 def _decode_each(frame: bytes, first: Exception) -> list[Any]:
     """The slow path: decode message by message, skipping (not building) the ones that fail."""
     data = memoryview(frame)[3:]
-    unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    unpacker.feed(data)
+    hooks = _Hooks()
+
+    def unpacker_of(data: memoryview) -> msgpack.Unpacker:
+        u = msgpack.Unpacker(
+            ext_hook=hooks.ext, list_hook=hooks.array, raw=False, strict_map_key=False
+        )
+        u.feed(data)
+        return u
+
+    unpacker = unpacker_of(data)
     try:
         count = unpacker.read_array_header()
     except Exception:
@@ -233,9 +278,13 @@ def _decode_each(frame: bytes, first: Exception) -> list[Any]:
     out: list[Any] = []
     for _ in range(count):
         start = unpacker.tell()
+        hooks.open = 0
         try:
-            out.append(unpacker.unpack())
-            continue
+            item = unpacker.unpack()
+            if not hooks.open:
+                out.append(item)
+                continue
+            out.append(BadMessage("bad_record", "a record tag outside a record"))
         except DecodeError as e:
             out.append(BadMessage(e.kind, str(e)))
         except (TypeError, ValueError) as e:
@@ -250,7 +299,6 @@ def _decode_each(frame: bytes, first: Exception) -> list[Any]:
         except Exception as e:
             raise DecodeError("bad_msgpack", f"{type(e).__name__}: {e}") from None
         rest = data[start + unpacker.tell() :]
-        unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False)
-        unpacker.feed(rest)
+        unpacker = unpacker_of(rest)
         data = rest
     return out

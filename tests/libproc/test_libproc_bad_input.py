@@ -7,8 +7,9 @@ Each is dropped and counted under ``libproc/messages_dropped/<reason>``, logged 
 (1st, 10th, 100th occurrence of a kind), and the runtime goes on serving good peers.
 
 The wire format (see ``libproc/wire.py``): one ZeroMQ frame per batch,
-``b"LP1" + msgpack [[recipient_id, sender_upid, name, body], ...]``, from a DEALER whose routing
-id is the sender's own ``host:port``."""
+``b"LP2" + msgpack [[recipient_id, sender_upid, name, body], ...]``, from a DEALER whose routing
+id is the sender's own ``host:port``; a record is an array headed by its tag, an ext value (code
+1) holding its name: ``[tag, field, field, ...]``."""
 
 from __future__ import annotations
 
@@ -47,8 +48,13 @@ def frame(*messages: list[Any], raw_batch: Any = None) -> bytes:
     return MAGIC + msgpack.packb(batch, use_bin_type=True)
 
 
-def record_ext(name: Any, fields: Any) -> msgpack.ExtType:
-    return msgpack.ExtType(1, msgpack.packb([name, fields], use_bin_type=True))
+def tag(name: str) -> msgpack.ExtType:
+    """The ext value that heads a record's array."""
+    return msgpack.ExtType(1, name.encode())
+
+
+def record_array(name: str, *fields: Any) -> list[Any]:
+    return [tag(name), *fields]
 
 
 @pytest.fixture
@@ -95,13 +101,27 @@ CASES: list[tuple[str, Any]] = [
     ("unknown_recipient", frame(["nobody", SENDER, "x", None])),
     ("unknown_message", frame(["rec", SENDER, "no-such-handler", None])),
     ("unknown_message", frame(["rec", SENDER, "libproc/bogus", None])),
-    ("bad_record", frame(["rec", SENDER, "x", record_ext("no.such.Record", [1])])),
-    ("bad_record", frame(["rec", SENDER, "x", record_ext("tests.libproc.Pair", [1, 2, 3])])),
-    ("bad_record", frame(["rec", SENDER, "x", record_ext(["unhashable"], [])])),
+    ("bad_record", frame(["rec", SENDER, "x", record_array("no.such.Record", 1)])),
+    ("bad_record", frame(["rec", SENDER, "x", record_array("tests.libproc.Pair", 1, 2, 3)])),
+    ("bad_record", frame(["rec", SENDER, "x", record_array("tests.libproc.Pair", 1)])),
     ("bad_record", frame(["rec", SENDER, "x", msgpack.ExtType(1, b"\xc1")])),
     ("bad_record", frame(["rec", SENDER, "x", msgpack.ExtType(7, b"")])),
-    ("bad_record", frame(["rec", SENDER, "x", record_ext("tests.libproc.Pair", [-1, 2])])),
-    ("bad_record", frame(["rec", SENDER, "x", record_ext("tests.libproc.Pair", 5)])),
+    ("bad_record", frame(["rec", SENDER, "x", record_array("tests.libproc.Pair", -1, 2)])),
+    # A tag anywhere but at the head of an array: alone, second in an array, a map's value.
+    ("bad_record", frame(["rec", SENDER, "x", tag("tests.libproc.Pair")])),
+    ("bad_record", frame(["rec", SENDER, "x", [1, tag("tests.libproc.Pair"), 2]])),
+    ("bad_record", frame(["rec", SENDER, "x", {"a": tag("tests.libproc.Pair")}])),
+    (
+        "bad_record",
+        frame(["rec", SENDER, "x", [tag("tests.libproc.Pair"), tag("tests.libproc.Pair")]]),
+    ),
+    # The old format's record (an ext holding [name, fields]) is refused, not misread.
+    (
+        "bad_record",
+        frame(
+            ["rec", SENDER, "x", msgpack.ExtType(1, msgpack.packb(["tests.libproc.Pair", [1, 2]]))]
+        ),
+    ),
 ]
 
 
@@ -182,6 +202,22 @@ async def test_one_bad_message_does_not_hide_its_batch_mates(
     await sync_point(dealer, rec, 1)
     assert rec.bodies() == ["a", "b", 1]
     assert dropped(rt) == {"unknown_recipient": 1, "forged_sender": 1, "bad_message": 1}
+
+
+async def test_a_stray_record_tag_drops_its_message_alone(rt: Runtime, dealer: zmq.Socket) -> None:
+    rec = Strict("rec")
+    rt.spawn(rec)
+    pair = tag("tests.libproc.Pair")
+    dealer.send(
+        frame(
+            ["rec", SENDER, "good", [record_array("tests.libproc.Pair", 1, 2)]],
+            ["rec", SENDER, "good", [pair, pair]],
+            ["rec", SENDER, "good", {"p": record_array("tests.libproc.Pair", 3, 4)}],
+        )
+    )
+    await sync_point(dealer, rec, 1)
+    assert rec.bodies() == [[Pair(1, 2)], {"p": Pair(3, 4)}, 1]
+    assert dropped(rt) == {"bad_record": 1}
 
 
 async def test_a_flood_of_garbage_is_logged_a_few_times_only(
