@@ -39,8 +39,10 @@ Ctrl-C aimed at the agent does not reach it) and speaks JSON lines to it over it
   cgroup v2 keeps a process in one cgroup, so a v2 container is gated.) The ``ready`` line says
   whether this zygote can do it (``"place"``): it must see its own cgroup in every v1 hierarchy.
 * The zygote is every child's parent, so it reaps them and reports
-  ``{"op": "exited", "id", "pid", "status", "cpu"}`` (``status`` as asyncio reports it: the exit
-  code, or minus the signal number; ``cpu``: what the child and its reaped children used).
+  ``{"op": "exited", "id", "pid", "status", "cpu", "left"}`` (``status`` as asyncio reports it:
+  the exit code, or minus the signal number; ``cpu``: what the child and its reaped children
+  used; ``left``: what it left running — the orphans the zygote, a subreaper, adopted from its
+  session, and their descendants — so the agent need not scan every process for them).
 
 Fork safety: the zygote has one thread and creates no event loop, no ZeroMQ context and no
 socket (importing the modules creates none). Each forked child builds its own loop and runtime
@@ -132,6 +134,8 @@ class ZygoteLostSpawn(ZygoteError):
 class _Pending:
     spawned: asyncio.Future[int]
     exited: asyncio.Future[int | None]
+    # What the child left running when it ended (see ZygoteChild.left), from its "exited" line.
+    left: set[int] | None = None
 
 
 class ZygoteChild:
@@ -143,7 +147,7 @@ class ZygoteChild:
         zygote: Zygote,
         cid: str,
         pid: int,
-        exited: asyncio.Future[int | None],
+        pending: _Pending,
         gated: bool = True,
         zygote_pid: int | None = None,
     ):
@@ -151,8 +155,16 @@ class ZygoteChild:
         self.container_id = cid
         self.pid = pid
         self.zygote_pid = zygote_pid  # which zygote is its parent (one may replace another)
-        self._exited = exited
+        self._pending = pending
+        self._exited = pending.exited
         self.released = not gated  # an ungated child never waited
+
+    @property
+    def left(self) -> set[int] | None:
+        """Once it has exited: what it left running — the orphans the zygote adopted from its
+        session, and their descendants — as the zygote saw them when it reaped it. None when the
+        zygote could not tell (it is no subreaper, or it died first): scan instead."""
+        return self._pending.left
 
     @property
     def returncode(self) -> int | None:
@@ -206,7 +218,7 @@ class Zygote:
         self._orphan_watches: set[asyncio.Future[None]] = set()
         self.pid: int | None = None
         # The zygote adopts every orphan of the processes it started (PR_SET_CHILD_SUBREAPER),
-        # so what a container leaves behind is found among its children: see leftovers().
+        # so what a container leaves behind is found among its children: see ZygoteChild.left.
         self.subreaper = False
         # Whether it can start an exec child inside its cgroups (see the module's docstring).
         self.can_place = False
@@ -266,7 +278,8 @@ class Zygote:
         container_id: str,
         *,
         cwd: str,
-        env: Mapping[str, str],
+        env: Mapping[str, str] | None = None,
+        overlay: Mapping[str, str] | None = None,
         stdout: str,
         stderr: str,
         argv: list[str] | None = None,
@@ -284,7 +297,12 @@ class Zygote:
         its working directory (and parents) itself, so the agent's thread never waits on the
         filesystem for a sandbox. ``cgroups`` (with ``argv``, when :attr:`can_place`): cgroup v1
         directories the child is born in; it needs no gate for them.
+
+        The child's environment is ``env`` (all of it), or the zygote's own with ``overlay`` on
+        top: only a few variables travel then, and nothing has to be compared.
         """
+        if (env is None) == (overlay is None):
+            raise TypeError("give the child's env, or an overlay of the zygote's")
         await self.start()
         if cgroups and not (argv and self.can_place):
             raise ZygoteError("this zygote cannot start a child in its cgroups")
@@ -299,8 +317,8 @@ class Zygote:
             "cwd": cwd,
             # Only what differs from the zygote's own environment: the whole of it is a few
             # kilobytes of JSON per launch, written by the agent and parsed by the zygote.
-            "env_set": dict(env.items() - self._env_items),
-            "env_unset": list(self._env.keys() - env.keys()),
+            "env_set": dict(overlay) if env is None else dict(env.items() - self._env_items),
+            "env_unset": [] if env is None else list(self._env.keys() - env.keys()),
             "stdout": stdout,
             "stderr": stderr,
             "exec": [executable or argv[0], *argv] if argv else None,
@@ -327,7 +345,7 @@ class Zygote:
                 ) from e
             raise
         self.forked += 1
-        return ZygoteChild(self, container_id, pid, pending.exited, gated, self.pid)
+        return ZygoteChild(self, container_id, pid, pending, gated, self.pid)
 
     def _send(self, msg: dict[str, Any]) -> None:
         """Queue a line; the lines of one loop turn go in one write. Every write wakes the
@@ -396,6 +414,9 @@ class Zygote:
             self.executor_cpu_seconds += float(msg.get("cpu") or 0.0)
             if not pending.spawned.done():  # died before the answer was read
                 pending.spawned.set_exception(ZygoteError("the child exited at once"))
+            left = msg.get("left")
+            if isinstance(left, list):
+                pending.left = {int(p) for p in left}
             if not pending.exited.done():
                 pending.exited.set_result(msg.get("status"))
 
@@ -432,38 +453,6 @@ class Zygote:
         if self._proc is not None:
             self.failures += 1
             log.warning("zygote_exited", pid=self.pid, orphaned_executors=live)
-
-    def leftovers(self, leader: int, parent: int | None) -> set[int] | None:
-        """What is left of the container whose first process ``leader`` the zygote started and
-        has reaped: the orphans the zygote adopted from it (by session) and their descendants.
-
-        A few small reads of the zygote's own ``/proc`` entries, where a scan of the session
-        must ask every process on the machine (and the descendants of those orphans count even
-        if they left the session). None when the zygote cannot tell (it is gone, or could not
-        become a subreaper): scan the session instead.
-        """
-        if not self.subreaper or not self.alive or self.pid is None or self.pid != parent:
-            return None  # (a zygote that replaced the leader's parent adopted none of it)
-        task_dir = f"/proc/{self.pid}/task"
-        try:
-            children: set[int] = set()
-            for tid in os.listdir(task_dir):
-                with open(f"{task_dir}/{tid}/children", "rb") as f:
-                    children.update(int(p) for p in f.read().split())
-        except OSError:
-            return None
-        live_leaders = {p.spawned.result() for p in self._pending.values() if p.spawned.done()}
-        out: set[int] = set()
-        for pid in children - live_leaders:
-            try:
-                if os.getsid(pid) != leader:
-                    continue
-            except OSError:
-                continue
-            out.add(pid)
-            with contextlib.suppress(psutil.Error):
-                out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
-        return out
 
     def _kill_now(self) -> None:
         """SIGKILL the zygote without waiting (its reader sees EOF and settles the rest)."""
@@ -632,6 +621,7 @@ class _Server:
         # v1 hierarchy mount point -> the zygote's own cgroup in it: where the zygote goes back
         # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
+        self.subreaper = False  # (until serve() becomes one)
 
     def send(self, msg: dict[str, Any]) -> None:
         self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
@@ -650,11 +640,12 @@ class _Server:
         stdin = sys.stdin.buffer.fileno()
         sel.register(stdin, selectors.EVENT_READ, "in")
         sel.register(wake_r, selectors.EVENT_READ, "chld")
+        self.subreaper = _become_subreaper()
         self.send(
             {
                 "op": "ready",
                 "pid": os.getpid(),
-                "subreaper": _become_subreaper(),
+                "subreaper": self.subreaper,
                 "place": bool(self.homes),
             }
         )
@@ -810,6 +801,7 @@ class _Server:
 
     def reap(self) -> None:
         # Every child, not only those we started: the orphans we adopt must not stay zombies.
+        adopted: list[int] | None = None  # read once per round, and only if someone ended
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -826,16 +818,42 @@ class _Server:
             gate = self.gates.pop(cid, None)
             if gate is not None:
                 os.close(gate[0])
-            self.send(
-                {
-                    "op": "exited",
-                    "id": cid,
-                    "pid": pid,
-                    "status": os.waitstatus_to_exitcode(status),
-                    # CPU seconds of the executor and of the tasks it reaped: what a task costs.
-                    "cpu": usage.ru_utime + usage.ru_stime,
-                }
-            )
+            msg: dict[str, Any] = {
+                "op": "exited",
+                "id": cid,
+                "pid": pid,
+                "status": os.waitstatus_to_exitcode(status),
+                # CPU seconds of the executor and of the tasks it reaped: what a task costs.
+                "cpu": usage.ru_utime + usage.ru_stime,
+            }
+            if self.subreaper:
+                if adopted is None:
+                    adopted = self.adopted()
+                msg["left"] = _left_by(pid, adopted)
+            self.send(msg)
+
+    def adopted(self) -> list[int]:
+        """Children that are not ours: the orphans adopted from what we started. (Every child
+        is listed under the zygote's one thread, its own and adopted ones alike.)"""
+        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
+            return [p for p in map(int, f.read().split()) if p not in self.children]
+
+
+def _left_by(leader: int, adopted: list[int]) -> list[int]:
+    """What the child ``leader`` (just reaped) left running: the adopted orphans of its session
+    (its children are reparented to us before it can be reaped) and their descendants, even
+    those that left the session since."""
+    out: set[int] = set()
+    for pid in adopted:
+        try:
+            if os.getsid(pid) != leader:
+                continue
+        except OSError:
+            continue
+        out.add(pid)
+        with contextlib.suppress(psutil.Error):
+            out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    return sorted(out)
 
 
 def _posix_spawn(

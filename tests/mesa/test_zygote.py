@@ -9,6 +9,7 @@ tests/e2e/test_zygote_executors.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -268,3 +269,26 @@ async def test_an_exec_child_gets_its_sandbox_default_signals_and_only_fds_0_to_
     assert ignored & ~(0b11 << 31) == 0
     assert sorted(lines[3:]) == ["0", "1", "2", "3"]  # (3: the directory ls is reading)
     assert psutil.Process(zygote.pid).cwd() == "/"
+
+
+async def test_the_exit_says_what_the_child_left_running(zygote: Zygote, tmp_path: Path) -> None:
+    assert zygote.subreaper
+    args = _spawn_args(tmp_path)
+    child = await zygote.spawn(
+        "leaver", **args, argv=["sh", "-c", "sleep 60 & echo $!"], gated=False
+    )
+    try:
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+        sleeper = int((tmp_path / "stdout").read_text())
+        assert child.left == {sleeper}
+        assert psutil.Process(sleeper).ppid() == zygote.pid  # adopted
+    finally:
+        for pid in child.left or ():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    # A child that leaves nothing says so.
+    clean = await zygote.spawn(
+        "clean", **_spawn_args(tmp_path / "c"), make_cwd=True, argv=["true"], gated=False
+    )
+    assert await asyncio.wait_for(clean.wait(), 30) == 0
+    assert clean.left == set()
