@@ -23,12 +23,15 @@ from typing import Any
 import libproc
 from mesa import flags
 
-__all__ = ["MASTER_GC_THRESHOLD", "build_parser", "main"]
+__all__ = ["AGENT_GC_THRESHOLD", "MASTER_GC_THRESHOLD", "build_parser", "main"]
 
 # A master holds many long-lived objects (agents, offers, filters); with the default collector
 # thresholds full collections rescan them constantly — at 50k agents they doubled the
 # allocation cycle (bench/allocator_bench.py). The master collects less often.
 MASTER_GC_THRESHOLD = (50_000, 20, 10)
+# An agent allocates a few hundred short-lived objects per task (messages, futures, tasks); most
+# die by reference count before a young collection would look at them if collections are rarer.
+AGENT_GC_THRESHOLD = (20_000, 20, 10)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +201,12 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"mesa.node: error: {e}", file=sys.stderr, flush=True)
             await runtime.stop()
             return 2
+        gc.set_threshold(*AGENT_GC_THRESHOLD)
         pid = runtime.spawn(agent)
+    # What exists now (modules, classes, the runtime) lives as long as the node: out of the
+    # collector's sight, full collections only walk what came later.
+    gc.collect()
+    gc.freeze()
     print(
         f"mesa {args.role} started: pid={pid} http=http://{args.ip}:{runtime.http_port}",
         flush=True,

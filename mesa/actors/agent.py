@@ -204,7 +204,7 @@ class _Executor:
     info: ExecutorInfo
     framework_id: str
     container_id: str
-    sandbox: Path
+    sandbox: str  # (a string: a Path costs more to make than the whole path is worth here)
     command_executor: bool
     # The container runs the task's command itself and the agent is its executor.
     direct: bool = False
@@ -241,7 +241,7 @@ class _Executor:
             "name": self.info.name,
             "framework_id": self.framework_id,
             "container_id": self.container_id,
-            "directory": str(self.sandbox),
+            "directory": self.sandbox,
             "state": str(self.state),
             "pid": str(self.pid) if self.pid else None,
             "os_pid": self.os_pid,
@@ -769,9 +769,9 @@ class Agent(Process):
             # One new directory per task, not three: where making a directory costs a fraction
             # of a millisecond of CPU (it does on the VMs this runs on), that is most of what a
             # short task costs. /agent/state gives each task's directory.
-            sandbox = Path(f"{framework.directory}/runs/{cid}")
+            sandbox = f"{framework.directory}/runs/{cid}"
         else:
-            sandbox = Path(f"{framework.directory}/executors/{info.executor_id}/runs/{cid}")
+            sandbox = f"{framework.directory}/executors/{info.executor_id}/runs/{cid}"
         executor = _Executor(
             info, framework.id, cid, sandbox, command_executor and not direct, direct
         )
@@ -793,7 +793,7 @@ class Agent(Process):
             framework_id=framework.id,
             executor_id=info.executor_id,
             container_id=cid,
-            sandbox=str(sandbox),
+            sandbox=sandbox,
         )
         if direct and isinstance(first.resources, str):
             executor.container_resources = first.resources  # the task's own, as validated
@@ -802,7 +802,7 @@ class Agent(Process):
         self.send(
             self._containerizer,  # type: ignore[arg-type]
             LaunchContainer.NAME,
-            LaunchContainer(cid, info, str(sandbox), env, executor.container_resources),
+            LaunchContainer(cid, info, sandbox, env, executor.container_resources),
         )
         if not direct:  # a direct task has no executor process to register
             executor.registration_timer = self.delay(
@@ -1029,9 +1029,9 @@ class Agent(Process):
     def _collect_sandbox(self, executor: _Executor) -> None:
         """Its container is gone: its sandbox goes after ``gc_delay`` (and, for an executor, the
         ``runs`` and executor directories above it, if that leaves them empty)."""
-        runs = executor.sandbox.parent
-        parents = () if executor.direct else (str(runs), str(runs.parent))
-        self._sandboxes.add(str(executor.sandbox), parents)
+        runs = os.path.dirname(executor.sandbox)
+        parents = () if executor.direct else (runs, os.path.dirname(runs))
+        self._sandboxes.add(executor.sandbox, parents)
 
     def _maybe_remove_framework(self, framework: _Framework) -> None:
         """Forget a framework with no executors left, once its updates are delivered (or, when
@@ -1159,7 +1159,7 @@ class Agent(Process):
             agent_id=self.agent_id,
             executor_id=executor.id if executor else None,
             timestamp=time.time(),
-            uuid=uuid.uuid4().bytes,
+            uuid=os.urandom(16),  # (what a UUID is made of, without making one)
         )
         self._record_update(framework_id, executor, status)
 

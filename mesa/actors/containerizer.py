@@ -36,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -67,6 +68,7 @@ from mesa.messages import (
 )
 from mesa.resources import ResourceError, Resources
 from mesa.spawn import Child, gated_argv, spawn
+from mesa.validation import parse_resources
 from mesa.zygote import (
     Zygote,
     ZygoteChild,
@@ -144,8 +146,11 @@ class Containerizer(Process):
         id: str = "containerizer",
     ) -> None:
         super().__init__(id)
-        # Command executors are forked from a warm zygote (mesa/zygote.py says why).
-        self.zygote: Zygote | None = Zygote(_zygote_env()) if zygote else None
+        # The agent's environment with this checkout on the path, read once (copying
+        # os.environ decodes every variable): the base of every container's, and the zygote's.
+        self._base_env = _zygote_env()
+        # Containers are started by a warm zygote (mesa/zygote.py says why).
+        self.zygote: Zygote | None = Zygote(self._base_env) if zygote else None
         if isolators is None:
             from mesa.isolators.posix import PosixCpuIsolator, PosixMemIsolator
 
@@ -159,7 +164,6 @@ class Containerizer(Process):
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
         self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
-        self._base_env: dict[str, str] | None = None
         # An isolator that knows every process of a container (a cgroup's members, escaped
         # sessions included) makes the scan of every process on the machine for the session
         # redundant.
@@ -255,39 +259,23 @@ class Containerizer(Process):
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _started(
+    def _started(
         self, container: _Container, msg: LaunchContainer, start: asyncio.Task[Exception | None]
-    ) -> None:
-        """Back in the actor: the start succeeded (watch it) or failed (undo it, say why)."""
+    ) -> Awaitable[None] | None:
+        """Back in the actor: the start succeeded (watch it) or failed (undo it, say why).
+        Synchronous when it succeeded, as it mostly does: a dispatch of a plain function costs
+        no task; the failure and the late kill return what the dispatch then awaits."""
         cid, sender = container.id, container.owner
         container.starting = None
         error = start.result()
         if error is not None:
-            if isinstance(error, _DestroyedWhileStarting):
-                self.metrics.inc("containerizer/destroyed_while_starting")
-                self.log.info("container_destroyed_while_starting", container_id=cid)
-            else:
-                self.metrics.inc("containerizer/launch_errors")
-                self.log.warning("container_launch_failed", container_id=cid, error=repr(error))
-            self._close_files(container)
-            self._close_gate(container)
-            pids = await self._kill(container)
-            if container.process is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(container.process.wait(), self.kill_wait)
-            await self._wait_empty(container, pids)
-            del self._containers[cid]
-            await self._cleanup_isolators(container)
-            command = msg.executor.command.value if msg.executor else None
-            why = f"{type(error).__name__}: {error} ({command!r})"
-            self._reply_launched(sender, cid, error=why)
-            return
+            return self._start_failed(container, msg, error)
         self.metrics.inc("containerizer/containers_launched")
         self.log.info(
             "container_launched",
             container_id=cid,
             pid=container.pid,
-            resources=str(container.resources),
+            resources=container.resources,
         )
         loop = asyncio.get_running_loop()
         for isolator in self.isolators:
@@ -296,12 +284,37 @@ class Containerizer(Process):
         container.watcher = loop.create_task(self._watch(container))
         self._reply_launched(sender, cid, pid=container.pid)
         if container.destroying:  # destroyed while it was starting: now there is a pid to kill
-            await self._kill(container)
+            return self._kill(container)
+        return None
+
+    async def _start_failed(
+        self, container: _Container, msg: LaunchContainer, error: Exception
+    ) -> None:
+        """Undo a start that failed: kill what it started, clean up, and say why."""
+        cid, sender = container.id, container.owner
+        if isinstance(error, _DestroyedWhileStarting):
+            self.metrics.inc("containerizer/destroyed_while_starting")
+            self.log.info("container_destroyed_while_starting", container_id=cid)
+        else:
+            self.metrics.inc("containerizer/launch_errors")
+            self.log.warning("container_launch_failed", container_id=cid, error=repr(error))
+        self._close_files(container)
+        self._close_gate(container)
+        pids = await self._kill(container)
+        if container.process is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(container.process.wait(), self.kill_wait)
+        await self._wait_empty(container, pids)
+        del self._containers[cid]
+        await self._cleanup_isolators(container)
+        command = msg.executor.command.value if msg.executor else None
+        why = f"{type(error).__name__}: {error} ({command!r})"
+        self._reply_launched(sender, cid, error=why)
 
     async def _start(self, container: _Container, msg: LaunchContainer) -> None:
         executable, argv = command_argv(msg.executor.command)
         sandbox = container.sandbox
-        env = self._environment(container, msg)
+        overlay = self._overlay(container, msg)
         config = ContainerConfig(container.id, sandbox, container.resources, msg.executor)
         prefix: list[str] = []
         birthplace: dict[Isolator, list[str]] = {}  # isolator -> the cgroups it can be born in
@@ -310,7 +323,7 @@ class Containerizer(Process):
                 isolator, "_run_prepare", container.id, config
             )
             if info is not None:
-                env.update({str(k): str(v) for k, v in info.environment.items()})
+                overlay.update({str(k): str(v) for k, v in info.environment.items()})
                 prefix.extend(info.command_prefix)
                 if info.cgroups:
                     birthplace[isolator] = info.cgroups
@@ -321,13 +334,12 @@ class Containerizer(Process):
         if gated or self.zygote is not None:
             # A clear launch error now, rather than an exit status 127 from the gate or the
             # zygote's child later.
-            if shutil.which(executable, path=os.pathsep.join(os.get_exec_path(env))) is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
+            _check_executable(executable, overlay.get("PATH", self._base_env.get("PATH")))
         if self.zygote is not None and not prefix:
             forked = None if is_command_executor(msg.executor.command) else argv
             _check_not_destroyed(container)
             try:
-                await self._start_forked(container, env, forked, executable, gated, birthplace)
+                await self._start_forked(container, overlay, forked, executable, gated, birthplace)
                 return
             except ZygoteLostSpawn:
                 # The zygote may have started the command before it died: kill whatever it
@@ -341,6 +353,7 @@ class Containerizer(Process):
                 self.metrics.inc("containerizer/zygote_errors")  # the zygote
                 self.log.warning("zygote_spawn_failed", container_id=container.id, error=repr(e))
         _check_not_destroyed(container)
+        env = {**self._base_env, **overlay}
         sandbox.mkdir(parents=True, exist_ok=True)
         stdout = open(sandbox / "stdout", "ab")
         container.files.append(stdout)
@@ -376,7 +389,7 @@ class Containerizer(Process):
     async def _start_forked(
         self,
         container: _Container,
-        env: dict[str, str],
+        overlay: dict[str, str],
         argv: list[str] | None,
         executable: str,
         gated: bool,
@@ -403,12 +416,13 @@ class Containerizer(Process):
             gated = False
         else:
             birthplace = {}  # placed the usual way: every isolator's isolate
+        sandbox = overlay["MESA_SANDBOX"]
         child = await self.zygote.spawn(
             container.id,
-            cwd=env["MESA_SANDBOX"],
-            env=env,
-            stdout=env["MESA_SANDBOX"] + "/stdout",
-            stderr=env["MESA_SANDBOX"] + "/stderr",
+            cwd=sandbox,
+            overlay=overlay,  # (the zygote's own environment is the base: self._base_env)
+            stdout=sandbox + "/stdout",
+            stderr=sandbox + "/stderr",
             argv=argv,
             executable=executable,
             make_cwd=True,
@@ -427,23 +441,20 @@ class Containerizer(Process):
             raise
         child.release()
 
-    def _environment(self, container: _Container, msg: LaunchContainer) -> dict[str, str]:
-        if self._base_env is None:
-            # The agent's environment, read once: copying os.environ decodes every variable.
-            self._base_env = dict(os.environ)
-        env = dict(self._base_env)
-        env.update({str(k): str(v) for k, v in (msg.environment or {}).items()})
+    def _overlay(self, container: _Container, msg: LaunchContainer) -> dict[str, str]:
+        """What a container's environment sets on top of the base (the agent's own, with this
+        checkout on ``PYTHONPATH``: the zygote's too). Only these few variables travel to the
+        zygote; a cold start gets the base with them on top."""
+        env = {str(k): str(v) for k, v in (msg.environment or {}).items()}
         env.update({str(k): str(v) for k, v in (msg.executor.command.environment or {}).items()})
         env["MESA_CONTAINER_ID"] = container.id
         env["MESA_SANDBOX"] = env["MESA_DIRECTORY"] = str(msg.sandbox)
-        # `python -m mesa.command_executor` must import this very code, installed or not; the
-        # sandbox is the working directory, so the checkout must be on the path explicitly.
-        root = source_root()
-        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if root not in paths:
-            paths.insert(0, root)
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        if "PYTHONPATH" in env:
+            # `python -m mesa.command_executor` must import this very code, installed or not;
+            # the sandbox is the working directory, so the checkout must be on the path.
+            env["PYTHONPATH"] = _with_source_root(env["PYTHONPATH"])
+        if "PYTHONUNBUFFERED" not in env and "PYTHONUNBUFFERED" not in self._base_env:
+            env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def _reply_launched(
@@ -517,12 +528,24 @@ class Containerizer(Process):
             status = None
         try:
             # Whatever is left in the container goes with the executor.
-            pids = await self.runtime.dispatch(self.pid, self._kill, container)
+            pids = await self.runtime.dispatch(self.pid, self._exited, container, status)
         except (ProcessNotFound, ProcessTerminated):
             return  # the containerizer is stopping: finalize takes it from here
+        if pids is None:
+            return  # nothing was left: reported already
         await self._wait_empty(container, pids)
         with contextlib.suppress(ProcessNotFound, ProcessTerminated):
             await self.runtime.dispatch(self.pid, self._reaped, container.id, status)
+
+    async def _exited(self, container: _Container, status: int | None) -> set[int] | None:
+        """In the actor, once the executor is gone: kill what it left and return those pids to
+        wait for; or, when it left nothing (most containers), report it now, in the same visit,
+        and return None."""
+        pids = await self._kill(container)
+        if pids or container.doomed:
+            return pids
+        await self._reaped(container.id, status)
+        return None
 
     async def _reaped(self, cid: str, status: int | None) -> None:
         container = self._containers.pop(cid, None)
@@ -611,8 +634,10 @@ class Containerizer(Process):
         reaped = container.process is not None and container.process.returncode is not None
         if container.pid is not None and not self._tracks_processes:
             found = None
-            if reaped and self.zygote is not None and isinstance(container.process, ZygoteChild):
-                found = self.zygote.leftovers(container.pid, container.process.zygote_pid)
+            if reaped and isinstance(container.process, ZygoteChild):
+                # The zygote, a subreaper, saw what it left when it reaped it: its adopted
+                # orphans, where a scan of the session must ask every process on the machine.
+                found = container.process.left
             pids = found if found is not None else session_pids(container.pid, not reaped)
         for isolator in self.isolators:
             found = await self._call_quiet(isolator, "pids", container.id)
@@ -819,11 +844,26 @@ def processes_of_container(container_id: str) -> list[int]:
 def _zygote_env() -> dict[str, str]:
     """The zygote's own environment: the agent's, with this checkout on the path."""
     env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = _with_source_root(env.get("PYTHONPATH", ""))
+    return env
+
+
+def _with_source_root(pythonpath: str) -> str:
+    paths = [p for p in pythonpath.split(os.pathsep) if p]
     if source_root() not in paths:
         paths.insert(0, source_root())
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+    return os.pathsep.join(paths)
+
+
+def _check_executable(executable: str, path: str | None) -> None:
+    """FileNotFoundError unless ``executable`` (searched on ``path`` if it has no slash) is an
+    executable file. (A path is checked directly: ``shutil.which`` would parse ``PATH`` first.)"""
+    if os.sep in executable:
+        if os.access(executable, os.X_OK) and not os.path.isdir(executable):
+            return
+    elif shutil.which(executable, path=path or os.defpath) is not None:
+        return
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
 
 
 def _parse_resources(text: Any) -> Resources:
@@ -831,7 +871,7 @@ def _parse_resources(text: Any) -> Resources:
         return Resources.empty()
     if not isinstance(text, str):
         raise ResourceError(f"resources must be a string, not {type(text).__name__}")
-    return Resources.parse(text)
+    return parse_resources(text)  # (cached: every task of a kind has the same string)
 
 
 def _running(pid: int) -> bool:
