@@ -332,8 +332,12 @@ class Zygote:
         except BaseException:
             self._pending.pop(container_id, None)  # nothing was sent
             raise
+        spawned = pending.spawned
+        # (A timer on the future itself: wait_for and shield would add a task and two futures
+        # to every launch.)
+        timer = loop.call_later(timeout, _time_out, spawned)
         try:
-            pid = await asyncio.wait_for(asyncio.shield(pending.spawned), timeout)
+            pid = await spawned
         except BaseException as e:
             self._pending.pop(container_id, None)
             # The request may be with the zygote already: if its child shows up later, nobody
@@ -344,6 +348,8 @@ class Zygote:
                     f"no answer to the spawn of {container_id} in {timeout}s"
                 ) from e
             raise
+        finally:
+            timer.cancel()
         self.forked += 1
         return ZygoteChild(self, container_id, pid, pending, gated, self.pid)
 
@@ -368,16 +374,20 @@ class Zygote:
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         try:
+            rest = b""
             while True:
-                line = await proc.stdout.readline()
-                if not line:
+                # What is there, not a line at a time: a burst's answers come together.
+                chunk = await proc.stdout.read(1 << 16)
+                if not chunk:
                     break
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    log.warning("zygote_bad_line", line=line[:200])
-                    continue
-                self._on_message(msg)
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        log.warning("zygote_bad_line", line=line[:200])
+                        continue
+                    self._on_message(msg)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # pragma: no cover - the pipe broke in an unexpected way
@@ -485,6 +495,11 @@ class Zygote:
                     await asyncio.wait_for(proc.wait(), timeout)
         if reader is not None and not reader.done():
             await asyncio.wait([reader], timeout=timeout)
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 async def _watch_orphan(pid: int, exited: asyncio.Future[int | None]) -> None:

@@ -164,6 +164,7 @@ class Containerizer(Process):
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
         self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
+        self._found: dict[tuple[str, str | None], float] = {}  # executables seen, until when
         # An isolator that knows every process of a container (a cgroup's members, escaped
         # sessions included) makes the scan of every process on the machine for the session
         # redundant.
@@ -334,7 +335,13 @@ class Containerizer(Process):
         if gated or self.zygote is not None:
             # A clear launch error now, rather than an exit status 127 from the gate or the
             # zygote's child later.
-            _check_executable(executable, overlay.get("PATH", self._base_env.get("PATH")))
+            path = overlay.get("PATH", self._base_env.get("PATH"))
+            if self._found.get((executable, path), 0.0) < Clock.now():
+                _check_executable(executable, path)
+                # Found: believed for a second (every task of a burst runs the same /bin/sh).
+                if len(self._found) > 1024:
+                    self._found.clear()
+                self._found[executable, path] = Clock.now() + 1.0
         if self.zygote is not None and not prefix:
             forked = None if is_command_executor(msg.executor.command) else argv
             _check_not_destroyed(container)
