@@ -65,6 +65,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import selectors
@@ -592,9 +593,16 @@ def _child(req: dict[str, Any], gate: int | None) -> None:
         os._exit(code)
 
 
+@functools.cache
+def _own_environment() -> dict[str, str]:
+    """The zygote's environment, read once: copying ``os.environ`` decodes every variable, and
+    nothing here changes it (a forked child changes its own, after its copy is made)."""
+    return dict(os.environ)
+
+
 def _environment(req: dict[str, Any]) -> dict[str, str]:
     """A child's environment: the zygote's own, less ``env_unset``, plus ``env_set``."""
-    env = dict(os.environ)
+    env = dict(_own_environment())
     for key in req.get("env_unset") or ():
         env.pop(str(key), None)
     env.update({str(k): str(v) for k, v in (req.get("env_set") or {}).items()})
@@ -755,7 +763,7 @@ class _Server:
         executable, *argv = req["exec"]
         cwd = req["cwd"]
         if req.get("mkdir"):
-            os.makedirs(cwd, exist_ok=True)
+            _make_dir(cwd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(req["stdout"], flags, 0o644)
         err = os.open(req["stderr"], flags, 0o644)
@@ -852,6 +860,17 @@ class _Server:
         is listed under the zygote's one thread, its own and adopted ones alike.)"""
         with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
             return [p for p in map(int, f.read().split()) if p not in self.children]
+
+
+def _make_dir(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, for the usual case first: only the last component
+    is new (makedirs would look at the parent before it tries)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
 
 
 def _left_by(leader: int, adopted: list[int]) -> list[int]:

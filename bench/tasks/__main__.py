@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baselines", default=",".join(d.baselines), help="which of xargs,ray,dask to run"
     )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="where the clusters keep their files (default: /dev/shm if it is a tmpfs, else the"
+        " temporary directory; see bench/tasks/run.py for why)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     return p
 
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         task_cpus=args.task_cpus,
         isolation=tuple(x for x in args.isolation.split(",") if x),
         baselines=tuple(x for x in args.baselines.split(",") if x),
+        work_dir=args.work_dir,
     )
     os.environ.setdefault("LIBPROC_LOG_LEVEL", "warning")
     configure_logging(level=os.environ["LIBPROC_LOG_LEVEL"])
