@@ -313,6 +313,11 @@ class _CgroupDir:
         self._procs = self._dir + "/cgroup.procs"
 
     @property
+    def dir(self) -> str:
+        """The cgroup's directory, as the string it is kept as."""
+        return self._dir
+
+    @property
     def path(self) -> Path:
         """The cgroup's directory."""
         if self._path is None:

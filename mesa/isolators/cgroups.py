@@ -253,7 +253,7 @@ class CgroupsIsolator(Isolator):
         such thing for one thread of the starter, so the executor is gated and placed."""
         if self.version != 1:
             return None
-        return LaunchInfo(cgroups=[str(cg.path) for cg in self._distinct(container_id)])
+        return LaunchInfo(cgroups=[cg.dir for cg in self._distinct(container_id)])
 
     async def isolate(self, container_id: str, pid: int) -> None:
         for cg in self._distinct(container_id):
