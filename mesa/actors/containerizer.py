@@ -56,7 +56,13 @@ from libproc import (
 )
 from mesa import exit_status
 from mesa.commands import command_argv
-from mesa.isolators.base import ContainerConfig, Isolator, LaunchInfo, Limitation
+from mesa.isolators.base import (
+    ContainerConfig,
+    ContainerLimited,
+    Isolator,
+    LaunchInfo,
+    Limitation,
+)
 from mesa.isolators.posix import session_pids
 from mesa.messages import (
     ContainerLaunched,
@@ -173,6 +179,7 @@ class Containerizer(Process):
 
     async def initialize(self) -> None:
         for isolator in self.isolators:
+            isolator.report_limits_to(self.pid)
             self.spawn(isolator)
             self._spawned.append(isolator)
         for isolator in self.isolators:
@@ -280,7 +287,9 @@ class Containerizer(Process):
         )
         loop = asyncio.get_running_loop()
         for isolator in self.isolators:
-            if isolator.reports_limits:
+            # Limits come by message (ContainerLimited); only an isolator with a watch of its
+            # own is awaited, by a task for the container's life.
+            if isolator.reports_limits and type(isolator).watch is not Isolator.watch:
                 container.watches.append(loop.create_task(self._watch_limits(container, isolator)))
         container.watcher = loop.create_task(self._watch(container))
         self._reply_launched(sender, cid, pid=container.pid)
@@ -505,6 +514,16 @@ class Containerizer(Process):
             await self.runtime.dispatch(
                 self.pid, self._limited, container.id, isolator.name, limitation
             )
+
+    @handler(ContainerLimited.NAME)
+    def _on_limited(self, sender: UPID, msg: Any) -> Awaitable[None] | None:
+        if not isinstance(msg, ContainerLimited) or not any(
+            sender == i.pid for i in self.isolators
+        ):
+            self._invalid(sender, "ContainerLimited", msg)
+            return None
+        limitation = Limitation(msg.reason, msg.message, msg.resources)
+        return self._limited(msg.container_id, msg.isolator, limitation)
 
     async def _limited(self, cid: str, source: str, limitation: Limitation) -> None:
         container = self._containers.get(cid)

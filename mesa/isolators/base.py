@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
-from libproc import Process, ProcessNotFound, ProcessTerminated, get_logger
+from libproc import UPID, Process, ProcessNotFound, ProcessTerminated, get_logger
+from mesa.messages import message
 from mesa.resources import Resources
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = [
     "MIN_CPUS",
     "MIN_MEMORY_BYTES",
     "ContainerConfig",
+    "ContainerLimited",
     "IsolationOptions",
     "Isolator",
     "LaunchInfo",
@@ -64,6 +66,18 @@ class Limitation:
     reason: str
     message: str
     resources: str = ""  # what was exceeded, in resource-string form ("mem:64")
+
+
+@message("containerizer.Limited")
+class ContainerLimited:
+    """From an isolator to the containerizer that drives it: ``container_id`` hit a limit."""
+
+    NAME: ClassVar[str]
+    container_id: str
+    isolator: str
+    reason: str
+    message: str
+    resources: str = ""
 
 
 @dataclass
@@ -143,6 +157,7 @@ class Isolator(Process):
         super().__init__(id)
         self.options = options if options is not None else IsolationOptions()
         self._limits: dict[str, asyncio.Future[Limitation]] = {}
+        self._limits_to: UPID | None = None  # who hears of a limit by message
         self._known: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.log: Any = get_logger("mesa.isolator").bind(isolator=self.name)
@@ -205,7 +220,9 @@ class Isolator(Process):
         return await asyncio.shield(self._limit_future(container_id))
 
     def limit(self, container_id: str, limitation: Limitation) -> None:
-        """For subclasses: report that ``container_id`` hit a limit (first report wins)."""
+        """For subclasses: report that ``container_id`` hit a limit (first report wins). The
+        containerizer hears it as a message (see :meth:`report_limits_to`); ``watch`` resolves
+        too, for whoever awaits it."""
         future = self._limit_future(container_id)
         if not future.done():
             self.log.debug(  # the containerizer logs it, naming this isolator
@@ -215,6 +232,23 @@ class Isolator(Process):
                 message=limitation.message,
             )
             future.set_result(limitation)
+            if self._limits_to is not None:
+                self.send(
+                    self._limits_to,
+                    ContainerLimited.NAME,
+                    ContainerLimited(
+                        container_id,
+                        self.name,
+                        str(limitation.reason),
+                        limitation.message,
+                        limitation.resources,
+                    ),
+                )
+
+    def report_limits_to(self, pid: UPID) -> None:
+        """Send each :meth:`limit` to ``pid`` (the containerizer, before it spawns this): a
+        message, where awaiting ``watch`` would take a task per container for its whole life."""
+        self._limits_to = pid
 
     def in_background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` outside the actor (a ``du``, an eventfd's follow-up) and keep it

@@ -15,7 +15,13 @@ from agent_harness import kill_leftovers, read_pid, running, wait_gone, wait_unt
 from libproc import UPID, Process, Runtime
 from mesa.actors.containerizer import Containerizer, source_root
 from mesa.info import CommandInfo, ExecutorInfo
-from mesa.isolators.base import ContainerConfig, Isolator, LaunchInfo
+from mesa.isolators.base import (
+    ContainerConfig,
+    ContainerLimited,
+    Isolator,
+    LaunchInfo,
+    Limitation,
+)
 from mesa.messages import (
     ContainerLaunched,
     ContainerTerminated,
@@ -286,3 +292,56 @@ def _sleepers_in(root: Path) -> list[int]:
         if cwd.startswith(str(root)) and p.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(p.pid)
     return found
+
+
+class LimitingIsolator(Isolator):
+    """Ends a container at once, the way a real isolator does: ``limit`` from inside, which the
+    containerizer hears as a message."""
+
+    name = "limiting"
+    hit = Limitation("REASON_CONTAINER_LIMITATION_MEMORY", "over the line", "mem:32")
+
+    async def isolate(self, container_id: str, pid: int) -> None:
+        self.delay(0.0, self.limit, container_id, self.hit)
+
+
+class WatchingIsolator(Isolator):
+    """The other way: a ``watch`` of its own, which the containerizer awaits."""
+
+    name = "watching"
+
+    async def watch(self, container_id: str) -> Limitation:
+        return LimitingIsolator.hit
+
+
+@pytest.mark.parametrize("own_watch", [False, True], ids=["limit", "own_watch"])
+async def test_an_isolator_s_limit_ends_the_container(tmp_path: Path, own_watch: bool):
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        iso = WatchingIsolator() if own_watch else LimitingIsolator()
+        cpid = rt.spawn(Containerizer([iso], kill_wait=5.0))
+        bed = Bed(rt, owner, cpid, tmp_path, iso)
+        bed.launch("limited", "exec sleep 60")
+        ended = await bed.terminated("limited")
+        assert ended.reason == "REASON_CONTAINER_LIMITATION_MEMORY"
+        assert ended.message == "over the line"
+        assert ended.destroyed
+        assert rt.metrics.get("containerizer/limitations_memory") == 1
+    finally:
+        await rt.stop()
+
+
+async def test_a_limit_from_anyone_but_an_isolator_is_refused(bed: Bed):
+    bed.launch("kept", "exec sleep 60")
+    await bed.launched("kept")
+    bed.owner.send(
+        bed.containerizer,
+        ContainerLimited.NAME,
+        ContainerLimited("kept", "forged", "REASON_CONTAINER_LIMITATION_MEMORY", "no"),
+    )
+    await wait_until(lambda: bed.rt.metrics.get("containerizer/invalid_messages") == 1)
+    assert "kept" not in bed.owner.terminated
+    bed.destroy("kept")
+    assert (await bed.terminated("kept")).reason is None
