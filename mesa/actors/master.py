@@ -126,7 +126,7 @@ class _Framework:
     active: bool = True
     connected: bool = True
     tasks: dict[str, _Task] = field(default_factory=dict)
-    completed: collections.deque[_Task] = field(
+    completed: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=_COMPLETED_TASKS)
     )
     offers: set[str] = field(default_factory=set)
@@ -171,15 +171,53 @@ class _Agent:
         return {fid: Resources.sum(parts) for fid, parts in by.items()}
 
 
-@dataclass
 class _Offer:
-    offer: Offer
-    resources: Resources
-    timer: Timer | None = None
+    """An outstanding offer: what the master needs to check an accept and take it back.
 
-    @property
-    def role(self) -> str | None:
-        return self.offer.allocation_role
+    Not the :class:`Offer` record itself: that is sent and dropped, so the ten thousand offers
+    a large cluster has out at any time are one small object each for the garbage collector to
+    walk, not three."""
+
+    __slots__ = ("agent_id", "framework_id", "id", "resources", "role", "timer")
+
+    def __init__(
+        self,
+        offer_id: str,
+        framework_id: str,
+        agent_id: str,
+        resources: Resources,
+        role: str | None,
+    ) -> None:
+        self.id = offer_id
+        self.framework_id = framework_id
+        self.agent_id = agent_id
+        self.resources = resources
+        self.role = role
+        self.timer: Timer | None = None
+
+
+def _completed(task: _Task) -> dict[str, Any]:
+    """What the master keeps of a task that has ended: what ``/state`` shows of it, as a dict of
+    strings, numbers and None only.
+
+    A framework keeps its last thousand, so these are most of the tasks a busy master holds.
+    Keeping the whole :class:`_Task` (its TaskInfo, CommandInfo, statuses, ...) made them most
+    of what every garbage collection walked, and its pauses tens of milliseconds long; a dict
+    holding no container is never tracked by the collector at all. So the resources stay in
+    their text form, and the last ten statuses are ``STATE@timestamp`` joined by ``;``.
+    """
+    status = task.status
+    return {
+        "id": task.info.task_id,
+        "name": task.info.name,
+        "framework_id": task.framework_id,
+        "executor_id": task.executor_id or "",
+        "agent_id": task.agent_id,
+        "state": str(task.state),
+        "resources": task.info.resources,
+        "statuses": ";".join(f"{s['state']}@{s['timestamp']!r}" for s in task.statuses[-10:]),
+        "message": status.message if status is not None else None,
+    }
 
 
 def _resources_json(r: Resources) -> dict[str, Any]:
@@ -515,7 +553,7 @@ class Master(Process):
                 url=str(agent.pid),
                 allocation_role=role,
             )
-            record = _Offer(offer, resources)
+            record = _Offer(offer.id, framework_id, agent_id, resources, role)
             if self.flags.offer_timeout is not None:
                 record.timer = self.delay(self.flags.offer_timeout, self._offer_expired, offer.id)
             self.offers[offer.id] = record
@@ -546,10 +584,10 @@ class Master(Process):
             return None
         if record.timer is not None:
             record.timer.cancel()
-        framework = self.frameworks.get(record.offer.framework_id)
+        framework = self.frameworks.get(record.framework_id)
         if framework is not None:
             framework.offers.discard(offer_id)
-        agent = self.agents.get(record.offer.agent_id)
+        agent = self.agents.get(record.agent_id)
         if agent is not None:
             agent.offers.discard(offer_id)
         return record
@@ -559,13 +597,11 @@ class Master(Process):
         if record is None:
             return
         self.metrics.inc("master/offers_rescinded")
-        framework = self.frameworks.get(record.offer.framework_id)
+        framework = self.frameworks.get(record.framework_id)
         if notify and framework is not None and framework.pid is not None:
             self.send(framework.pid, RescindOffer.NAME, RescindOffer(offer_id))
-        if recover and record.offer.agent_id in self.agents:
-            self._recover(
-                record.offer.agent_id, record.offer.framework_id, record.resources, role=record.role
-            )
+        if recover and record.agent_id in self.agents:
+            self._recover(record.agent_id, record.framework_id, record.resources, role=record.role)
 
     def _offer_expired(self, offer_id: str) -> None:
         if offer_id in self.offers:
@@ -580,14 +616,12 @@ class Master(Process):
         refuse = _refuse_seconds(body.refuse_seconds)
         for offer_id in body.offer_ids if isinstance(body.offer_ids, list) else []:
             record = self.offers.get(offer_id)
-            if record is None or record.offer.framework_id != framework.id:
+            if record is None or record.framework_id != framework.id:
                 self.metrics.inc("master/invalid_declines")
                 continue
             self._take_offer(offer_id)
             self.metrics.inc("master/offers_declined")
-            self._recover(
-                record.offer.agent_id, framework.id, record.resources, refuse, record.role
-            )
+            self._recover(record.agent_id, framework.id, record.resources, refuse, record.role)
 
     @handler(AcceptOffers.NAME)
     def accept_offers(self, sender: UPID, body: Any) -> None:
@@ -609,12 +643,12 @@ class Master(Process):
             record = self.offers.get(offer_id) if isinstance(offer_id, str) else None
             if record is None:
                 error = error or f"offer {offer_id!r} is no longer valid"
-            elif record.offer.framework_id != framework.id:
+            elif record.framework_id != framework.id:
                 error = error or f"offer {offer_id!r} belongs to another framework"
                 record = None
             if record is not None:
                 records.append(record)
-        agents = {r.offer.agent_id for r in records}
+        agents = {r.agent_id for r in records}
         if len(agents) > 1:
             error = error or "offers span more than one agent"
         agent = self.agents.get(next(iter(agents))) if len(agents) == 1 else None
@@ -625,10 +659,8 @@ class Master(Process):
         if error is not None:
             # Valid offers among them go back untouched (no filter); every task is dropped.
             for record in records:
-                self._take_offer(record.offer.id)
-                self._recover(
-                    record.offer.agent_id, framework.id, record.resources, role=record.role
-                )
+                self._take_offer(record.id)
+                self._recover(record.agent_id, framework.id, record.resources, role=record.role)
             self.metrics.inc("master/invalid_accepts")
             for task in tasks:
                 self._task_error(
@@ -646,7 +678,7 @@ class Master(Process):
         role = records[0].role
         remaining = Resources.sum(r.resources for r in records)
         for record in records:
-            self._take_offer(record.offer.id)
+            self._take_offer(record.id)
         self.metrics.inc("master/offers_accepted", len(records))
 
         # 2. The tasks, in order, each paid for out of what remains of the offers.
@@ -999,7 +1031,6 @@ class Master(Process):
             framework.tasks.pop(task.info.task_id, None)
             pa = framework.info.partition_aware
             task.state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
-            framework.completed.append(task)
             self._send_master_update(
                 framework,
                 task,
@@ -1007,6 +1038,7 @@ class Master(Process):
                 Reason.REASON_AGENT_RESTARTED,
                 "Task was not reported by its reregistering agent",
             )
+            framework.completed.append(_completed(task))
         # Tasks that were reported unreachable are back: tell their frameworks where they are.
         for key, _status in reported.items():
             previous = previous_tasks.get(key)
@@ -1203,7 +1235,7 @@ class Master(Process):
         agent = self.agents.get(task.agent_id)
         if agent is not None:
             agent.tasks.pop((framework.id, task.info.task_id), None)
-        framework.completed.append(task)
+        framework.completed.append(_completed(task))
 
     @handler(ExitedExecutor.NAME)
     def exited_executor(self, sender: UPID, body: Any) -> None:
@@ -1300,7 +1332,7 @@ class Master(Process):
                 Resources.sum(self.offers[o].resources for o in f.offers if o in self.offers)
             ),
             "tasks": [_task_json(t) for t in f.tasks.values()],
-            "completed_tasks": [_task_json(t) for t in f.completed],
+            "completed_tasks": [_completed_json(t) for t in f.completed],
             "offers": [self._offer_json(self.offers[o]) for o in f.offers if o in self.offers],
             "executors": [{"agent_id": a, "executor_id": e} for a, e in f.executors],
         }
@@ -1325,9 +1357,9 @@ class Master(Process):
 
     def _offer_json(self, o: _Offer) -> dict[str, Any]:
         return {
-            "id": o.offer.id,
-            "framework_id": o.offer.framework_id,
-            "agent_id": o.offer.agent_id,
+            "id": o.id,
+            "framework_id": o.framework_id,
+            "agent_id": o.agent_id,
             "resources": _resources_json(o.resources),
         }
 
@@ -1344,6 +1376,22 @@ def _task_json(t: _Task) -> dict[str, Any]:
         "statuses": t.statuses[-10:],
         "message": t.status.message if t.status else None,
     }
+
+
+def _completed_json(t: dict[str, Any]) -> dict[str, Any]:
+    """``/state``'s form of a :func:`_completed` task."""
+    out = dict(t)
+    out["resources"] = _resources_json(parse_resources(t["resources"]))
+    statuses = []
+    for entry in t["statuses"].split(";") if t["statuses"] else ():
+        state, _, text = entry.rpartition("@")
+        try:
+            timestamp: Any = float(text)
+        except ValueError:  # an agent's odd timestamp (or state) is shown, not fatal
+            timestamp = text
+        statuses.append({"state": state, "timestamp": timestamp})
+    out["statuses"] = statuses
+    return out
 
 
 def _refuse_seconds(value: Any) -> float:
