@@ -580,6 +580,14 @@ class Cluster:
             "msgs_per_launch": wire / running if running else float("nan"),
             "master_gc_s": m1["gc_s"] - m0["gc_s"],
             "master_gc_longest_ms": m1["gc_longest_ms"],
+            # Per generation (0, 1, 2): collections in the window, and seconds spent in them.
+            "master_gc_collections": [
+                b - a for a, b in zip(m0["gc_collections"], m1["gc_collections"], strict=True)
+            ],
+            "master_gc_s_by_generation": [
+                b - a
+                for a, b in zip(m0["gc_s_by_generation"], m1["gc_s_by_generation"], strict=True)
+            ],
             "agents_gc_longest_ms": max(a["gc_longest_ms"] for a in a1),
             "agents_gc_s": sum(a["gc_s"] for a in a1) - sum(a["gc_s"] for a in a0),
             "agents_cpu_util": (others1["agents"] - others0["agents"]) / dt,

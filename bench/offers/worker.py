@@ -60,12 +60,15 @@ async def _commands() -> Any:
 
 
 class GCWatch:
-    """Time this process spends in the garbage collector: total, and the longest pause since
-    it was last read (a full collection of a large heap stalls every actor in the process)."""
+    """Time this process spends in the garbage collector: total, per generation (with the
+    number of collections), and the longest pause since it was last read (a full collection
+    of a large heap stalls every actor in the process)."""
 
     def __init__(self) -> None:
         self.total = 0.0
         self.longest = 0.0
+        self.by_gen = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
         self._t0 = 0.0
         gc.callbacks.append(self._callback)
 
@@ -75,11 +78,19 @@ class GCWatch:
         else:
             d = time.perf_counter() - self._t0
             self.total += d
+            gen = info.get("generation", 2)
+            self.by_gen[gen] += d
+            self.count[gen] += 1
             if d > self.longest:
                 self.longest = d
 
-    def read(self) -> dict[str, float]:
-        out = {"gc_s": self.total, "gc_longest_ms": self.longest * 1000}
+    def read(self) -> dict[str, Any]:
+        out = {
+            "gc_s": self.total,
+            "gc_longest_ms": self.longest * 1000,
+            "gc_s_by_generation": list(self.by_gen),
+            "gc_collections": list(self.count),
+        }
         self.longest = 0.0
         return out
 
