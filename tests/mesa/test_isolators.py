@@ -10,6 +10,7 @@ tree does offer without controllers — creating cgroups, moving processes, ``cg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import textwrap
 from collections.abc import AsyncIterator
@@ -366,3 +367,29 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
         container_disk_watch_interval=2.5,
     )
     assert os.path.isdir(tmp_path)
+
+
+async def test_one_process_table_finds_what_a_session_scan_finds(tmp_path: Path) -> None:
+    # A session with a background child, and a grandchild that left the session with setsid:
+    # the table (one pass over /proc for every container) and the per-container scan agree.
+    import signal
+    import subprocess
+
+    from mesa.isolators.posix import ProcessTable, session_pids
+
+    script = "sleep 60 & setsid sleep 60 & echo started > ready; wait"
+    proc = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, start_new_session=True)
+    found: set[int] = set()
+    try:
+        await wait_until(lambda: (tmp_path / "ready").exists())
+        await wait_until(lambda: len(session_pids(proc.pid)) == 3)
+        found = session_pids(proc.pid)
+        assert ProcessTable().container(proc.pid) == found
+        assert any(os.getsid(p) != proc.pid for p in found)  # the one that left is there
+    finally:
+        for pid in found | {proc.pid}:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    # (Killed, they linger as zombies until init reaps them.)
+    await wait_until(lambda: ProcessTable().container(proc.pid) == set())
