@@ -223,3 +223,28 @@ async def test_state_endpoint_names_master_agents_and_tasks(setup: Setup) -> Non
         assert metrics["master/agents_active"] == 1
     finally:
         await driver.stop()
+
+
+async def test_an_ended_task_is_kept_for_state_without_the_garbage_collector(
+    setup: Setup,
+) -> None:
+    import gc
+
+    from tests.waiting import eventually
+
+    fw, driver = await _framework(setup)
+    try:
+        offer = await fw.offer()
+        driver.launch_tasks([offer.id], [command_task(offer, "done", "true")])
+        await fw.state_of("done", TaskState.TASK_FINISHED)
+        framework = setup.master.frameworks[fw.registered_ids[0]]
+        # Kept once its terminal update is acknowledged (the driver acknowledges for us).
+        await eventually(lambda: framework.completed, "the task kept as completed")
+        assert not gc.is_tracked(framework.completed[0])
+        task = setup.master.state(None)["frameworks"][0]["completed_tasks"][0]
+        assert task["id"] == "done" and task["state"] == "TASK_FINISHED"
+        assert task["resources"]["cpus"] == pytest.approx(0.1)
+        assert [s["state"] for s in task["statuses"]] == ["TASK_RUNNING", "TASK_FINISHED"]
+        assert all(isinstance(s["timestamp"], float) for s in task["statuses"])
+    finally:
+        await driver.stop()
