@@ -665,7 +665,14 @@ class Containerizer(Process):
                 # orphans, where a scan of the session must ask every process on the machine.
                 found = container.process.left
             pids = found if found is not None else session_pids(container.pid, not reaped)
-        for isolator in self.isolators:
+        asked = self.isolators
+        if reaped and self._tracks_processes:
+            # After the executor's end one cgroup's members are every process of the container
+            # (each was born, or placed, in all of them): one isolator is asked, not one per
+            # hierarchy. Anything that left that one cgroup still holds another, whose rmdir
+            # then fails until the isolator's cleanup has killed it.
+            asked = [next(i for i in self.isolators if i.tracks_processes)]
+        for isolator in asked:
             found = await self._call_quiet(isolator, "pids", container.id)
             if found:
                 pids |= found
