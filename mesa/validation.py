@@ -32,7 +32,8 @@ def check_id(kind: str, value: Any) -> str | None:
         return f"{kind} {value[:40]!r}... is longer than {_MAX_ID} characters"
     if value in (".", ".."):
         return f"{kind} {value!r} is not allowed"
-    if "/" in value or any(c.isspace() or not c.isprintable() for c in value):
+    # (isprintable() is False for every whitespace but the space itself: one pass, in C.)
+    if "/" in value or " " in value or not value.isprintable():
         return f"{kind} {value!r} must not contain '/', whitespace or control characters"
     return None
 
