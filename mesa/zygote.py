@@ -640,6 +640,7 @@ class _Server:
         self.execs: set[int] = set()  # the children started with exec (not forked executors)
         self.gates: dict[str, tuple[int, int]] = {}  # container id -> (write end, pid)
         self.out = sys.stdout.buffer
+        self.lines: list[bytes] = []  # what the agent is told next, in order
         self.buf = b""
         # v1 hierarchy mount point -> the zygote's own cgroup in it: where the zygote goes back
         # to after starting a child inside a container's cgroups.
@@ -647,8 +648,16 @@ class _Server:
         self.subreaper = False  # (until serve() becomes one)
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        self.out.flush()
+        """Queue a line for the agent; what one round of the loop says goes in one write
+        (:meth:`flush`): each write wakes the agent, and a burst's answers should wake it once."""
+        self.lines.append(json.dumps(msg, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        if self.lines:
+            data = b"\n".join(self.lines) + b"\n"
+            self.lines.clear()
+            self.out.write(data)
+            self.out.flush()
 
     def serve(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -672,6 +681,7 @@ class _Server:
                 "place": bool(self.homes),
             }
         )
+        self.flush()
         open_ = True
         while open_ or self.children:
             for key, _ in sel.select(1.0 if not open_ else None):
@@ -690,6 +700,7 @@ class _Server:
                         line, _, self.buf = self.buf.partition(b"\n")
                         self.handle(json.loads(line), (stdin, wake_r, wake_w))
             self.reap()
+            self.flush()
             if not open_:
                 # The agent is gone or stopping: nobody will open the gates, nobody is listening.
                 for cid in list(self.gates):
@@ -743,7 +754,7 @@ class _Server:
     def fork(self, cid: str, req: dict[str, Any], fds: tuple[int, ...]) -> int:
         gated = req.get("gate", True)
         gate_r, gate_w = os.pipe() if gated else (None, None)
-        self.out.flush()
+        self.flush()  # (nothing queued may be written twice, by the child too)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             if gate_w is not None:
