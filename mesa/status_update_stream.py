@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import Any
 
-from libproc import Timer
+from libproc import Clock, Timer
 from mesa.messages import StatusUpdate
 from mesa.task_state import is_terminal
 
@@ -203,6 +203,90 @@ class StatusUpdateStream:
         )
 
 
+class _Retry:
+    """One stream's retry in a :class:`_Retries`: shaped like the part of a Timer a stream uses."""
+
+    __slots__ = ("args", "due", "fn", "owner", "pending")
+
+    def __init__(self, owner: _Retries, due: float, fn: Callable[..., Any], args: tuple) -> None:
+        self.owner = owner
+        self.due = due
+        self.fn = fn
+        self.args = args
+        self.pending = True
+
+    def cancel(self) -> bool:
+        if not self.pending:
+            return False
+        self.pending = False
+        self.owner._dropped()
+        return True
+
+
+class _Retries:
+    """Every stream's retry timer on one real timer.
+
+    A stream arms a retry each time it sends its head and cancels it when the head is
+    acknowledged: two timers per status update, thousands a second on a busy agent, nearly all
+    cancelled. Retries with the same interval fall due in the order they were armed, so each
+    interval keeps a FIFO; one timer of the owner's (``schedule``) stands for the earliest of them.
+    Arming is an append, cancelling a flag.
+    """
+
+    def __init__(self, schedule: ScheduleFn) -> None:
+        self._schedule = schedule
+        self._queues: dict[float, deque[_Retry]] = {}
+        self._live = 0
+        self._timer: Timer | None = None
+        self._timer_due = float("inf")
+
+    def __call__(self, seconds: float, fn: Callable[..., Any], *args: Any) -> _Retry:
+        due = Clock.now() + seconds
+        retry = _Retry(self, due, fn, args)
+        queue = self._queues.get(seconds)
+        if queue is None:
+            queue = self._queues[seconds] = deque()
+        queue.append(retry)
+        self._live += 1
+        if due < self._timer_due:
+            self._arm(due)
+        return retry
+
+    def _dropped(self) -> None:
+        self._live -= 1
+        if not self._live:  # nothing left to retry: no timer left behind either
+            self._queues.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_due = None, float("inf")
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self._schedule(max(0.0, due - Clock.now()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_due = None, float("inf")
+        now = Clock.now() + 0.001  # (a timer may run up to the loop's resolution early)
+        due: list[_Retry] = []
+        for queue in self._queues.values():
+            while queue and (not queue[0].pending or queue[0].due <= now):
+                retry = queue.popleft()
+                if retry.pending:
+                    due.append(retry)
+        for retry in due:
+            if retry.pending:  # (an earlier one's callback may have cancelled it)
+                retry.pending = False
+                self._live -= 1
+                retry.fn(*retry.args)
+        if self._live:
+            # The callbacks re-armed for their own next tries; another interval's may be sooner.
+            later = min((q[0].due for q in self._queues.values() if q), default=float("inf"))
+            if later < self._timer_due:
+                self._arm(later)
+
+
 class StatusUpdateManager:
     """Every task's stream, keyed by ``(framework_id, task_id)``, paused and resumed together.
 
@@ -220,7 +304,7 @@ class StatusUpdateManager:
         paused: bool = True,
     ) -> None:
         self._send = send
-        self._schedule = schedule
+        self._schedule: ScheduleFn = _Retries(schedule)  # the streams' retries, on one timer
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._paused = paused

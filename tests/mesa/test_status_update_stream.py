@@ -210,3 +210,36 @@ async def test_manager_pause_resume_and_cleanup():
     assert m.describe() == [{"framework_id": "fw2", "task_id": "b", "pending": ["TASK_RUNNING"]}]
     m.close()
     assert len(m) == 0 and Clock.pending_timers() == 0
+
+
+async def test_manager_retries_every_stream_on_time_with_one_timer():
+    # Streams at different points of their back-off share one real timer: each head is still
+    # resent exactly when its own interval says, and nothing is left armed once all are acked.
+    wire = Wire()
+    m = manager(wire)
+    a, b = update(TaskState.TASK_RUNNING, "a"), update(TaskState.TASK_RUNNING, "b")
+    m.update("fw", a)
+    Clock.advance(0.5)
+    m.update("fw", b)
+    assert Clock.pending_timers() == 1
+    Clock.advance(0.5)  # a: 1 s after its send
+    Clock.advance(0.5)  # b: 1 s after its send
+    resent = [(t, task) for t, _, retry, task in wire.sent if retry]
+    assert [round(t - resent[0][0], 3) for t, _ in resent] == [0.0, 0.5]
+    assert [u for _, u in resent] == [a.status.uuid, b.status.uuid]
+    # a's next try is 2 s after its first retry (back-off doubled); b is acknowledged.
+    assert m.acknowledge("fw", "b", b.status.uuid) is Ack.OK
+    Clock.advance(1.4)
+    assert m.retried == 2
+    Clock.advance(0.1)
+    assert m.retried == 3 and wire.sent[-1][3] == a.status.uuid
+    # A fresh stream's 1 s retry comes before a's 4 s one, though armed after it.
+    c = update(TaskState.TASK_RUNNING, "c")
+    m.update("fw", c)
+    Clock.advance(1)
+    assert wire.sent[-1][3] == c.status.uuid and m.retried == 4
+    for task, u in (("a", a), ("c", c)):
+        assert m.acknowledge("fw", task, u.status.uuid) is Ack.OK
+    assert Clock.pending_timers() == 0
+    Clock.advance(100)
+    assert m.retried == 4
