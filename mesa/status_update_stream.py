@@ -254,11 +254,19 @@ class _Retries:
 
     def _dropped(self) -> None:
         self._live -= 1
-        if not self._live:  # nothing left to retry: no timer left behind either
+        if not self._live:
+            # Nothing left to retry. The timer stays (it finds nothing when it fires): an agent
+            # with a few tasks goes to zero after every acknowledgement, and re-arming a timer
+            # each time would cost more than the one wasted wake-up.
             self._queues.clear()
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._timer_due = None, float("inf")
+
+    def close(self) -> None:
+        """Forget every retry, and the timer."""
+        self._queues.clear()
+        self._live = 0
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_due = None, float("inf")
 
     def _arm(self, due: float) -> None:
         if self._timer is not None:
@@ -304,11 +312,12 @@ class StatusUpdateManager:
         paused: bool = True,
     ) -> None:
         self._send = send
-        self._schedule: ScheduleFn = _Retries(schedule)  # the streams' retries, on one timer
+        self._retries = _Retries(schedule)  # the streams' retry timers, on one of the agent's
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._paused = paused
         self._streams: dict[tuple[str, str], StatusUpdateStream] = {}
+        self._per_framework: dict[str, int] = {}  # streams per framework (asked after every ack)
         self.sent = 0
         self.retried = 0
         self.acked = 0
@@ -326,12 +335,13 @@ class StatusUpdateManager:
                 framework_id,
                 task_id,
                 send=self._counting_send,
-                schedule=self._schedule,
+                schedule=self._retries,
                 backoff=self._backoff,
                 backoff_max=self._backoff_max,
                 paused=self._paused,
             )
             self._streams[key] = stream
+            self._per_framework[framework_id] = self._per_framework.get(framework_id, 0) + 1
         return stream.update(update)
 
     def acknowledge(self, framework_id: str, task_id: str, uuid: bytes) -> Ack:
@@ -343,6 +353,7 @@ class StatusUpdateManager:
             self.acked += 1
             if stream.done:
                 del self._streams[(framework_id, task_id)]
+                self._forget(framework_id)
         return result
 
     def stream(self, framework_id: str, task_id: str) -> StatusUpdateStream | None:
@@ -352,7 +363,14 @@ class StatusUpdateManager:
         return iter(list(self._streams.values()))
 
     def has_pending(self, framework_id: str) -> bool:
-        return any(fid == framework_id for fid, _ in self._streams)
+        return framework_id in self._per_framework
+
+    def _forget(self, framework_id: str, count: int = 1) -> None:
+        left = self._per_framework.get(framework_id, 0) - count
+        if left > 0:
+            self._per_framework[framework_id] = left
+        else:
+            self._per_framework.pop(framework_id, None)
 
     def pause(self) -> None:
         self._paused = True
@@ -369,6 +387,7 @@ class StatusUpdateManager:
         dropped = 0
         for key in [k for k in self._streams if k[0] == framework_id]:
             stream = self._streams.pop(key)
+            self._forget(framework_id)
             dropped += len(stream.pending)
             stream.close()
         return dropped
@@ -377,6 +396,8 @@ class StatusUpdateManager:
         for stream in self._streams.values():
             stream.close()
         self._streams.clear()
+        self._per_framework.clear()
+        self._retries.close()
 
     def _counting_send(self, update: StatusUpdate, retry: bool) -> None:
         if retry:

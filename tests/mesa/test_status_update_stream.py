@@ -214,7 +214,7 @@ async def test_manager_pause_resume_and_cleanup():
 
 async def test_manager_retries_every_stream_on_time_with_one_timer():
     # Streams at different points of their back-off share one real timer: each head is still
-    # resent exactly when its own interval says, and nothing is left armed once all are acked.
+    # resent exactly when its own interval says, and nothing is resent once all are acked.
     wire = Wire()
     m = manager(wire)
     a, b = update(TaskState.TASK_RUNNING, "a"), update(TaskState.TASK_RUNNING, "b")
@@ -240,6 +240,21 @@ async def test_manager_retries_every_stream_on_time_with_one_timer():
     assert wire.sent[-1][3] == c.status.uuid and m.retried == 4
     for task, u in (("a", a), ("c", c)):
         assert m.acknowledge("fw", task, u.status.uuid) is Ack.OK
-    assert Clock.pending_timers() == 0
     Clock.advance(100)
     assert m.retried == 4
+    m.close()
+    assert Clock.pending_timers() == 0
+
+
+async def test_manager_knows_when_a_framework_has_nothing_pending():
+    m = manager(Wire())
+    a, b = update(TaskState.TASK_FINISHED, "a"), update(TaskState.TASK_FINISHED, "b")
+    other = update(TaskState.TASK_FINISHED, "c", framework_id="fw2")
+    for u in (a, b):
+        m.update("fw", u)
+    m.update("fw2", other)
+    assert m.acknowledge("fw", "a", a.status.uuid) is Ack.OK
+    assert m.has_pending("fw")  # b still
+    assert m.acknowledge("fw", "b", b.status.uuid) is Ack.OK
+    assert not m.has_pending("fw") and m.has_pending("fw2")
+    assert m.cleanup("fw2") == 1 and not m.has_pending("fw2")
