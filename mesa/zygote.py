@@ -621,6 +621,7 @@ def _become_subreaper() -> bool:
 _PR_SET_CHILD_SUBREAPER = 36
 # What Popen's restore_signals gives a child back: Python ignores these, and an ignored signal
 # stays ignored across exec (a task's `yes | head` would then end with EPIPE, not SIGPIPE).
+# (SIGXFZ is not Linux's; Popen lists it for the systems that have it.)
 _RESTORED_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
 )
@@ -835,7 +836,6 @@ class _Server:
 
     def reap(self) -> None:
         # Every child, not only those we started: the orphans we adopt must not stay zombies.
-        adopted: list[int] | None = None  # read once per round, and only if someone ended
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -861,16 +861,22 @@ class _Server:
                 "cpu": usage.ru_utime + usage.ru_stime,
             }
             if self.subreaper:
-                if adopted is None:
-                    adopted = self.adopted()
-                msg["left"] = _left_by(pid, adopted)
+                # Read now, for this child: its orphans were ours before it could be reaped, and
+                # a list read for an earlier exit of this round could predate them.
+                adopted = self.adopted()
+                if adopted is not None:
+                    msg["left"] = _left_by(pid, adopted)
             self.send(msg)
 
-    def adopted(self) -> list[int]:
-        """Children that are not ours: the orphans adopted from what we started. (Every child
-        is listed under the zygote's one thread, its own and adopted ones alike.)"""
-        with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
-            return [p for p in map(int, f.read().split()) if p not in self.children]
+    def adopted(self) -> list[int] | None:
+        """Children that are not ours: the orphans adopted from what we started (every child is
+        listed under the zygote's one thread, its own and adopted ones alike). None where the
+        kernel has no such list: the agent then scans for what a container left."""
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children", "rb") as f:
+                return [p for p in map(int, f.read().split()) if p not in self.children]
+        except OSError:
+            return None
 
 
 def _make_dir(path: str) -> None:
@@ -885,19 +891,28 @@ def _make_dir(path: str) -> None:
 
 
 def _left_by(leader: int, adopted: list[int]) -> list[int]:
-    """What the child ``leader`` (just reaped) left running: the adopted orphans of its session
-    (its children are reparented to us before it can be reaped) and their descendants, even
-    those that left the session since."""
+    """What the child ``leader`` (just reaped) left running, as a scan of its session would find
+    it: the adopted orphans (its children are reparented to us before it can be reaped) and their
+    descendants that are in its session, and what descends from those, even if it left the
+    session since. (An orphan that made a session of its own is not the container's any more,
+    but a child it left in the container's session still is.)"""
     out: set[int] = set()
     for pid in adopted:
         try:
-            if os.getsid(pid) != leader:
-                continue
-        except OSError:
+            family = [psutil.Process(pid)]
+            family.extend(family[0].children(recursive=True))
+        except psutil.Error:
             continue
-        out.add(pid)
-        with contextlib.suppress(psutil.Error):
-            out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        for proc in family:
+            if proc.pid in out:
+                continue
+            try:
+                if os.getsid(proc.pid) != leader:
+                    continue
+                out.add(proc.pid)
+                out.update(c.pid for c in proc.children(recursive=True))
+            except (OSError, psutil.Error):
+                continue
     return sorted(out)
 
 
@@ -956,8 +971,8 @@ def _not_inherited() -> None:
 
 def main() -> int:
     """``python -m mesa.zygote``: started by the containerizer, not by hand."""
-    _not_inherited()
     _preload()
+    _not_inherited()  # (after the imports: whatever they opened too)
     try:
         return _Server().serve()
     except BrokenPipeError:

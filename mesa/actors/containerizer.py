@@ -345,12 +345,13 @@ class Containerizer(Process):
             # A clear launch error now, rather than an exit status 127 from the gate or the
             # zygote's child later.
             path = overlay.get("PATH", self._base_env.get("PATH"))
-            if self._found.get((executable, path), 0.0) < Clock.now():
+            now = time.monotonic()  # (about the filesystem: real time, not the Clock's)
+            if self._found.get((executable, path), 0.0) < now:
                 _check_executable(executable, path)
                 # Found: believed for a second (every task of a burst runs the same /bin/sh).
                 if len(self._found) > 1024:
                     self._found.clear()
-                self._found[executable, path] = Clock.now() + 1.0
+                self._found[executable, path] = now + 1.0
         if self.zygote is not None and not prefix:
             forked = None if is_command_executor(msg.executor.command) else argv
             _check_not_destroyed(container)
@@ -421,6 +422,7 @@ class Containerizer(Process):
         wait for them."""
         assert self.zygote is not None
         await self.zygote.start()  # (what it can do is known once it is up)
+        _check_not_destroyed(container)  # (a destroy may have come while it started)
         cgroups: list[str] = []
         if (
             gated
@@ -845,15 +847,26 @@ class Containerizer(Process):
 
 
 class _DestroyedWhileStarting(Exception):
-    """A DestroyContainer came while the start was under way: it stops before the command runs."""
+    """A DestroyContainer came while the start was under way: it stops there, before the command
+    runs if it has not started yet (``started``: it had, and was killed)."""
+
+    def __init__(self, started: bool) -> None:
+        super().__init__(started)
+        self.started = started
 
     def __str__(self) -> str:
+        if self.started:
+            return "the container was destroyed while it was starting; its command was killed"
         return "the container was destroyed before its command started"
 
 
 def _check_not_destroyed(container: _Container) -> None:
     if container.destroying:
-        raise _DestroyedWhileStarting()
+        process = container.process
+        parked = container.gate is not None or (
+            isinstance(process, ZygoteChild) and not process.released
+        )
+        raise _DestroyedWhileStarting(started=container.pid is not None and not parked)
 
 
 def processes_of_container(container_id: str) -> list[int]:

@@ -3,8 +3,10 @@
 Each container gets one cgroup per hierarchy an isolator uses, at
 ``<hierarchy>/<cgroups_root>/<container_id>`` (v1: ``/sys/fs/cgroup/memory/mesa/agent-…/<id>``;
 v2: ``<unified>/mesa/agent-…/<id>``, one directory shared by every controller). The executor is
-placed in them before it runs (the isolators are ``gated``), so everything it and its tasks ever
-fork is inside, including processes that double-fork out of the session and the process tree.
+in its freezer, memory and pids cgroups before it runs (born in them on v1, placed behind a gate
+otherwise: those isolators are ``gated``), so everything it and its tasks ever fork is inside,
+including processes that double-fork out of the session and the process tree. It joins its cpu
+cgroups as it starts (see :class:`CgroupsCpuIsolator` for why not before).
 
 The version is chosen per isolator from what the machine mounts: v1 where the controller has its
 own hierarchy (that is where the kernel put it), else v2 where the unified root offers the
@@ -336,10 +338,27 @@ def cpu_weight(shares: int) -> int:
 
 
 class CgroupsCpuIsolator(CgroupsIsolator):
+    """Not gated, and never a birthplace: a starter inside a container's cpu cgroup runs on that
+    container's shares and quota, and a small CFS quota throttles the zygote for the rest of the
+    period, every launch behind it waiting. The executor joins its cpu cgroups as soon as it has
+    started instead: something it forked in its first microseconds could run on the agent's cpu
+    cgroup, never outside the container (its freezer, memory and pids cgroups hold it from
+    birth)."""
+
     reports_limits = False  # shares and quotas throttle; they never end a container
+    gated = False
     name = "cgroups/cpu"
     v1_subsystems = ("cpu", "cpuacct")
     v2_controllers = ("cpu",)
+
+    def _birthplace(self, container_id: str) -> LaunchInfo | None:
+        return None
+
+    async def isolate(self, container_id: str, pid: int) -> None:
+        try:
+            await super().isolate(container_id, pid)
+        except ProcessLookupError:
+            return  # (ungated: a short command may be over already; nothing to place)
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import psutil
 
-from libproc import Clock, Timer
+from libproc import Timer
 from mesa.isolators.base import (
     MIN_MEMORY_BYTES,
     ContainerConfig,
@@ -148,7 +149,9 @@ class _PosixBase(Isolator):
         leader = self._leaders.get(container_id)
         if leader is None:
             return set()
-        now = Clock.now()
+        # (Real time, not the Clock's: the table is about the machine, and a paused Clock must
+        # not freeze it.)
+        now = time.monotonic()
         if self._table is None or now >= self._table_until:
             self._table, self._table_until = ProcessTable(), now + _TABLE_TTL
         return self._table.container(leader)

@@ -91,13 +91,13 @@ class Bed:
             iso,
         )
 
-    def launch(self, cid: str, command: str, **kw: Any) -> Path:
+    def launch(self, cid: str, command: str, resources: str = "", **kw: Any) -> Path:
         sandbox = self.tmp / cid
         info = ExecutorInfo(cid, CommandInfo(value=command, **kw))
         self.owner.send(
             self.containerizer,
             LaunchContainer.NAME,
-            LaunchContainer(cid, info, str(sandbox), {"FROM_AGENT": "yes"}),
+            LaunchContainer(cid, info, str(sandbox), {"FROM_AGENT": "yes"}, resources),
         )
         return sandbox
 
@@ -345,3 +345,47 @@ async def test_a_limit_from_anyone_but_an_isolator_is_refused(bed: Bed):
     assert "kept" not in bed.owner.terminated
     bed.destroy("kept")
     assert (await bed.terminated("kept")).reason is None
+
+
+async def test_a_tiny_cfs_quota_never_throttles_the_starter(tmp_path: Path):
+    # The zygote starts a cgroups container inside its cgroups, but never inside its cpu cgroup:
+    # there a quota of 1% of a cpu would throttle the zygote, and every launch behind it.
+    from isolation_support import need_cgroups, unique_root
+
+    from mesa.isolators import IsolationOptions
+    from mesa.isolators.cgroups import (
+        CgroupsCpuIsolator,
+        CgroupsFreezerIsolator,
+        CgroupsMemIsolator,
+        CgroupsPidsIsolator,
+    )
+
+    classes = (CgroupsCpuIsolator, CgroupsMemIsolator, CgroupsPidsIsolator, CgroupsFreezerIsolator)
+    mounts = need_cgroups(*classes)
+    if "cpu" not in mounts.v1:
+        pytest.skip("the cpu controller is not on a v1 hierarchy here")
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, cgroups_enable_cfs=True)
+        rt = await Runtime("127.0.0.1", 0).start()
+        try:
+            owner = Owner()
+            rt.spawn(owner)
+            containerizer = Containerizer([cls(options) for cls in classes], kill_wait=5.0)
+            bed = Bed(rt, owner, rt.spawn(containerizer), tmp_path, None)
+            ids = [f"tiny{i}" for i in range(10)]
+            for cid in ids:
+                bed.launch(cid, "exec sleep 60", resources="cpus:0.01;mem:32")
+            for cid in ids:
+                launched = await bed.launched(cid)
+                assert launched.error is None, launched.error
+                stat = (mounts.v1["cpu"] / root / cid / "cpu.stat").read_text().split()
+                assert int(stat[stat.index("nr_throttled") + 1]) == 0, cid
+                members = (mounts.v1["cpu"] / root / cid / "cgroup.procs").read_text().split()
+                assert members == [str(launched.pid)]  # the task joined its cpu cgroup
+            assert containerizer.zygote is not None and containerizer.zygote.forked == len(ids)
+            for cid in ids:
+                bed.destroy(cid)
+            for cid in ids:
+                await bed.terminated(cid)
+        finally:
+            await rt.stop()

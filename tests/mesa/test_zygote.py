@@ -292,3 +292,24 @@ async def test_the_exit_says_what_the_child_left_running(zygote: Zygote, tmp_pat
     )
     assert await asyncio.wait_for(clean.wait(), 30) == 0
     assert clean.left == set()
+
+
+async def test_left_counts_a_session_member_whose_parent_left_the_session(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # A forks B, then makes a session of its own; B stays in the container's session. When the
+    # leader ends, A is adopted (not the container's any more) and B, A's child, still is.
+    script = "(sleep 60 & echo $! > b; exec setsid sleep 60) & echo $! > a; sleep 0.3"
+    child = await zygote.spawn("split", **_spawn_args(tmp_path), argv=["sh", "-c", script])
+    child.release()
+    a = b = 0
+    try:
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+        a, b = (int((tmp_path / n).read_text()) for n in ("a", "b"))
+        assert b in (child.left or set())
+        assert a not in (child.left or set())
+    finally:
+        for pid in (a, b):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
