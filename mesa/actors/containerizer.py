@@ -669,11 +669,13 @@ class Containerizer(Process):
             pids = found if found is not None else session_pids(container.pid, not reaped)
         asked = self.isolators
         if reaped and self._tracks_processes:
-            # After the executor's end one cgroup's members are every process of the container
-            # (each was born, or placed, in all of them): one isolator is asked, not one per
-            # hierarchy. Anything that left that one cgroup still holds another, whose rmdir
-            # then fails until the isolator's cleanup has killed it.
-            asked = [next(i for i in self.isolators if i.tracks_processes)]
+            # After the executor's end one cgroup's members are every process of the container:
+            # one isolator is asked, not one per hierarchy — a gated one, whose cgroup held the
+            # executor before it could fork (cgroups/cpu takes it as it starts). Anything that
+            # left that cgroup still holds another, whose rmdir then fails until that
+            # isolator's cleanup has killed it.
+            tracking = [i for i in self.isolators if i.tracks_processes]
+            asked = [next((i for i in tracking if i.gated), tracking[0])]
         for isolator in asked:
             found = await self._call_quiet(isolator, "pids", container.id)
             if found:
