@@ -266,6 +266,18 @@ class RunTask:
     task: TaskInfo
 
 
+@message("RunTasks")
+class RunTasks:
+    """Master → agent: start every one of ``tasks`` for ``framework``, in order, as a
+    :class:`RunTask` each would. The tasks of one accept all go to its offers' agent: one
+    message, and one copy of the framework, instead of one per task."""
+
+    NAME: ClassVar[str]
+    framework: FrameworkInfo
+    framework_pid: str
+    tasks: list[TaskInfo]
+
+
 @message("ExitedExecutor")
 class ExitedExecutor:
     """Agent → master: an executor's process ended; its resources can be offered again."""

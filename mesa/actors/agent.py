@@ -84,6 +84,7 @@ from mesa.messages import (
     RegisterExecutor,
     ReregisterAgent,
     RunTask,
+    RunTasks,
     ShutdownExecutor,
     ShutdownFramework,
     SignalContainer,
@@ -648,26 +649,46 @@ class Agent(Process):
     def _run_task(self, sender: UPID, msg: Any) -> None:
         if not self._valid(sender, msg, RunTask, from_master=True):
             return
-        task, framework_info = msg.task, msg.framework
+        self._run_tasks(sender, RunTask.NAME, msg.framework, msg.framework_pid, [msg.task])
+
+    @handler(RunTasks.NAME)
+    def _run_task_batch(self, sender: UPID, msg: Any) -> None:
+        """The tasks of one accept (the master sends them together), each as a RunTask."""
+        if not self._valid(sender, msg, RunTasks, from_master=True):
+            return
+        if not isinstance(msg.tasks, list) or not msg.tasks:
+            self._invalid(sender, RunTasks.NAME, "no list of tasks", msg)
+            return
+        self._run_tasks(sender, RunTasks.NAME, msg.framework, msg.framework_pid, msg.tasks)
+
+    def _run_tasks(
+        self, sender: UPID, name: str, framework_info: Any, framework_pid: Any, tasks: list[Any]
+    ) -> None:
         if (
-            not isinstance(task, TaskInfo)
-            or not isinstance(framework_info, FrameworkInfo)
+            not isinstance(framework_info, FrameworkInfo)
             or not _is_id(framework_info.id)
-            or not _is_id(task.task_id)
-            or not isinstance(msg.framework_pid, str)
+            or not isinstance(framework_pid, str)
         ):
-            self._invalid(sender, RunTask.NAME, "bad task, framework or ids", msg)
+            self._invalid(sender, name, "bad framework or id", framework_info)
             return
         if self.agent_id is None:
-            self._invalid(sender, RunTask.NAME, "not registered yet")
+            self._invalid(sender, name, "not registered yet")
             return
         fid = framework_info.id
         framework = self._frameworks.get(fid)
         if framework is None:
-            framework = self._frameworks[fid] = _Framework(framework_info, msg.framework_pid)
+            framework = self._frameworks[fid] = _Framework(framework_info, framework_pid)
         else:
             framework.info = framework_info
-            framework.pid = msg.framework_pid
+            framework.pid = framework_pid
+        for task in tasks:
+            if not isinstance(task, TaskInfo) or not _is_id(task.task_id):
+                self._invalid(sender, name, "bad task or task id", task)
+                continue
+            self._run_one(sender, framework, task)
+
+    def _run_one(self, sender: UPID, framework: _Framework, task: TaskInfo) -> None:
+        fid = framework.id
         if framework.terminating:
             self._send_agent_update(
                 fid,

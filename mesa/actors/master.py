@@ -69,6 +69,7 @@ from mesa.messages import (
     ResourceOffers,
     ReviveOffers,
     RunTask,
+    RunTasks,
     ShutdownFramework,
     StatusUpdate,
     StatusUpdateAcknowledgement,
@@ -683,6 +684,7 @@ class Master(Process):
 
         # 2. The tasks, in order, each paid for out of what remains of the offers.
         seen: set[str] = set()
+        launched: list[TaskInfo] = []
         for task in tasks:
             problem, resources = check_task(task, agent.id)
             if problem is None:
@@ -713,6 +715,16 @@ class Master(Process):
             seen.add(task.task_id)
             remaining = remaining - needed
             self._launch(framework, agent, task, resources, needed - resources, role)
+            launched.append(task)
+        if len(launched) == 1:
+            only = launched[0]
+            self.send(agent.pid, RunTask.NAME, RunTask(framework.info, str(framework.pid), only))
+        elif launched:
+            self.send(
+                agent.pid,
+                RunTasks.NAME,
+                RunTasks(framework.info, str(framework.pid), launched),
+            )
 
         # 3. Whatever was not used goes back, filtered for refuse_seconds.
         self._recover(agent.id, framework.id, remaining, refuse, role)
@@ -744,12 +756,7 @@ class Master(Process):
         )
         framework.tasks[task.task_id] = record
         agent.tasks[(framework.id, task.task_id)] = record
-        self.metrics.inc("master/tasks_launched")
-        self.send(
-            agent.pid,
-            RunTask.NAME,
-            RunTask(framework.info, str(framework.pid), task),
-        )
+        self.metrics.inc("master/tasks_launched")  # (the caller sends it, with its siblings)
 
     def _task_error(
         self, framework: _Framework, task: Any, state: str, reason: str, message: str

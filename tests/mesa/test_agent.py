@@ -34,7 +34,7 @@ from agent_harness import (
 
 from libproc import UPID
 from mesa.actors.containerizer import source_root
-from mesa.info import CommandInfo, ExecutorInfo, TaskInfo, TaskStatus
+from mesa.info import CommandInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus
 from mesa.messages import (
     ExecutorToFramework,
     ExitedExecutor,
@@ -46,6 +46,7 @@ from mesa.messages import (
     RegisterExecutor,
     ReregisterAgent,
     RunTask,
+    RunTasks,
     StatusUpdate,
     StatusUpdateAcknowledgement,
     UpdateFramework,
@@ -614,6 +615,15 @@ async def test_bad_input_is_counted_and_answered_never_fatal(cluster: Cluster, t
 
     master.send(master.agent, RunTask.NAME, {"task": "not a record"})
     await rejected()
+    fw_info = FrameworkInfo(user="", name="t", id="fw-batch")
+    master.send(master.agent, RunTasks.NAME, RunTasks(fw_info, "s@127.0.0.1:1", []))
+    await rejected()
+    # A bad task in a batch is refused alone: its siblings run.
+    good = TaskInfo("good", "good", "", "cpus:0.1;mem:16", command=CommandInfo("exit 0"))
+    bad = TaskInfo("bad", "../bad", "", "cpus:0.1;mem:16", command=CommandInfo("exit 0"))
+    master.send(master.agent, RunTasks.NAME, RunTasks(fw_info, "s@127.0.0.1:1", [bad, good]))
+    await rejected()
+    await master.wait_state("good", TaskState.TASK_FINISHED)
     master.send(master.agent, KillTask.NAME, ["nonsense"])
     await rejected()
     master.send(

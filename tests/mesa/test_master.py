@@ -23,6 +23,8 @@ from mesa.messages import (
     AllocatorRecoverResources,
     FrameworkError,
     KillTask,
+    RunTask,
+    RunTasks,
     StatusUpdate,
     StatusUpdateAcknowledgement,
 )
@@ -246,5 +248,26 @@ async def test_an_ended_task_is_kept_for_state_without_the_garbage_collector(
         assert task["resources"]["cpus"] == pytest.approx(0.1)
         assert [s["state"] for s in task["statuses"]] == ["TASK_RUNNING", "TASK_FINISHED"]
         assert all(isinstance(s["timestamp"], float) for s in task["statuses"])
+    finally:
+        await driver.stop()
+
+
+async def test_the_tasks_of_one_accept_reach_the_agent_in_one_message(setup: Setup) -> None:
+    fw, driver = await _framework(setup)
+    try:
+        offer = await fw.offer()
+        batch = libproc.expect_message(name=RunTasks.NAME, to=setup.agent_pid)
+        tasks = [command_task(offer, f"b{i}", "true", "cpus:0.1;mem:16") for i in range(3)]
+        driver.launch_tasks([offer.id], tasks)
+        message = await batch
+        assert [t.task_id for t in message.body.tasks] == ["b0", "b1", "b2"]
+        for i in range(3):
+            await fw.state_of(f"b{i}", TaskState.TASK_FINISHED)
+        # One task alone still goes as a RunTask.
+        offer = await fw.offer()
+        single = libproc.expect_message(name=RunTask.NAME, to=setup.agent_pid)
+        driver.launch_tasks([offer.id], [command_task(offer, "alone", "true", "cpus:0.1;mem:16")])
+        assert (await single).body.task.task_id == "alone"
+        await fw.state_of("alone", TaskState.TASK_FINISHED)
     finally:
         await driver.stop()
