@@ -82,6 +82,7 @@ import psutil
 
 from libproc import get_logger
 from mesa.isolators.cgroupfs import own_v1_cgroups
+from mesa.isolators.posix import ProcessTable
 from mesa.spawn import gated_argv
 
 __all__ = [
@@ -559,7 +560,7 @@ def _child(req: dict[str, Any], gate: int | None) -> None:
             if word != b"g":
                 os._exit(125)
         if req.get("mkdir"):
-            os.makedirs(req["cwd"], exist_ok=True)
+            _make_dir(req["cwd"])
         devnull = os.open(os.devnull, os.O_RDONLY)
         out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -895,24 +896,17 @@ def _left_by(leader: int, adopted: list[int]) -> list[int]:
     it: the adopted orphans (its children are reparented to us before it can be reaped) and their
     descendants that are in its session, and what descends from those, even if it left the
     session since. (An orphan that made a session of its own is not the container's any more,
-    but a child it left in the container's session still is.)"""
+    but a child it left in the container's session still is.) One pass over the machine's
+    processes, and only when there are orphans at all."""
+    if not adopted:
+        return []
+    table = ProcessTable()
     out: set[int] = set()
-    for pid in adopted:
-        try:
-            family = [psutil.Process(pid)]
-            family.extend(family[0].children(recursive=True))
-        except psutil.Error:
-            continue
-        for proc in family:
-            if proc.pid in out:
-                continue
-            try:
-                if os.getsid(proc.pid) != leader:
-                    continue
-                out.add(proc.pid)
-                out.update(c.pid for c in proc.children(recursive=True))
-            except (OSError, psutil.Error):
-                continue
+    for orphan in adopted:
+        for pid in (orphan, *table.descendants(orphan)):
+            if pid not in out and table.session.get(pid) == leader:
+                out.add(pid)
+                out |= table.descendants(pid)
     return sorted(out)
 
 

@@ -175,6 +175,11 @@ class Containerizer(Process):
         # sessions included) makes the scan of every process on the machine for the session
         # redundant.
         self._tracks_processes = any(i.tracks_processes for i in self.isolators)
+        # Who is asked what an ended executor left (see _kill): a gated tracking isolator, whose
+        # cgroup held the executor before it could fork (cgroups/cpu takes it as it starts).
+        tracking = [i for i in self.isolators if i.tracks_processes]
+        gated = [i for i in tracking if i.gated]
+        self._leftover_askers = (gated or tracking)[:1]
         self.log = get_logger("mesa.containerizer")
 
     async def initialize(self) -> None:
@@ -667,15 +672,10 @@ class Containerizer(Process):
                 # orphans, where a scan of the session must ask every process on the machine.
                 found = container.process.left
             pids = found if found is not None else session_pids(container.pid, not reaped)
-        asked = self.isolators
-        if reaped and self._tracks_processes:
-            # After the executor's end one cgroup's members are every process of the container:
-            # one isolator is asked, not one per hierarchy — a gated one, whose cgroup held the
-            # executor before it could fork (cgroups/cpu takes it as it starts). Anything that
-            # left that cgroup still holds another, whose rmdir then fails until that
-            # isolator's cleanup has killed it.
-            tracking = [i for i in self.isolators if i.tracks_processes]
-            asked = [next((i for i in tracking if i.gated), tracking[0])]
+        # After the executor's end one cgroup's members are every process of the container: one
+        # isolator is asked, not one per hierarchy. Anything that left that cgroup still holds
+        # another, whose rmdir then fails until that isolator's cleanup has killed it.
+        asked = self._leftover_askers if reaped and self._tracks_processes else self.isolators
         for isolator in asked:
             found = await self._call_quiet(isolator, "pids", container.id)
             if found:

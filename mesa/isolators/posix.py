@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
@@ -42,30 +42,22 @@ _MB = 1024 * 1024
 
 
 def session_pids(leader: int, leader_alive: bool = True) -> set[int]:
-    """Every live pid of the container led by ``leader``: its descendants (while it lives) and
-    its session. Never this process or init.
+    """Every live pid of the container led by ``leader``: its session, and its descendants
+    while it lives (``leader_alive=False``, for a leader already reaped, skips them: its pid may
+    be someone else's by now). Never this process or init.
 
-    One ``getsid`` per process on the machine: a process group never spans sessions, so the
-    session holds the leader's group too, and a second ``getpgid`` per process would find
-    nothing more. This scan runs for every container that ends, so it is kept to that (and
-    ``leader_alive=False``, for a leader already reaped, skips looking for its descendants).
-    """
-    pids: set[int] = set()
+    A live leader takes a fresh :class:`ProcessTable` (descendants need every parent). A reaped
+    one needs only the session, and one ``getsid`` per process costs a fourteenth of reading
+    every ``/proc/<pid>/stat``."""
     if leader_alive:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(leader)
-            pids.add(leader)
-            pids.update(child.pid for child in root.children(recursive=True))
+        return ProcessTable().container(leader)
+    pids: set[int] = set()
     getsid = os.getsid
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        try:
-            if getsid(pid) == leader:
-                pids.add(pid)
-        except OSError:
-            continue
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if getsid(int(name)) == leader:
+                    pids.add(int(name))
     pids.discard(os.getpid())
     pids.discard(1)
     return pids
@@ -73,14 +65,15 @@ def session_pids(leader: int, leader_alive: bool = True) -> set[int]:
 
 class ProcessTable:
     """Every process on the machine by session and by parent, from one pass over
-    ``/proc/*/stat``: what a poll of *all* containers needs, where :func:`session_pids` per
-    container would scan the machine once each (20 live containers polled twice a second were 20
-    scans of about a millisecond each, every half second, all on the agent's thread)."""
+    ``/proc/*/stat``. It answers for as many containers as are asked about, where a scan per
+    container would read the whole machine each time (20 live containers polled twice a second
+    were 20 scans of about a millisecond, every half second, on the agent's thread).
+    :meth:`shared` hands out one table to every poller for a tenth of a second."""
 
     def __init__(self) -> None:
         self.by_session: dict[int, list[int]] = {}
         self.children: dict[int, list[int]] = {}
-        self.alive: set[int] = set()
+        self.session: dict[int, int] = {}  # pid -> its session
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
@@ -93,28 +86,46 @@ class ProcessTable:
             except (OSError, ValueError, IndexError):
                 continue
             pid = int(name)
-            self.alive.add(pid)
+            self.session[pid] = sid
             self.by_session.setdefault(sid, []).append(pid)
             self.children.setdefault(ppid, []).append(pid)
 
-    def container(self, leader: int) -> set[int]:
-        """What :func:`session_pids` finds for ``leader``: its session, and (while it lives)
-        its descendants, wherever they went."""
+    _shared: ClassVar[tuple[float, ProcessTable] | None] = None
+
+    @classmethod
+    def shared(cls) -> ProcessTable:
+        """A table at most :data:`_TABLE_TTL` old, the same for every caller in the process.
+        (Real time, not the Clock's: the table is about the machine, and a paused Clock must not
+        freeze it.)"""
+        now = time.monotonic()
+        if cls._shared is None or now >= cls._shared[0]:
+            cls._shared = (now + _TABLE_TTL, cls())
+        return cls._shared[1]
+
+    def descendants(self, pid: int) -> set[int]:
+        """Everything below ``pid``, wherever it went."""
+        out: set[int] = set()
+        todo = [pid]
+        while todo:
+            for child in self.children.get(todo.pop(), ()):
+                if child not in out:
+                    out.add(child)
+                    todo.append(child)
+        return out
+
+    def container(self, leader: int, leader_alive: bool = True) -> set[int]:
+        """The container led by ``leader``: its session, and (while it lives) the leader and its
+        descendants, wherever they went."""
         pids = set(self.by_session.get(leader, ()))
-        if leader in self.alive:
+        if leader_alive and leader in self.session:
             pids.add(leader)
-            todo = [leader]
-            while todo:
-                for child in self.children.get(todo.pop(), ()):
-                    if child not in pids:
-                        pids.add(child)
-                        todo.append(child)
+            pids |= self.descendants(leader)
         pids.discard(os.getpid())
         pids.discard(1)
         return pids
 
 
-# How long a process table serves the polls and usage reads of every container.
+# How long a shared process table serves the polls and usage reads of every container.
 _TABLE_TTL = 0.1
 
 
@@ -123,8 +134,6 @@ class _PosixBase(Isolator):
         super().__init__(*args, **kw)
         self._leaders: dict[str, int] = {}
         self._procs: dict[str, dict[int, psutil.Process]] = {}
-        self._table: ProcessTable | None = None
-        self._table_until = 0.0
 
     async def isolate(self, container_id: str, pid: int) -> None:
         self._leaders[container_id] = pid
@@ -149,12 +158,7 @@ class _PosixBase(Isolator):
         leader = self._leaders.get(container_id)
         if leader is None:
             return set()
-        # (Real time, not the Clock's: the table is about the machine, and a paused Clock must
-        # not freeze it.)
-        now = time.monotonic()
-        if self._table is None or now >= self._table_until:
-            self._table, self._table_until = ProcessTable(), now + _TABLE_TTL
-        return self._table.container(leader)
+        return ProcessTable.shared().container(leader)
 
     async def cleanup(self, container_id: str) -> None:
         self._leaders.pop(container_id, None)

@@ -369,23 +369,28 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
     assert os.path.isdir(tmp_path)
 
 
-async def test_one_process_table_finds_what_a_session_scan_finds(tmp_path: Path) -> None:
+async def test_a_container_s_processes_are_its_session_and_its_descendants(tmp_path: Path) -> None:
     # A session with a background child, and a grandchild that left the session with setsid:
-    # the table (one pass over /proc for every container) and the per-container scan agree.
+    # one table (one pass over /proc, for every container) finds all three, and a leader
+    # already reaped is looked up by its session alone.
     import signal
     import subprocess
 
     from mesa.isolators.posix import ProcessTable, session_pids
 
-    script = "sleep 60 & setsid sleep 60 & echo started > ready; wait"
+    script = "sleep 60 & echo $! > a; setsid sleep 60 & echo $! > b; echo started > ready; wait"
     proc = subprocess.Popen(["sh", "-c", script], cwd=tmp_path, start_new_session=True)
     found: set[int] = set()
     try:
         await wait_until(lambda: (tmp_path / "ready").exists())
-        await wait_until(lambda: len(session_pids(proc.pid)) == 3)
-        found = session_pids(proc.pid)
-        assert ProcessTable().container(proc.pid) == found
-        assert any(os.getsid(p) != proc.pid for p in found)  # the one that left is there
+        a, b = (int((tmp_path / n).read_text()) for n in ("a", "b"))
+        expected = {proc.pid, a, b}
+        await wait_until(lambda: os.getsid(b) != proc.pid)  # setsid has run
+        found = ProcessTable().container(proc.pid)
+        assert found == expected
+        assert session_pids(proc.pid) == expected
+        assert ProcessTable().container(proc.pid, leader_alive=False) == {proc.pid, a}
+        assert session_pids(proc.pid, leader_alive=False) == {proc.pid, a}
     finally:
         for pid in found | {proc.pid}:
             with contextlib.suppress(OSError):
