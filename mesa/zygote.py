@@ -647,6 +647,8 @@ class _Server:
         # v1 hierarchy mount point -> the zygote's own cgroup in it: where the zygote goes back
         # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
+        self._home_fds: dict[str, int] = {}
+        self._me = str(os.getpid()).encode()
         self.subreaper = False  # (until serve() becomes one)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -810,24 +812,37 @@ class _Server:
         if not cgroups:
             yield
             return
-        me = str(os.getpid())
+        me = self._me
         joined: list[str] = []
         try:
             for path in cgroups:
                 mount = self._mount_of(path)
-                with open(os.path.join(path, "tasks"), "w") as f:
-                    f.write(me)
+                # Plain syscalls: a text-mode open() per write was most of the zygote's cost
+                # under cgroups (each builds a TextIOWrapper and looks up its codec).
+                fd = os.open(path + "/tasks", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, me)
+                finally:
+                    os.close(fd)
                 joined.append(mount)
             yield
         finally:
             for mount in joined:
                 try:
-                    with open(os.path.join(self.homes[mount], "tasks"), "w") as f:
-                        f.write(me)
+                    os.write(self._home_fd(mount), me)
                 except OSError as e:  # pragma: no cover - the zygote's own cgroup went away
                     sys.stderr.write(f"mesa.zygote: cannot leave a container's cgroup: {e!r}\n")
                     sys.stderr.flush()
                     os._exit(70)
+
+    def _home_fd(self, mount: str) -> int:
+        """The zygote's own ``tasks`` file under ``mount``, opened once: it goes home after
+        every start inside a container."""
+        fd = self._home_fds.get(mount)
+        if fd is None:
+            path = os.path.join(self.homes[mount], "tasks")
+            fd = self._home_fds[mount] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        return fd
 
     def _mount_of(self, path: str) -> str:
         for mount in self.homes:
