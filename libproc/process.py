@@ -211,6 +211,17 @@ class Process:
         """Run ``fn(*args)`` in this actor's context after ``seconds`` of :class:`Clock` time."""
         return Clock.schedule(seconds, self._post, _TIMER, fn, args)
 
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in this actor's context once the events already in its mailbox
+        have been handled, before any that arrive later.
+
+        For work done once per burst rather than once per event: a handler that collects what
+        a burst of messages produces (say, replies to the same peer) defers one call that sends
+        it all as one message. Not a timer: it does not wait for :class:`Clock` time, so a
+        paused clock does not hold it. Dropped if the actor ends first.
+        """
+        self._post(_TIMER, fn, args)
+
     def spawn(self, process: Process) -> UPID:
         """Start another actor in this actor's runtime."""
         return self.runtime.spawn(process)

@@ -9,13 +9,14 @@ Who sends what:
 
 * scheduler → master: RegisterFramework, ReregisterFramework, UnregisterFramework (teardown),
   DeactivateFramework (stop with failover), AcceptOffers, DeclineOffers, KillTask, ReconcileTasks,
-  ReviveOffers, SuppressOffers, StatusUpdateAcknowledgement, FrameworkToExecutor.
+  ReviveOffers, SuppressOffers, StatusUpdateAcknowledgement(s), FrameworkToExecutor.
 * master → scheduler: FrameworkRegistered, FrameworkReregistered, ResourceOffers, RescindOffer,
-  StatusUpdate, ExecutorToFramework, FrameworkError, LostAgent.
-* agent → master: RegisterAgent, ReregisterAgent, StatusUpdate, ExecutorToFramework, PongAgent,
+  StatusUpdate(s), ExecutorToFramework, FrameworkError, LostAgent.
+* agent → master: RegisterAgent, ReregisterAgent, StatusUpdate(s), ExecutorToFramework, PongAgent,
   ExitedExecutor, UnregisterAgent.
 * master → agent: AgentRegistered, AgentReregistered, RunTask, KillTask,
-  StatusUpdateAcknowledgement, FrameworkToExecutor, ShutdownFramework, UpdateFramework, PingAgent.
+  StatusUpdateAcknowledgement(s), FrameworkToExecutor, ShutdownFramework, UpdateFramework,
+  PingAgent.
 * executor ↔ agent: RegisterExecutor, ExecutorRegistered, RunTask, KillTask, StatusUpdate,
   StatusUpdateAcknowledgement, FrameworkToExecutor, ExecutorToFramework, ShutdownExecutor.
 """
@@ -179,6 +180,35 @@ class StatusUpdateAcknowledgement:
     agent_id: str
     task_id: str
     uuid: bytes
+
+
+@message("StatusUpdates")
+class StatusUpdates:
+    """Several :class:`StatusUpdate` s in one message: agent → master (what its streams sent in
+    one loop turn) and master → scheduler (what one such message held for that framework).
+
+    Each update inside is exactly what its own ``StatusUpdate`` would have been: tracked,
+    retried and acknowledged one by one. The batch only saves the per-message work on either
+    side, which at thousands of tasks a second is most of what an update costs. A sender with
+    one update to send sends a plain ``StatusUpdate``."""
+
+    NAME: ClassVar[str]
+    updates: list[StatusUpdate]
+
+
+@message("StatusUpdateAcknowledgements")
+class StatusUpdateAcknowledgements:
+    """Several :class:`StatusUpdateAcknowledgement` s of one framework: scheduler → master (the
+    updates one message brought it) and master → agent (those of them for that agent).
+
+    Three parallel lists rather than a list of records: the i-th acknowledgement is
+    ``(agent_ids[i], task_ids[i], uuids[i])``, and the lists decode without a record each."""
+
+    NAME: ClassVar[str]
+    framework_id: str
+    agent_ids: list[str]
+    task_ids: list[str]
+    uuids: list[bytes]
 
 
 @message("FrameworkToExecutor")

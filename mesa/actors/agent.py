@@ -90,6 +90,8 @@ from mesa.messages import (
     SignalContainer,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
     UpdateContainer,
     UpdateFramework,
 )
@@ -396,6 +398,9 @@ class Agent(Process):
             backoff_max=status_update_backoff_max,
             paused=True,
         )
+        # Updates the streams sent since the last flush: they leave for the master together,
+        # once the events queued now are handled (see _forward_update).
+        self._outbox: list[StatusUpdate] = []
         self.log = get_logger("mesa.agent")
 
     # ================================================================== lifecycle
@@ -430,6 +435,7 @@ class Agent(Process):
 
     async def finalize(self) -> None:
         """Stop timers and take every container down with the agent: no orphan executors."""
+        self._flush_updates()  # (what the streams sent goes, as it would have unbatched)
         if self._registration_timer is not None:
             self._registration_timer.cancel()
         if self._ping_timer is not None:
@@ -487,11 +493,11 @@ class Agent(Process):
         self.link(self.master)
         if self.agent_id is None:
             self.log.info("registering", master=str(self.master))
-            self.send(self.master, RegisterAgent.NAME, RegisterAgent(self._info()))
+            self._to_master(RegisterAgent.NAME, RegisterAgent(self._info()))
         else:
             msg = self._reregister_message()
             self.log.info("reregistering", master=str(self.master), tasks=len(msg.tasks))
-            self.send(self.master, ReregisterAgent.NAME, msg)
+            self._to_master(ReregisterAgent.NAME, msg)
 
     def _reregister_message(self) -> ReregisterAgent:
         tasks: list[TaskInfo] = []
@@ -1035,8 +1041,7 @@ class Agent(Process):
         executor.queued.clear()
         # The master never heard of a direct task's executor: nothing to tell it.
         if self.agent_id is not None and not executor.direct:
-            self.send(
-                self.master,
+            self._to_master(
                 ExitedExecutor.NAME,
                 ExitedExecutor(self.agent_id, executor.framework_id, executor.id, status),
             )
@@ -1219,12 +1224,37 @@ class Agent(Process):
         return result
 
     def _forward_update(self, update: StatusUpdate, retry: bool) -> None:
-        """The streams' way out: to the master."""
+        """The streams' way out: to the master, with the others sent in the same burst.
+
+        The tasks of one ``RunTasks`` start together and, alike, often end together: their
+        updates leave as one :class:`StatusUpdates` once the events queued now are handled
+        (a deferred flush), which saves the master, and the framework it forwards them to, a
+        message each. Each update is still its stream's own, retried until acknowledged."""
         self.metrics.inc("agent/status_updates_retried" if retry else "agent/status_updates_sent")
+        outbox = self._outbox
+        outbox.append(update)
+        if len(outbox) == 1:
+            self.defer(self._flush_updates)
+
+    def _flush_updates(self) -> None:
+        outbox = self._outbox
+        if not outbox:
+            return
+        self._outbox = []
         try:
-            self.send(self.master, StatusUpdate.NAME, update)
-        except Exception as e:  # back-pressure or a dead peer: the stream retries
-            self.log.warning("status_update_send_failed", error=repr(e))
+            if len(outbox) == 1:
+                self.send(self.master, StatusUpdate.NAME, outbox[0])
+            else:
+                self.send(self.master, StatusUpdates.NAME, StatusUpdates(outbox))
+        except Exception as e:  # back-pressure or a dead peer: the streams retry
+            self.log.warning("status_update_send_failed", error=repr(e), updates=len(outbox))
+
+    def _to_master(self, name: str, body: Any) -> None:
+        """Send to the master, after the status updates waiting to go: what the agent says
+        reaches the master in the order it said it."""
+        if self._outbox:
+            self._flush_updates()
+        self.send(self.master, name, body)
 
     @handler(StatusUpdateAcknowledgement.NAME)
     def _acknowledgement(self, sender: UPID, msg: Any) -> None:
@@ -1233,16 +1263,38 @@ class Agent(Process):
         if not isinstance(msg.uuid, bytes) or not isinstance(msg.task_id, str):
             self._invalid(sender, StatusUpdateAcknowledgement.NAME, "bad ack", msg)
             return
-        result = self._updates.acknowledge(msg.framework_id, msg.task_id, msg.uuid)
+        self._acknowledged(sender, msg.framework_id, msg.task_id, msg.uuid)
+
+    @handler(StatusUpdateAcknowledgements.NAME)
+    def _acknowledgements(self, sender: UPID, msg: Any) -> None:
+        """Several acknowledgements of one framework's updates, each as its own would be."""
+        if not self._valid(sender, msg, StatusUpdateAcknowledgements, from_master=True):
+            return
+        task_ids, uuids = msg.task_ids, msg.uuids
+        if (
+            not isinstance(task_ids, list)
+            or not isinstance(uuids, list)
+            or len(task_ids) != len(uuids)
+        ):
+            self._invalid(sender, StatusUpdateAcknowledgements.NAME, "bad acks", msg)
+            return
+        for task_id, uuid_ in zip(task_ids, uuids, strict=True):
+            if not isinstance(uuid_, bytes) or not isinstance(task_id, str):
+                self._invalid(sender, StatusUpdateAcknowledgements.NAME, "bad ack", task_id)
+                continue
+            self._acknowledged(sender, msg.framework_id, task_id, uuid_)
+
+    def _acknowledged(self, sender: UPID, framework_id: str, task_id: str, uuid_: bytes) -> None:
+        result = self._updates.acknowledge(framework_id, task_id, uuid_)
         if result is not Ack.OK:
             self._invalid(
                 sender,
                 StatusUpdateAcknowledgement.NAME,
-                f"{result} acknowledgement for {msg.framework_id}/{msg.task_id}",
+                f"{result} acknowledgement for {framework_id}/{task_id}",
             )
             return
         self.metrics.inc("agent/status_updates_acked")
-        framework = self._frameworks.get(msg.framework_id)
+        framework = self._frameworks.get(framework_id)
         if framework is not None:
             self._maybe_remove_framework(framework)
 
@@ -1380,8 +1432,7 @@ class Agent(Process):
         if executor is None or executor.framework_id != msg.framework_id:
             self._invalid(sender, ExecutorToFramework.NAME, "not from a registered executor", msg)
             return
-        self.send(
-            self.master,
+        self._to_master(
             ExecutorToFramework.NAME,
             ExecutorToFramework(msg.framework_id, self.agent_id or "", executor.id, msg.data),
         )

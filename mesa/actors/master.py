@@ -73,6 +73,8 @@ from mesa.messages import (
     ShutdownFramework,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
     SuppressOffers,
     UnregisterAgent,
     UnregisterFramework,
@@ -875,16 +877,63 @@ class Master(Process):
         framework = self._framework_of(sender, getattr(body, "framework_id", None), "ack")
         if framework is None:
             return
-        agent = self.agents.get(body.agent_id)
+        agent = self._acknowledged(framework, body.agent_id, body.task_id, body.uuid)
+        if agent is not None:
+            self.send(agent.pid, StatusUpdateAcknowledgement.NAME, body)
+
+    @handler(StatusUpdateAcknowledgements.NAME)
+    def acknowledge_many(self, sender: UPID, body: Any) -> None:
+        """Several acknowledgements of one framework, each as its own message would be; each
+        agent gets those of its updates in one message."""
+        framework = self._framework_of(sender, getattr(body, "framework_id", None), "ack")
+        if framework is None:
+            return
+        agent_ids, task_ids, uuids = body.agent_ids, body.task_ids, body.uuids
+        if (
+            not isinstance(agent_ids, list)
+            or not isinstance(task_ids, list)
+            or not isinstance(uuids, list)
+            or not len(agent_ids) == len(task_ids) == len(uuids)
+        ):
+            self._invalid("acks", sender, "agent_ids, task_ids and uuids must be lists alike")
+            return
+        by_agent: dict[str, tuple[_Agent, list[str], list[bytes]]] = {}
+        for agent_id, task_id, uuid in zip(agent_ids, task_ids, uuids, strict=True):
+            if type(agent_id) is not str or type(task_id) is not str or type(uuid) is not bytes:
+                self._invalid("acks", sender, f"a bad acknowledgement for {task_id!r}")
+                continue
+            agent = self._acknowledged(framework, agent_id, task_id, uuid)
+            if agent is None:
+                continue
+            entry = by_agent.get(agent_id)
+            if entry is None:
+                by_agent[agent_id] = (agent, [task_id], [uuid])
+            else:
+                entry[1].append(task_id)
+                entry[2].append(uuid)
+        fid = framework.id
+        for agent_id, (agent, tids, uids) in by_agent.items():
+            if len(tids) == 1:
+                ack: Any = StatusUpdateAcknowledgement(fid, agent_id, tids[0], uids[0])
+            else:
+                ack = StatusUpdateAcknowledgements(fid, [agent_id] * len(tids), tids, uids)
+            self.send(agent.pid, ack.NAME, ack)
+
+    def _acknowledged(
+        self, framework: _Framework, agent_id: Any, task_id: Any, uuid: Any
+    ) -> _Agent | None:
+        """One acknowledgement: an ended task's last update is acknowledged, so the master
+        forgets the task. Returns the agent to pass the acknowledgement on to."""
+        agent = self.agents.get(agent_id)
         if agent is None:
             self.metrics.inc("master/acks_for_unknown_agent")
-            return
+            return None
         self.metrics.inc("master/status_update_acks")
-        task = framework.tasks.get(body.task_id)
+        task = framework.tasks.get(task_id)
         if task is not None and is_terminal(task.state) and task.status is not None:
-            if task.status.uuid == body.uuid:
+            if task.status.uuid == uuid:
                 self._remove_task(task, framework)
-        self.send(agent.pid, StatusUpdateAcknowledgement.NAME, body)
+        return agent
 
     @handler(FrameworkToExecutor.NAME)
     def framework_to_executor(self, sender: UPID, body: Any) -> None:
@@ -1205,6 +1254,56 @@ class Master(Process):
             self.metrics.inc("master/invalid_status_updates")
             self.log.warning("status_update_from_unknown_agent", sender=str(sender))
             return
+        framework = self._apply_update(sender, agent, body, None)
+        if framework is not None:
+            self.send(framework.pid, StatusUpdate.NAME, body)  # type: ignore[arg-type]
+
+    @handler(StatusUpdates.NAME)
+    def status_updates(self, sender: UPID, body: Any) -> None:
+        """Several updates from one agent, each handled as its own ``StatusUpdate`` would be.
+        What they free goes back to the allocator as one recovery per framework and role, and
+        each framework gets its updates in one message."""
+        if not isinstance(body, StatusUpdates) or not isinstance(body.updates, list):
+            self._invalid("status_update", sender, "StatusUpdates needs a list of updates")
+            return
+        aid = self.agent_by_pid.get(sender)
+        agent = self.agents.get(aid) if aid else None
+        if agent is None:
+            self.metrics.inc("master/invalid_status_updates", len(body.updates))
+            self.log.warning("status_update_from_unknown_agent", sender=str(sender))
+            return
+        freed: dict[tuple[str, str | None], list[Resources]] = {}
+        out: dict[str, tuple[_Framework, list[StatusUpdate]]] = {}
+        for update in body.updates:
+            if not isinstance(update, StatusUpdate) or not isinstance(update.status, TaskStatus):
+                self._invalid("status_update", sender, "StatusUpdate needs a TaskStatus")
+                continue
+            framework = self._apply_update(sender, agent, update, freed)
+            if framework is not None:
+                entry = out.get(framework.id)
+                if entry is None:
+                    out[framework.id] = (framework, [update])
+                else:
+                    entry[1].append(update)
+        for (framework_id, role), parts in freed.items():
+            self._recover(agent.id, framework_id, Resources.sum(parts), role=role)
+        for framework, updates in out.values():
+            if len(updates) == 1:
+                self.send(framework.pid, StatusUpdate.NAME, updates[0])  # type: ignore[arg-type]
+            else:
+                self.send(framework.pid, StatusUpdates.NAME, StatusUpdates(updates))  # type: ignore[arg-type]
+
+    def _apply_update(
+        self,
+        sender: UPID,
+        agent: _Agent,
+        body: StatusUpdate,
+        freed: dict[tuple[str, str | None], list[Resources]] | None,
+    ) -> _Framework | None:
+        """Track one update from ``agent``; returns the framework to forward it to, if any.
+
+        The resources of a task that ended are recovered at once, or, with ``freed``, added
+        there (by framework and role) for the caller to recover together."""
         status = body.status
         status.agent_id = agent.id
         framework = self.frameworks.get(body.framework_id)
@@ -1219,7 +1318,7 @@ class Master(Process):
                         body.framework_id, agent.id, status.task_id, status.uuid
                     ),
                 )
-            return
+            return None
         task = framework.tasks.get(status.task_id)
         if task is not None:
             was_terminal = is_terminal(task.state)
@@ -1230,12 +1329,21 @@ class Master(Process):
             if is_terminal(status.state) and not was_terminal:
                 self.metrics.inc(f"master/tasks_{status.state.lower().removeprefix('task_')}")
                 # The resources are free now; the task itself stays until acknowledged.
-                self._recover(agent.id, framework.id, task.resources, role=task.role)
+                if freed is None:
+                    self._recover(agent.id, framework.id, task.resources, role=task.role)
+                else:
+                    key = (framework.id, task.role)
+                    parts = freed.get(key)
+                    if parts is None:
+                        freed[key] = [task.resources]
+                    else:
+                        parts.append(task.resources)
                 if status.uuid is None:
                     self._remove_task(task, framework)
         self.metrics.inc("master/status_updates")
         if framework.pid is not None and framework.connected:
-            self.send(framework.pid, StatusUpdate.NAME, body)
+            return framework
+        return None
 
     def _remove_task(self, task: _Task, framework: _Framework) -> None:
         framework.tasks.pop(task.info.task_id, None)

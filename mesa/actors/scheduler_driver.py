@@ -22,7 +22,7 @@ import contextvars
 import dataclasses
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from libproc import UPID, Process, Timer, get_logger, handler
@@ -40,6 +40,8 @@ from mesa.messages import (
     ResourceOffers,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
     UnregisterFramework,
 )
 
@@ -98,6 +100,9 @@ class SchedulerDriverProcess(Process):
         self._retry: Timer | None = None
         self._waiters: list[Any] = []  # futures resolved True on connect, False on the end
         self.running_callback: object | None = None  # the marker of the callback running now
+        # Implicit acknowledgements not sent yet, (agent_id, task_id, uuid): they go together
+        # once the events queued now are handled (see _ack).
+        self._acks: list[tuple[str, str, bytes]] = []
         self.log = get_logger("mesa.scheduler", master=str(master), framework=framework.name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -233,7 +238,39 @@ class SchedulerDriverProcess(Process):
     def _status_update(self, sender: UPID, msg: StatusUpdate) -> Awaitable[None] | None:
         if not self._live(sender, StatusUpdate.NAME):
             return None  # not acknowledged: the agent will send it again
-        status = msg.status
+        return self._one_update(msg.status)
+
+    @handler(StatusUpdates.NAME)
+    def _status_updates(self, sender: UPID, msg: StatusUpdates) -> Awaitable[None] | None:
+        """Several updates in one message: one callback each, in order, as if each had come
+        alone (an async callback is awaited before the next update's)."""
+        if not self._live(sender, StatusUpdates.NAME) or not isinstance(msg.updates, list):
+            return None
+        return self._each_update(iter(msg.updates))
+
+    def _each_update(self, updates: Iterator[Any]) -> Awaitable[None] | None:
+        for update in updates:
+            if not isinstance(update, StatusUpdate):
+                self.metrics.inc("scheduler/messages_ignored")
+                continue
+            pending = self._one_update(update.status)
+            if pending is not None:
+                return self._rest_of_updates(pending, updates)
+        return None
+
+    async def _rest_of_updates(self, pending: Awaitable[None], updates: Iterator[Any]) -> None:
+        await pending
+        for update in updates:
+            if self.stopping or not self.connected:
+                return  # the rest are not acknowledged: the agent will send them again
+            if not isinstance(update, StatusUpdate):
+                self.metrics.inc("scheduler/messages_ignored")
+                continue
+            pending_next = self._one_update(update.status)
+            if pending_next is not None:
+                await pending_next
+
+    def _one_update(self, status: Any) -> Awaitable[None] | None:
         if not self.implicit_acknowledgements:
             return self._callback("status_update", status)
         # Acknowledge only after the callback has returned, and not when it raised: an update
@@ -241,6 +278,12 @@ class SchedulerDriverProcess(Process):
         return self._callback("status_update", status, then=lambda ok: self._ack(ok, status))
 
     def _ack(self, ok: bool, status: Any) -> None:
+        """An implicit acknowledgement, once the update's callback has returned.
+
+        It waits for the events queued now (a burst of updates from the master) to be
+        handled, and leaves with their acknowledgements in one message: the master passes
+        each agent its own together, so a burst of updates costs each side a message, not
+        one per update."""
         if not ok:
             self.log.warning("update_not_acknowledged", task_id=status.task_id, reason="callback")
             return
@@ -249,7 +292,22 @@ class SchedulerDriverProcess(Process):
         if status.agent_id is None or self.framework.id is None:
             self.log.warning("cannot_acknowledge", task_id=status.task_id, reason="no agent id")
             return
-        self.acknowledge(status.agent_id, status.task_id, status.uuid)
+        acks = self._acks
+        acks.append((status.agent_id, status.task_id, status.uuid))
+        if len(acks) == 1:
+            self.defer(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        acks = self._acks
+        if not acks or self.framework.id is None:
+            return
+        self._acks = []
+        if len(acks) == 1:
+            self.acknowledge(*acks[0])
+            return
+        agent_ids, task_ids, uuids = map(list, zip(*acks, strict=True))
+        batch = StatusUpdateAcknowledgements(self.framework.id, agent_ids, task_ids, uuids)
+        self.send(self.master, StatusUpdateAcknowledgements.NAME, batch)
 
     @handler(ExecutorToFramework.NAME)
     def _executor_message(self, sender: UPID, msg: ExecutorToFramework) -> Awaitable[None] | None:
@@ -292,6 +350,7 @@ class SchedulerDriverProcess(Process):
         ``failover`` is False, deactivation when True, nothing for an abort) and end."""
         self.stopping = True
         self._cancel_retry()
+        self._flush_acks()  # (the updates were handled: say so before saying goodbye)
         framework_id = self.framework.id
         if failover is not None and framework_id is not None:
             if not self.connected:

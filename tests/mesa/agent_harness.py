@@ -35,6 +35,8 @@ from mesa.messages import (
     ShutdownFramework,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
 )
 from tests.waiting import eventually
 
@@ -65,6 +67,7 @@ class FakeMaster(Process):
         self.kill_tasks = kill_tasks or []
         self.inbox: list[Received] = []
         self.agent: UPID | None = None
+        self.batches = 0  # StatusUpdates received
         self._changed = asyncio.Event()
 
     def _record(self, sender: UPID, name: str, body: Any) -> None:
@@ -95,6 +98,30 @@ class FakeMaster(Process):
         self._record(sender, StatusUpdate.NAME, msg)
         if self.auto_ack:
             self.ack(msg)
+
+    @handler(StatusUpdates.NAME)
+    def _updates(self, sender: UPID, msg: StatusUpdates) -> None:
+        """Updates the agent sent together: recorded one by one, acknowledged in one message
+        (as the master passes on a framework's acknowledgements of them)."""
+        self.batches += 1
+        for update in msg.updates:
+            self._record(sender, StatusUpdate.NAME, update)
+        if not self.auto_ack:
+            return
+        by_framework: dict[str, list[StatusUpdate]] = {}
+        for update in msg.updates:
+            by_framework.setdefault(update.framework_id, []).append(update)
+        for framework_id, updates in by_framework.items():
+            self.send(
+                self.agent,  # type: ignore[arg-type]
+                StatusUpdateAcknowledgements.NAME,
+                StatusUpdateAcknowledgements(
+                    framework_id,
+                    [self.agent_id] * len(updates),
+                    [u.status.task_id for u in updates],
+                    [u.status.uuid for u in updates],
+                ),
+            )
 
     # ---------------------------------------------------------------- driving the agent
 

@@ -47,6 +47,8 @@ from mesa.messages import (
     ReviveOffers,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
     SuppressOffers,
     UnregisterFramework,
 )
@@ -99,6 +101,8 @@ class FakeMaster(Process):
         self.framework_pid: UPID | None = None
         for cls in SCHEDULER_TO_MASTER:
             self.install(cls.NAME, functools.partial(self._record, cls.NAME))
+        self.ack_batches: list[StatusUpdateAcknowledgements] = []
+        self.install(StatusUpdateAcknowledgements.NAME, self._record_acks)
 
     @property
     def info(self) -> MasterInfo:
@@ -115,6 +119,13 @@ class FakeMaster(Process):
                 else:
                     self.tell(FrameworkReregistered(body.framework.id, self.info))
         self.react(name, sender, body)
+
+    def _record_acks(self, sender: UPID, body: StatusUpdateAcknowledgements) -> None:
+        """Acknowledgements that came together are recorded as if each had come alone."""
+        self.ack_batches.append(body)
+        for agent_id, task_id, uuid_ in zip(body.agent_ids, body.task_ids, body.uuids, strict=True):
+            ack = StatusUpdateAcknowledgement(body.framework_id, agent_id, task_id, uuid_)
+            self._record(StatusUpdateAcknowledgement.NAME, sender, ack)
 
     def react(self, name: str, sender: UPID, body: Any) -> None:
         """Scripted masters override this."""
@@ -523,6 +534,52 @@ async def test_implicit_acks_are_sent_after_the_callback(cluster):
         "t1",
         update.uuid,
     )  # and the update without a uuid was not acknowledged
+
+
+async def test_updates_that_come_together_are_acknowledged_together(cluster):
+    master = await cluster.start_master()
+    sched = Recorder()
+    await cluster.registered(sched, master)
+    # One StatusUpdates of three (a master passing on an agent's burst), a master-made update
+    # that needs no ack, and a lone StatusUpdate sent right after them.
+    batch = [status("t1", "TASK_RUNNING"), status("t2", "TASK_RUNNING", agent_id="a2")]
+    batch.append(status("t3", "TASK_FINISHED"))
+    master.tell(StatusUpdates([StatusUpdate("fw-1", s) for s in batch]))
+    master.tell(StatusUpdate("fw-1", status("t0", "TASK_LOST", ack=False)))
+    alone = status("t4", "TASK_RUNNING")
+    master.tell(StatusUpdate("fw-1", alone))
+
+    seen = [(await sched.next("status_update"))[0] for _ in range(5)]
+    assert [s.task_id for s in seen] == ["t1", "t2", "t3", "t0", "t4"]  # in order, one each
+    acks = [await master.next(StatusUpdateAcknowledgement) for _ in range(4)]
+    assert [(a.agent_id, a.task_id, a.uuid) for a in acks] == [
+        (s.agent_id, s.task_id, s.uuid) for s in [*batch, alone]
+    ]
+    # All four acknowledgements went in one message: they were made in one burst.
+    assert len(master.ack_batches) == 1
+    assert master.names().count(StatusUpdateAcknowledgement.NAME) == 4
+
+
+async def test_an_async_callback_holds_the_rest_of_a_batch(cluster):
+    master = await cluster.start_master()
+    handled: list[str] = []
+
+    class Slow(Recorder):
+        async def status_update(self, driver, status):
+            await asyncio.sleep(0)
+            handled.append(status.task_id)
+            if status.task_id == "t2":
+                raise RuntimeError("not this one")
+
+    await cluster.registered(Slow(), master)
+    batch = [status("t1", "TASK_RUNNING"), status("t2", "TASK_RUNNING")]
+    batch.append(status("t3", "TASK_RUNNING"))
+    master.tell(StatusUpdates([StatusUpdate("fw-1", s) for s in batch]))
+    first = await master.next(StatusUpdateAcknowledgement)
+    second = await master.next(StatusUpdateAcknowledgement)
+    assert handled == ["t1", "t2", "t3"]  # one at a time, in order
+    # The update whose callback raised is not acknowledged (it will come again).
+    assert [first.task_id, second.task_id] == ["t1", "t3"]
 
 
 async def test_explicit_acks_when_implicit_are_disabled(cluster):
