@@ -19,8 +19,10 @@ controller. :meth:`CgroupsIsolator.choose` says which and why; the agent logs it
   tasks arrive but never lowered under a running container (that could OOM it, as Mesos notes).
   Out of memory ends the container with ``REASON_CONTAINER_LIMITATION_MEMORY``. On v1 the
   kernel's OOM killer is disabled for the cgroup (``memory.oom_control``): the container stalls at
-  its limit, an eventfd on ``oom_control`` wakes the isolator, and the containerizer destroys it,
-  so no process dies first and sends a misleading "killed by signal 9". On v2 there is no such
+  its limit, the isolator sees it (an eventfd on ``oom_control``, registered for each container
+  that lives through one poll, else the poll itself), and the containerizer destroys it, so no
+  process dies first and sends a misleading "killed by signal 9". Swap is limited too
+  (``memsw``, v2 ``memory.swap.max``) when the machine has any. On v2 there is no such
   switch; ``memory.oom.group`` makes the kernel kill the whole container at once, and
   ``memory.events`` tells why it died.
 * ``cgroups/pids``: ``pids.max`` (a ``pids`` resource, else ``cgroups_max_pids``): a fork bomb
@@ -434,6 +436,8 @@ class CgroupsMemIsolator(CgroupsIsolator):
         # Whether the kernel accounts swap (v1 memory.memsw.*, v2 memory.swap.max): the same
         # for every cgroup of the hierarchy, so looked up once, in the first container.
         self._swap: bool | None = None
+        # Whether the machine has swap at all (/proc/swaps), refreshed by the poller.
+        self._swap_on: bool | None = None
 
     def _memory(self, container_id: str) -> Any:
         """cgroupspy's typed memory controller (statistics)."""
@@ -445,17 +449,41 @@ class CgroupsMemIsolator(CgroupsIsolator):
             self._swap = os.path.exists(cg.file(name))
         return self._swap
 
+    def _limits_swap(self, cg: V1Cgroup | V2Cgroup) -> bool:
+        """Whether a container's swap must be limited too: the kernel accounts it and the
+        machine has swap. Without swap, memory+swap is memory and the write would repeat the
+        limit (a syscall per container); if swap is turned on later, the poller limits every
+        held container then (:meth:`_refresh_swap`)."""
+        if self._swap_on is None:
+            self._swap_on = _swap_present()
+        return self._swap_on and self._has_swap(cg)
+
+    def _refresh_swap(self) -> None:
+        was, self._swap_on = self._swap_on, _swap_present()
+        if was is False and self._swap_on:
+            self.log.info("swap_appeared", containers=len(self._limit))
+            for container_id, limit in list(self._limit.items()):
+                with contextlib.suppress(OSError):
+                    if self.version == 1:
+                        memory = self._v1(container_id)["memory"]
+                        if self._has_swap(memory):
+                            memory.write("memory.memsw.limit_in_bytes", limit)
+                    else:
+                        cg = self._v2(container_id)
+                        if self._has_swap(cg):
+                            cg.write("memory.swap.max", 0)
+
     async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         for cg in self._distinct(container_id):
             cg.create()
         if self.version == 1:
-            # Stall at the limit instead of killing: we end the container, and say why.
+            # Stall at the limit instead of killing: we end the container, and say why. (The
+            # OOM eventfd is registered by the poller, for containers that live that long.)
             self._v1(container_id)["memory"].write("memory.oom_control", 1)
-            self._listen_for_oom(container_id)
         else:
             cg = self._v2(container_id)
             cg.write("memory.oom.group", 1)
-            if self._has_swap(cg):
+            if self._limits_swap(cg):
                 cg.write("memory.swap.max", 0)  # the limit is hard: no escape into swap
         self._apply(container_id, config.resources, initial=True)
         self._arm_poll()
@@ -474,12 +502,15 @@ class CgroupsMemIsolator(CgroupsIsolator):
         self._limit[container_id] = limit
         if self.version == 1:
             memory = self._v1(container_id)["memory"]
-            memsw = self._has_swap(memory)
+            memsw = self._limits_swap(memory)
             # memsw must stay >= limit: raise it first when raising, set it last when new.
             if not initial and memsw:
                 memory.write("memory.memsw.limit_in_bytes", limit)
             memory.write("memory.limit_in_bytes", limit)
-            memory.write("memory.soft_limit_in_bytes", limit)
+            if not initial:
+                # (A new cgroup's soft limit is "none", which under a hard limit of the same
+                # size means the same thing: the write would only cost a syscall.)
+                memory.write("memory.soft_limit_in_bytes", limit)
             if initial and memsw:
                 memory.write("memory.memsw.limit_in_bytes", limit)
         else:
@@ -534,7 +565,14 @@ class CgroupsMemIsolator(CgroupsIsolator):
 
     def _poll(self) -> None:
         self._timer = None
+        self._refresh_swap()
         for container_id in list(self._limit.keys() | self._eventfds.keys()):
+            if self.version == 1 and container_id not in self._eventfds:
+                # A container that lives past one poll gets the eventfd: from then on an OOM
+                # wakes the isolator at once. Registering it at prepare cost every container
+                # four syscalls and a reader, and most short ones never lived to need it; one
+                # that runs out of memory before its first poll is found by this poll.
+                self._listen_for_oom(container_id)
             self._look(container_id)
         if self._known:
             self._arm_poll()
@@ -602,7 +640,10 @@ class CgroupsMemIsolator(CgroupsIsolator):
                 limit = memory.limit_in_bytes
                 if limit is not None and limit < 2**62:
                     out["mem_limit_bytes"] = limit
-                out["mem_soft_limit_bytes"] = memory.soft_limit_in_bytes or 0
+                soft = memory.soft_limit_in_bytes or 0
+                if limit is not None and (not soft or soft > limit):
+                    soft = limit  # "none" under a hard limit: the hard limit is what binds
+                out["mem_soft_limit_bytes"] = soft
             else:
                 cg = self._v2(container_id)
                 stat = cg.read_keyed("memory.stat")
@@ -625,6 +666,14 @@ class CgroupsMemIsolator(CgroupsIsolator):
         if self._timer is not None:
             self._timer.cancel()
         await super().teardown()
+
+
+def _swap_present(path: str = "/proc/swaps") -> bool:
+    """Whether any swap area is on (``/proc/swaps`` lists one after its header)."""
+    try:
+        return len(cgroupfs.read_file(path).splitlines()) > 1
+    except OSError:
+        return True  # unknown: limit swap, as if it were there
 
 
 # ====================================================================== cgroups/pids

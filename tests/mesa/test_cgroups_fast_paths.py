@@ -9,7 +9,9 @@ busy cgroup is still emptied before it is removed, and orphans are still swept b
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from agent_harness import running, wait_until
 from isolation_support import Bed, isolator_bed, need_cgroups, unique_root
 
 from mesa.isolators import ContainerConfig, IsolationOptions, cgroupfs
+from mesa.isolators import cgroups as cgroups_module
 from mesa.isolators.cgroupfs import Mounts, V1Cgroup, V2Cgroup
 from mesa.isolators.cgroups import (
     CgroupsCpuIsolator,
@@ -27,6 +30,7 @@ from mesa.isolators.cgroups import (
     CgroupsPidsIsolator,
 )
 from mesa.resources import Resources
+from mesa.task_state import Reason
 
 MB = 1024 * 1024
 
@@ -153,7 +157,10 @@ def test_co_mounted_v1_controllers_share_one_directory(tmp_path: Path):
     assert cpu._v1("c1") is groups
 
 
-async def test_swap_is_looked_up_once_per_isolator(bed: Bed, tmp_path: Path):
+async def test_swap_is_looked_up_once_per_isolator(
+    bed: Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(cgroups_module, "_swap_present", lambda: True)
     mounts = fake_v2(tmp_path)
     mem = bed.add(CgroupsMemIsolator(IsolationOptions(cgroups_root="mesa/m"), mounts=mounts))
     await bed.call(mem, "recover", set())
@@ -167,6 +174,29 @@ async def test_swap_is_looked_up_once_per_isolator(bed: Bed, tmp_path: Path):
     await bed.call(mem, "_run_prepare", "c2", config(tmp_path, "c2", "mem:64"))
     assert (root / "c2" / "memory.swap.max").read_text() == "0"
     assert (root / "c2" / "memory.max").read_text() == str(64 * MB)
+
+
+async def test_swap_is_limited_once_the_machine_has_some(
+    bed: Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """No swap: memory+swap is memory, so no swap limit is written. Swap turned on later: the
+    next poll limits every container already running."""
+    swap = [False]
+    monkeypatch.setattr(cgroups_module, "_swap_present", lambda: swap[0])
+    mounts = fake_v2(tmp_path)
+    mem = bed.add(CgroupsMemIsolator(IsolationOptions(cgroups_root="mesa/m"), mounts=mounts))
+    await bed.call(mem, "recover", set())
+    root = mounts.v2 / "mesa" / "m"  # type: ignore[operator]
+    (root / "c1").mkdir()
+    (root / "c1" / "memory.swap.max").write_text("max")
+    await bed.call(mem, "_run_prepare", "c1", config(tmp_path, "c1", "mem:64"))
+    assert (root / "c1" / "memory.swap.max").read_text() == "max"
+    assert (root / "c1" / "memory.max").read_text() == str(64 * MB)
+    await bed.call(mem, "_poll")
+    assert (root / "c1" / "memory.swap.max").read_text() == "max"
+    swap[0] = True
+    await bed.call(mem, "_poll")
+    assert (root / "c1" / "memory.swap.max").read_text() == "0"
 
 
 # ------------------------------------------------------------------------------- real kernel
@@ -212,9 +242,10 @@ async def test_v1_lifecycle_on_the_kernel(bed: Bed, tmp_path: Path, blocked: lis
             assert (cpu_dir / "cpu.shares").read_text().strip() == "512"
             assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
             assert (mem_dir / "memory.limit_in_bytes").read_text().strip() == str(64 * MB)
-            assert (mem_dir / "memory.soft_limit_in_bytes").read_text().strip() == str(64 * MB)
             assert "oom_kill_disable 1" in (mem_dir / "memory.oom_control").read_text()
-            assert mem._swap == (mem_dir / "memory.memsw.limit_in_bytes").exists()
+            # The OOM eventfd comes with the first poll the container lives through.
+            assert cid not in mem._eventfds
+            await bed.call(mem, "_poll")
             assert cid in mem._eventfds
             pids_dir = mounts.v1["pids"] / root / cid
             assert (pids_dir / "pids.max").read_text().strip() == "50"
@@ -224,7 +255,7 @@ async def test_v1_lifecycle_on_the_kernel(bed: Bed, tmp_path: Path, blocked: lis
             assert (mem_dir / "memory.limit_in_bytes").read_text().strip() == str(128 * MB)
             assert await bed.call(mem, "check", cid) is None
             usage = await bed.call(mem, "usage", cid)
-            assert usage["mem_limit_bytes"] == 128 * MB
+            assert usage["mem_limit_bytes"] == usage["mem_soft_limit_bytes"] == 128 * MB
             assert "cpus_time_secs" in await bed.call(cpu, "usage", cid)
 
             if round == 0:
@@ -241,6 +272,38 @@ async def test_v1_lifecycle_on_the_kernel(bed: Bed, tmp_path: Path, blocked: lis
                 assert cid not in isolator._groups
                 assert not any(p.exists() for p in isolator.cgroup_paths(cid))
             assert cid not in mem._eventfds
+
+
+async def test_oom_wakes_the_isolator_through_its_eventfd(bed: Bed, tmp_path: Path):
+    """A container that lived through a poll has the eventfd: an OOM then wakes the isolator at
+    once. The next poll is an hour away, so only the eventfd can have found this one."""
+    mounts = need_cgroups(CgroupsMemIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, poll_interval=3600.0)
+        mem = bed.add(CgroupsMemIsolator(options, mounts=mounts))
+        await bed.call(mem, "recover", set())
+        await bed.call(mem, "_run_prepare", "c1", config(tmp_path, "c1", "mem:32"))
+        watch = asyncio.ensure_future(mem.watch("c1"))
+        await bed.call(mem, "_poll")
+        assert "c1" in mem._eventfds
+        (cg,) = mem.cgroup_paths("c1")
+        # Allocates past 32 MB when told to (a line on stdin): stalls there, the OOM killer off.
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.readline(); b = b'x' * (64 << 20)"],
+            stdin=subprocess.PIPE,
+        )
+        try:
+            (cg / "cgroup.procs").write_text(str(hog.pid))
+            hog.stdin.write(b"go\n")  # type: ignore[union-attr]
+            hog.stdin.flush()  # type: ignore[union-attr]
+            limitation = await asyncio.wait_for(watch, 30)
+            assert limitation.reason == Reason.REASON_CONTAINER_LIMITATION_MEMORY
+            assert "Requested: 32MB" in limitation.message
+        finally:
+            hog.kill()
+            hog.wait()
+        await bed.call(mem, "_run_cleanup", "c1")
+        assert "c1" not in mem._eventfds and not cg.exists()
 
 
 async def test_cleanup_of_a_busy_cgroup_still_empties_it(bed: Bed, blocked: list[Any]):
