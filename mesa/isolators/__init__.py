@@ -8,8 +8,9 @@ the agent's :class:`~mesa.isolators.base.IsolationOptions`. See ``docs/isolators
 With no ``--isolation``, :func:`default_isolation` picks from what the machine offers: cgroups
 where a hierarchy is writable (v1 where the controller is mounted as v1, v2 where the unified
 tree offers it), posix otherwise, plus ``disk/du``; it returns its reasons so the agent can log
-them. Whenever a cgroups isolator is in use, ``cgroups/freezer`` is added in front, because it
-is what makes destroy airtight.
+them. Whenever a cgroups isolator is in use, destroy must be airtight (a fork bomb must not
+outrun the kill): ``cgroups/pids`` does that itself, and without it ``cgroups/freezer`` is added
+in front.
 """
 
 from __future__ import annotations
@@ -156,7 +157,11 @@ def resolve_isolation(
 ) -> Isolation:
     """Build the isolators ``spec`` names (None: :func:`default_isolation`). Raises ValueError
     naming the isolator that is unknown or cannot work here, and why."""
-    from mesa.isolators.cgroups import CgroupsFreezerIsolator, CgroupsIsolator
+    from mesa.isolators.cgroups import (
+        CgroupsFreezerIsolator,
+        CgroupsIsolator,
+        CgroupsPidsIsolator,
+    )
 
     options = options if options is not None else IsolationOptions()
     if spec is None or (isinstance(spec, str) and not spec.strip()):
@@ -168,7 +173,11 @@ def resolve_isolation(
         why = cls.unavailable(options)
         if why is not None:
             raise ValueError(f"isolator {name} is not available here: {why}")
-    if (
+    if CgroupsPidsIsolator in classes and CgroupsFreezerIsolator not in classes:
+        # Destroy sets pids.max to 0 before it kills: no fork escapes it, as under a freezer,
+        # and each container is spared a cgroup (mkdir, rmdir, two isolator visits).
+        reasons.append("no cgroups/freezer needed: cgroups/pids stops every fork during destroy")
+    elif (
         any(issubclass(c, CgroupsIsolator) for c in classes)
         and CgroupsFreezerIsolator not in classes
     ):

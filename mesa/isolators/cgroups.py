@@ -29,7 +29,8 @@ controller. :meth:`CgroupsIsolator.choose` says which and why; the agent logs it
   hits the ceiling and stays there.
 * ``cgroups/freezer``: no limit; makes destroy airtight. v1: freeze the cgroup, SIGKILL every
   process, thaw (a frozen fork bomb cannot fork faster than it is killed). v2: ``cgroup.kill``.
-  The resolver adds it whenever another cgroups isolator is in use.
+  The resolver adds it when another cgroups isolator is in use but ``cgroups/pids`` is not:
+  ``cgroups/pids`` makes destroy airtight itself (``pids.max`` 0, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -690,6 +691,17 @@ class CgroupsPidsIsolator(CgroupsIsolator):
 
     def _cgroup(self, container_id: str) -> V1Cgroup | V2Cgroup:
         return self._distinct(container_id)[0]
+
+    async def kill(self, container_id: str) -> None:
+        """Destroy is under way: ``pids.max`` 0 first, so no member can fork again, then
+        SIGKILL every member. Each sweep then leaves fewer processes than it found (only a
+        fork already past its ``pids`` charge can still land), so the containerizer's sweeps
+        end with an empty cgroup however hard the container forks: what the freezer is for,
+        without a cgroup of its own per container. (v2: ``cgroup.kill``, atomic already.)"""
+        if self.version == 1:
+            with contextlib.suppress(OSError):  # (gone already: nothing left to stop)
+                self._cgroup(container_id).write("pids.max", 0)
+        await super().kill(container_id)
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         if "pids" in resources.names():

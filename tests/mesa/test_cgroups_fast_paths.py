@@ -306,6 +306,49 @@ async def test_oom_wakes_the_isolator_through_its_eventfd(bed: Bed, tmp_path: Pa
         assert "c1" not in mem._eventfds and not cg.exists()
 
 
+# Every process forks as fast as it can, and so does every child: without a stop to forks, a
+# sweep that kills what it read leaves as many new processes as it killed.
+RESPAWNER = """
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+"""
+
+
+async def test_pids_destroy_empties_a_container_that_never_stops_forking(bed: Bed):
+    """cgroups/pids without a freezer: kill sets pids.max to 0, then sweeps; the sweeps the
+    containerizer makes end with an empty cgroup."""
+    mounts = need_cgroups(CgroupsPidsIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, cgroups_max_pids=48, kill_wait=10.0)
+        pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+        await bed.call(pids, "recover", set())
+        await bed.call(pids, "_run_prepare", "c1", config(Path("/tmp"), "c1", "cpus:1"))
+        (cg,) = pids.cgroup_paths("c1")
+        gate = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.readline()\n" + RESPAWNER],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            (cg / "cgroup.procs").write_text(str(gate.pid))
+            gate.stdin.write(b"go\n")  # type: ignore[union-attr]
+            gate.stdin.flush()  # type: ignore[union-attr]
+            await wait_until(lambda: int((cg / "pids.current").read_text()) >= 48)
+            await bed.call(pids, "kill", "c1")
+            assert (cg / "pids.max").read_text().strip() == "0"
+            assert await bed.call(pids, "_wait_empty", "c1", 10.0)
+            assert (cg / "cgroup.procs").read_text() == ""
+        finally:
+            cgroupfs.purge(root)  # (kills whatever is left if the test failed)
+            gate.wait()
+        await bed.call(pids, "_run_cleanup", "c1")
+        assert not cg.exists()
+
+
 async def test_cleanup_of_a_busy_cgroup_still_empties_it(bed: Bed, blocked: list[Any]):
     mounts = need_cgroups(CgroupsFreezerIsolator)
     with unique_root(mounts) as root:

@@ -471,9 +471,9 @@ async def test_a_third_party_isolator_loads_by_name(
 async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(
     cluster: Cluster, root: str, tmp_path: Path
 ):
-    mounts = need_cgroups(CgroupsFreezerIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
+    mounts = need_cgroups(CgroupsMemIsolator, CgroupsPidsIsolator)
     # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside.
-    stale = [mounts.v1[s] / root / "stale-container" for s in ("freezer", "memory", "pids")]
+    stale = [mounts.v1[s] / root / "stale-container" for s in ("memory", "pids")]
     proc = await asyncio.create_subprocess_exec("sleep", "60")
     try:
         for path in stale:

@@ -317,8 +317,26 @@ def test_default_isolation_follows_the_machine():
     assert cpu in names and mem in names
     assert len(reasons) >= 4 and all(isinstance(r, str) and r for r in reasons)
     chosen = resolve_isolation(None, IsolationOptions())
-    if any(n.startswith("cgroups/") for n in names) and CgroupsFreezerIsolator.choose(mounts)[0]:
+    if "cgroups/pids" in names:
+        assert "cgroups/freezer" not in chosen.names  # pids.max 0 stops forks during destroy
+    elif any(n.startswith("cgroups/") for n in names) and CgroupsFreezerIsolator.choose(mounts)[0]:
         assert chosen.names[0] == "cgroups/freezer"  # added so destroy can freeze
+
+
+def test_the_freezer_is_added_only_where_pids_cannot_stop_forks():
+    mounts = cgroupfs.mounts()
+    if not all(
+        c.choose(mounts)[0]
+        for c in (CgroupsMemIsolator, CgroupsPidsIsolator, CgroupsFreezerIsolator)
+    ):
+        pytest.skip("needs cgroups/mem, cgroups/pids and cgroups/freezer")
+    alone = resolve_isolation("cgroups/mem", IsolationOptions())
+    assert alone.names == ["cgroups/freezer", "cgroups/mem"]
+    with_pids = resolve_isolation("cgroups/mem,cgroups/pids", IsolationOptions())
+    assert with_pids.names == ["cgroups/mem", "cgroups/pids"]
+    assert any("cgroups/pids stops every fork" in r for r in with_pids.reasons)
+    asked = resolve_isolation("cgroups/freezer,cgroups/pids", IsolationOptions())
+    assert asked.names == ["cgroups/freezer", "cgroups/pids"]  # asked for: kept
 
 
 def test_an_isolator_installed_as_an_entry_point_loads_by_name(
