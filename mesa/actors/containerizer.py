@@ -17,10 +17,11 @@ it is inside its cgroups before it runs a single instruction of its own, and not
 start outside them.
 
 Destroying a container kills everything the containerizer and its isolators can see: the session,
-the process group, the executor's descendants (posix), and every member of its cgroups (frozen
-first, so a fork bomb cannot outrun the kill). It then waits until the executor has exited and
-every isolator reports its container empty, cleans the isolators up (removing the cgroups), and
-only then tells the owner. When an executor exits by itself the same sweep runs first, so a task
+the process group, the executor's descendants (posix), and every member of its cgroups (forks
+stopped first, so a fork bomb cannot outrun the kill). It then waits until the executor has
+exited and every isolator reports its container empty, and only then tells the owner; the
+isolators clean up (remove the cgroups) right after, off the path from a task's end to its status
+update. When an executor exits by itself the same sweep runs first, so a task
 the executor forgot to kill never outlives its container. When an isolator's ``watch`` resolves
 (out of memory, over the disk quota), the container is destroyed and the owner is told why.
 """
@@ -170,6 +171,7 @@ class Containerizer(Process):
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
         self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
+        self._releases: set[asyncio.Task[None]] = set()  # isolator cleanups after a report
         self._found: dict[tuple[str, str | None], float] = {}  # executables seen, until when
         # An isolator that knows every process of a container (a cgroup's members, escaped
         # sessions included) makes the scan of every process on the machine for the session
@@ -586,12 +588,14 @@ class Containerizer(Process):
             return
         self._usage.pop(cid, None)
         # The kernel may have been quicker than the watcher (a v2 OOM kill of the whole group):
-        # each isolator looks now, as it cleans up.
+        # each isolator that can report a limit looks now.
         for isolator in self.isolators:
-            check = container.limitation is None
-            found = await self._call_quiet(isolator, "_run_finish", cid, check)
-            if check and isinstance(found, Limitation):
-                container.limitation = found
+            if container.limitation is not None:
+                break
+            if isolator.reports_limits:
+                found = await self._call_quiet(isolator, "check", cid)
+                if isinstance(found, Limitation):
+                    container.limitation = found
         if container.destroying:
             self.metrics.inc("containerizer/containers_destroyed")
         limitation = container.limitation
@@ -615,6 +619,17 @@ class Containerizer(Process):
                 reason=str(limitation.reason) if limitation else None,
             ),
         )
+        # Every process is gone, which is what the agent waits for (as in Mesos, a task's end
+        # does not wait for its cgroups to go). The isolators release what they made after the
+        # report and outside this actor: a burst of ends then reaches the master before the
+        # burst's cgroups are removed, not after, and launches meanwhile are not held up.
+        release = asyncio.get_running_loop().create_task(self._release(cid))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+
+    async def _release(self, cid: str) -> None:
+        for isolator in reversed(self.isolators):
+            await self._call_quiet(isolator, "_run_cleanup", cid)
 
     # ------------------------------------------------------------------ destroy
 
@@ -840,6 +855,8 @@ class Containerizer(Process):
         self._containers.clear()
         if containers:
             self.log.info("containers_destroyed_on_exit", count=len(containers))
+        if self._releases:  # cleanups of containers that ended: done before the isolators go
+            await asyncio.gather(*self._releases, return_exceptions=True)
         if self.zygote is not None:
             await self.zygote.stop()
         for isolator in self._spawned:

@@ -282,18 +282,6 @@ class Isolator(Process):
         self._known.add(container_id)
         return await self.prepare(container_id, config)
 
-    async def _run_finish(self, container_id: str, check: bool) -> Limitation | None:
-        """The container is over: ``check`` for a limit it hit (if asked), then ``cleanup`` —
-        in one visit, since the containerizer makes one per isolator per container."""
-        found = None
-        if check:
-            try:
-                found = await self.check(container_id)
-            except Exception as e:
-                self.log.warning("isolator_check_failed", container_id=container_id, error=repr(e))
-        await self._run_cleanup(container_id)
-        return found
-
     async def _run_cleanup(self, container_id: str) -> None:
         try:
             await self.cleanup(container_id)

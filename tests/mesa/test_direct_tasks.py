@@ -135,11 +135,11 @@ async def no_exited_executor(master: FakeMaster, executor_id: str) -> None:
     assert master.received(ExitedExecutor.NAME, lambda m: m.executor_id == executor_id) == []
 
 
-def nothing_left(root: str, isolation: str, *pids: int) -> None:
-    """Right at a terminal update: none of ``pids`` runs, and no cgroup of the task is left."""
+async def nothing_left(root: str, isolation: str, *pids: int) -> None:
+    """Right at a terminal update none of ``pids`` runs; the task's cgroups go right after."""
     assert not [p for p in pids if running(p)]
     if isolation == "cgroups":
-        assert leftover_cgroups(root) == []
+        await wait_until(lambda: leftover_cgroups(root) == [])
 
 
 # ------------------------------------------------------------------------------- the outcome
@@ -160,7 +160,7 @@ async def test_a_command_that_exits_0_finishes(cluster: Cluster, isolation: str,
         assert update.status.agent_id == "agent-1"
         assert update.status.executor_id == tid
     assert finished.status.message == "Command exited with status 0"
-    nothing_left(root, isolation)
+    await nothing_left(root, isolation)
     await no_exited_executor(master, tid)
 
     executor = await cluster.executor_state(tid)
@@ -193,7 +193,7 @@ async def test_a_failing_command_fails_with_its_status(
     assert failed.status.reason is None
     assert failed.status.source == Source.SOURCE_EXECUTOR
     assert master.states(tid) == ["TASK_RUNNING", "TASK_FAILED"]
-    nothing_left(root, isolation)
+    await nothing_left(root, isolation)
     await no_exited_executor(master, tid)
     assert cluster.agent_rt.metrics.get("agent/tasks_failed") == 1
 
@@ -220,7 +220,7 @@ async def test_a_finished_task_leaves_nothing_behind(
     # Exits at once, leaving a sleeper in its container: the container's end takes it.
     master.run_task(framework(), command_task(tid, f"sleep 60 & echo $! > {bg_file}; exit 0"))
     await master.wait_state(tid, TaskState.TASK_FINISHED)
-    nothing_left(root, isolation, await read_pid(bg_file))
+    await nothing_left(root, isolation, await read_pid(bg_file))
 
 
 async def test_the_command_sees_its_task_and_sandbox(cluster: Cluster, isolation: str, root: str):
@@ -279,7 +279,7 @@ async def test_a_kill_ends_a_task_that_honours_sigterm(
     assert killed.status.message == "Command terminated by signal SIGTERM"
     assert killed.status.source == Source.SOURCE_EXECUTOR
     assert master.states(tid) == ["TASK_RUNNING", "TASK_KILLED"]
-    nothing_left(root, isolation, pid)
+    await nothing_left(root, isolation, pid)
     await no_exited_executor(master, tid)
     assert cluster.agent_rt.metrics.get("agent/tasks_killed") == 1
 
@@ -310,7 +310,7 @@ async def test_a_task_that_ignores_sigterm_is_killed_after_the_grace_period(
     assert loop.time() - started >= grace - 0.05
     assert killed.status.message == "Command terminated by signal SIGKILL"
     assert master.states(tid) == ["TASK_RUNNING", "TASK_KILLED"]
-    nothing_left(root, isolation, *members)
+    await nothing_left(root, isolation, *members)
 
 
 async def test_the_tasks_grace_period_applies_when_the_kill_has_none(
@@ -395,7 +395,7 @@ async def test_a_kill_before_the_container_is_up(
         held.cancel()
     assert killed.status.reason == Reason.REASON_TASK_KILLED_DURING_LAUNCH
     assert master.states(tid) == ["TASK_KILLED"]  # never TASK_RUNNING
-    nothing_left(root, isolation, pid)
+    await nothing_left(root, isolation, pid)
     await no_exited_executor(master, tid)
 
 
@@ -415,7 +415,7 @@ async def test_a_kill_right_after_the_launch(
     else:
         assert master.states(tid) == ["TASK_RUNNING", "TASK_KILLED"]
     pid = int(pidfile.read_text()) if pidfile.exists() and pidfile.read_text().strip() else None
-    nothing_left(root, isolation, *([pid] if pid else []))
+    await nothing_left(root, isolation, *([pid] if pid else []))
     # The agent is fine: the next task runs.
     t2 = new_task_id()
     master.run_task(framework(), command_task(t2, "true"))
@@ -438,7 +438,7 @@ async def test_a_command_that_cannot_start(
     assert failed.status.source == Source.SOURCE_AGENT
     assert "no-such-program" in failed.status.message
     assert master.states(tid) == ["TASK_FAILED"]
-    nothing_left(root, isolation)
+    await nothing_left(root, isolation)
     await no_exited_executor(master, tid)
     assert cluster.agent_rt.metrics.get("containerizer/launch_errors") == 1
 
@@ -466,7 +466,7 @@ async def test_shutting_down_the_framework_kills_its_tasks(
     assert k1.status.reason == k2.status.reason == Reason.REASON_FRAMEWORK_REMOVED
     assert k1.status.message == "Command terminated by signal SIGTERM"
     assert k2.status.message == "Command terminated by signal SIGKILL"
-    nothing_left(root, isolation, polite, *members)
+    await nothing_left(root, isolation, polite, *members)
     await no_exited_executor(master, t1)
     await no_exited_executor(master, t2)
     # Every update acknowledged, nothing running: the agent forgets the framework.

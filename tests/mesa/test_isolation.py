@@ -164,7 +164,7 @@ async def test_memory_hog_fails_with_the_memory_reason(
     assert TaskState.TASK_FINISHED not in master.states(tid)
     await ended(master, tid, command_tasks)
     # The container is gone: its cgroups too (the freezer's and memory's).
-    assert leftover_cgroups(root, mounts) == []
+    await wait_until(lambda: leftover_cgroups(root, mounts) == [])
     assert cluster.agent_rt.metrics.get("containerizer/limitations_memory") == 1
 
 
@@ -259,7 +259,7 @@ async def test_a_fork_bomb_stays_inside_its_pids_limit(cluster: Cluster, root: s
     await master.wait_state(tid, TaskState.TASK_KILLED)
     # A direct task's end is reported once its container is gone: processes, cgroups.
     assert not any(running(p) for p in members)
-    assert leftover_cgroups(root, mounts) == []
+    await wait_until(lambda: leftover_cgroups(root, mounts) == [])
 
 
 # --------------------------------------------------------------------------- destroy
@@ -287,7 +287,7 @@ async def test_a_double_forked_sleeper_dies_with_its_container(
     await ended(master, tid, command_tasks)
     # The containerizer reports the end only when its cgroups are empty.
     assert not running(escaped)
-    assert leftover_cgroups(root, mounts) == []
+    await wait_until(lambda: leftover_cgroups(root, mounts) == [])
 
 
 # --------------------------------------------------------------------------- posix
