@@ -259,3 +259,45 @@ async def test_spawned_child_actor_and_generated_ids(rt: Runtime) -> None:
     assert parent.child.id.startswith("recorder(")
     assert parent.child.address == rt.address
     assert rt.lookup(parent.child) is not None
+
+
+async def test_defer_runs_after_what_is_queued_and_before_what_comes_later(rt: Runtime) -> None:
+    class Burst(Journal):
+        """Collects a burst of notes and reports it once, as a deferred flush would."""
+
+        def __init__(self) -> None:
+            super().__init__("burst")
+            self.pending: list[str] = []
+
+        @handler("note")
+        def note(self, sender: UPID, body: Any) -> None:
+            self.journal.append(f"note:{body}")
+            self.pending.append(body)
+            if len(self.pending) == 1:
+                self.defer(self.flush, "end")
+
+        def flush(self, why: str) -> None:
+            self.journal.append(f"flush:{why}:{','.join(self.pending)}")
+            self.pending = []
+
+    libproc.Clock.pause()  # not a timer: a paused clock does not hold it
+    try:
+        burst = Burst()
+        pid = rt.spawn(burst)
+        await settle()
+        for body in ("a", "b", "c"):  # queued together: one burst
+            rt.send(pid, "note", body)
+        await settle()
+        rt.send(pid, "note", "d")  # later: a burst of its own
+        await settle()
+    finally:
+        libproc.Clock.resume()
+    assert burst.journal == [
+        "initialize",
+        "note:a",
+        "note:b",
+        "note:c",
+        "flush:end:a,b,c",
+        "note:d",
+        "flush:end:d",
+    ]

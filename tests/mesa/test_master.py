@@ -17,20 +17,27 @@ import libproc
 from libproc import Process, Runtime, handler
 from mesa.actors.agent import Agent
 from mesa.actors.master import Master, MasterFlags
-from mesa.info import FrameworkInfo
+from mesa.info import AgentInfo, FrameworkInfo, TaskStatus
 from mesa.messages import (
     AcceptOffers,
+    AgentRegistered,
     AllocatorRecoverResources,
     FrameworkError,
     KillTask,
+    PingAgent,
+    PongAgent,
+    RegisterAgent,
     RunTask,
     RunTasks,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
+    StatusUpdates,
 )
 from mesa.scheduler import SchedulerDriver
 from mesa.task_state import TaskState
 from tests.e2e.framework import Recorder, command_task
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -271,3 +278,92 @@ async def test_the_tasks_of_one_accept_reach_the_agent_in_one_message(setup: Set
         await fw.state_of("alone", TaskState.TASK_FINISHED)
     finally:
         await driver.stop()
+
+
+class BurstAgent(Process):
+    """An agent that answers a RunTasks with one StatusUpdates for all its tasks (RUNNING, or
+    what ``then`` says once those are acknowledged), as a real agent's streams do when its
+    tasks start and end together; records the acknowledgements it gets."""
+
+    def __init__(self, master: libproc.UPID) -> None:
+        super().__init__("agent")
+        self.master = master
+        self.acks: list[tuple[str, list[str]]] = []  # (message name, task ids)
+        self.tasks: list[str] = []
+        self.agent_id: str | None = None
+        self.framework_id = ""
+
+    def initialize(self) -> None:
+        info = AgentInfo(hostname="burst", resources="cpus:4;mem:512", port=self.pid.port)
+        self.send(self.master, RegisterAgent.NAME, RegisterAgent(info))
+
+    @handler(AgentRegistered.NAME)
+    def registered(self, sender: libproc.UPID, msg: AgentRegistered) -> None:
+        self.agent_id = msg.agent_id
+
+    @handler(PingAgent.NAME)
+    def ping(self, sender: libproc.UPID, msg: PingAgent) -> None:
+        self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
+
+    @handler(RunTasks.NAME)
+    def run(self, sender: libproc.UPID, msg: RunTasks) -> None:
+        self.framework_id = msg.framework.id
+        self.tasks = [t.task_id for t in msg.tasks]
+        self.report(TaskState.TASK_RUNNING)
+
+    def report(self, state: str) -> None:
+        updates = [
+            StatusUpdate(self.framework_id, TaskStatus(tid, state, uuid=f"{tid}/{state}".encode()))
+            for tid in self.tasks
+        ]
+        self.send(self.master, StatusUpdates.NAME, StatusUpdates(updates))
+
+    @handler(StatusUpdateAcknowledgements.NAME)
+    def acked_many(self, sender: libproc.UPID, msg: StatusUpdateAcknowledgements) -> None:
+        assert msg.agent_ids == [self.agent_id] * len(msg.task_ids)
+        assert [u.decode().split("/")[0] for u in msg.uuids] == msg.task_ids
+        self.acks.append((StatusUpdateAcknowledgements.NAME, list(msg.task_ids)))
+
+    @handler(StatusUpdateAcknowledgement.NAME)
+    def acked(self, sender: libproc.UPID, msg: StatusUpdateAcknowledgement) -> None:
+        self.acks.append((StatusUpdateAcknowledgement.NAME, [msg.task_id]))
+
+
+async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path: Path) -> None:
+    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
+        master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
+        master_rt.spawn(master)
+        agent = BurstAgent(master.pid)
+        agent_rt.spawn(agent)
+        fw = Recorder()
+        driver = SchedulerDriver(fw, FrameworkInfo(user="", name="burst"), master_rt.address)
+        await driver.start()
+        try:
+            offer = await fw.offer()
+            assert offer.agent_id == agent.agent_id
+            to_framework = libproc.expect_message(name=StatusUpdates.NAME, to=driver.pid)
+            tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(3)]
+            driver.launch_tasks([offer.id], tasks)
+            # The framework gets the three RUNNINGs in one message, and acknowledges them in one.
+            batch = (await to_framework).body
+            assert [u.status.task_id for u in batch.updates] == ["t0", "t1", "t2"]
+            await eventually(lambda: len(agent.acks) == 1)
+            assert agent.acks == [(StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])]
+            assert len(master.frameworks[fw.registered_ids[0]].tasks) == 3
+            # They end together: what they held goes back to the allocator in one recovery.
+            recovered = libproc.expect_message(
+                name=AllocatorRecoverResources.NAME, where=lambda m: m.sender == master.pid
+            )
+            agent.report(TaskState.TASK_FINISHED)
+            freed = (await recovered).body
+            assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:3;mem:192")
+            for i in range(3):
+                await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            await eventually(lambda: len(agent.acks) == 2)
+            assert agent.acks[1] == (StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])
+            # Acknowledged terminal updates: the master has forgotten the tasks.
+            framework = master.frameworks[fw.registered_ids[0]]
+            assert not framework.tasks and len(framework.completed) == 3
+            assert master_rt.metrics.get("master/status_update_acks") == 6
+        finally:
+            await driver.stop()
