@@ -102,7 +102,11 @@ class _Clock:
     @classmethod
     def now(cls) -> float:
         """Seconds on the (possibly paused) clock; monotonic, arbitrary origin."""
-        return cls._now_ns() / _NS
+        # (What _now_ns does, inline: actors ask this on hot paths, e.g. per status update.)
+        paused = cls._paused_ns
+        if paused is not None:
+            return paused / _NS
+        return (round(_get_running_loop().time() * _NS) + cls._offset_ns) / _NS
 
     @classmethod
     def paused(cls) -> bool:

@@ -64,6 +64,28 @@ class StatusUpdateStream:
     is not connected to a master) nothing is sent; :meth:`resume` sends the head at once.
     """
 
+    # One per live task, made and dropped for every task an agent runs: slots make that, and
+    # every attribute read on the update path, cheaper.
+    __slots__ = (
+        "_backoff",
+        "_backoff_max",
+        "_closed",
+        "_head_sent",
+        "_interval",
+        "_paused",
+        "_pending",
+        "_schedule",
+        "_seen",
+        "_send",
+        "_timer",
+        "acked",
+        "framework_id",
+        "retried",
+        "sent",
+        "task_id",
+        "terminated",
+    )
+
     def __init__(
         self,
         framework_id: str,

@@ -27,9 +27,10 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections import deque
 from typing import Any
 
-from libproc import UPID, Process, Timer, handler
+from libproc import UPID, Clock, Process, Timer, handler
 from mesa.info import TaskStatus
 from mesa.messages import (
     ContainerLaunched,
@@ -60,7 +61,12 @@ class SimContainerizer(Process):
         super().__init__(id)
         self.task_seconds = task_seconds
         self.containers: dict[str, tuple[UPID, UPID]] = {}  # cid -> (owner agent, executor)
-        self.tasks: dict[str, tuple[UPID, Timer]] = {}  # direct tasks: cid -> (owner, its end)
+        self.tasks: dict[str, UPID] = {}  # direct tasks running: cid -> its owner agent
+        # Every direct task runs task_seconds, so they end in the order they began: a FIFO of
+        # (end, cid) and one timer for its head, not a timer per task (which, thousands a
+        # second, was a good part of what the simulation cost the agent processes).
+        self._ends: deque[tuple[float, str]] = deque()
+        self._end_timer: Timer | None = None
         self.launched = 0
 
     @handler(LaunchContainer.NAME)
@@ -71,8 +77,10 @@ class SimContainerizer(Process):
             return
         env = msg.environment
         if "MESA_TASK_ID" in env:  # a direct task: no executor, the command "runs" for a while
-            timer = self.delay(self.task_seconds, self._task_done, cid)
-            self.tasks[cid] = (sender, timer)
+            self.tasks[cid] = sender
+            self._ends.append((Clock.now() + self.task_seconds, cid))
+            if self._end_timer is None:
+                self._end_timer = self.delay(self.task_seconds, self._tasks_done)
             self.launched += 1
             self.send(sender, ContainerLaunched.NAME, ContainerLaunched(cid, pid=next(_fake_pids)))
             return
@@ -90,15 +98,26 @@ class SimContainerizer(Process):
         self.launched += 1
         self.send(sender, ContainerLaunched.NAME, ContainerLaunched(cid, pid=next(_fake_pids)))
 
-    def _task_done(self, cid: str) -> None:
-        self._end_task(cid, status=0)
+    def _tasks_done(self) -> None:
+        """The head of the FIFO is due: end every task due by now (those killed or destroyed
+        meanwhile are gone already), and wait for the next."""
+        self._end_timer = None
+        ends = self._ends
+        now = Clock.now() + 0.001  # (a timer may fire up to the loop's resolution early)
+        while ends and ends[0][0] <= now:
+            self._end_task(ends.popleft()[1], status=0)
+        if ends:
+            self._end_timer = self.delay(max(0.0, ends[0][0] - Clock.now()), self._tasks_done)
+
+    def finalize(self) -> None:
+        if self._end_timer is not None:
+            self._end_timer.cancel()
 
     def _end_task(self, cid: str, status: int, destroyed: bool = False) -> None:
-        entry = self.tasks.pop(cid, None)
-        if entry is not None:
-            entry[1].cancel()
+        owner = self.tasks.pop(cid, None)
+        if owner is not None:
             self.send(
-                entry[0],
+                owner,
                 ContainerTerminated.NAME,
                 ContainerTerminated(cid, status=status, destroyed=destroyed),
             )

@@ -387,6 +387,7 @@ class Agent(Process):
         self._registration_delay = registration_backoff
         self._ping_interval: float | None = None
         self._ping_timer: Timer | None = None
+        self._last_ping = 0.0  # Clock time of the last ping from the master
         self._frameworks: dict[str, _Framework] = {}
         self._completed_frameworks: deque[_Framework] = deque(maxlen=50)
         self._containers: dict[str, _Executor] = {}
@@ -590,6 +591,9 @@ class Agent(Process):
             self._registration_timer = None
         self._registration_delay = self.registration_backoff
         self._ping_interval = float(ping_interval)
+        if self._ping_timer is not None:  # armed for the old interval, which may be longer
+            self._ping_timer.cancel()
+            self._ping_timer = None
         self._reset_ping_timer()
         self._updates.resume()
 
@@ -608,12 +612,27 @@ class Agent(Process):
             self._register()
 
     def _reset_ping_timer(self) -> None:
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-        if self._ping_interval is not None:
+        """The master is alive: it has ``max_missed_pings`` intervals from now to ping again.
+
+        A ping only notes the time; the one timer, when it fires, arms itself again for what
+        is left. (Cancelling it and arming a new one on every ping made a timer and a dead
+        heap entry per ping: thousands a second where thousands of agents share a process.)
+        """
+        self._last_ping = Clock.now()
+        if self._ping_timer is None and self._ping_interval is not None:
             self._ping_timer = self.delay(
-                self._ping_interval * self.max_missed_pings, self._ping_timed_out
+                self._ping_interval * self.max_missed_pings, self._ping_deadline
             )
+
+    def _ping_deadline(self) -> None:
+        self._ping_timer = None
+        if self._ping_interval is None:
+            return
+        left = self._last_ping + self._ping_interval * self.max_missed_pings - Clock.now()
+        if left > 0.001:  # (a timer may fire up to the loop's resolution early)
+            self._ping_timer = self.delay(left, self._ping_deadline)
+            return
+        self._ping_timed_out()
 
     def _ping_timed_out(self) -> None:
         self._ping_timer = None

@@ -32,7 +32,7 @@ from agent_harness import (
     wait_until,
 )
 
-from libproc import UPID
+from libproc import UPID, Clock, settle
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus
 from mesa.messages import (
@@ -167,6 +167,32 @@ async def test_missing_pings_mean_the_master_is_gone(cluster: Cluster):
     rereg = (await master.wait_for(ReregisterAgent.NAME))[0]
     assert rereg.agent.id == "agent-1"
     assert cluster.agent_rt.metrics.get("agent/disconnections") >= 1
+
+
+async def test_pings_keep_the_agent_connected_and_their_absence_does_not(cluster: Cluster):
+    # Pings every 10 s: the agent gives up after 5 intervals without one (50 s, paused time).
+    master = await cluster.start_master(ping_interval=10.0)
+    await cluster.start_agent()
+    await master.wait_for(RegisterAgent.NAME)
+    await wait_until(lambda: cluster.agent.registered)
+    Clock.pause()
+    try:
+        for n in range(1, 7):  # 6 pings 30 s apart: 180 s in all, far past one deadline
+            master.send(master.agent, PingAgent.NAME, PingAgent())
+            await master.wait_for(PongAgent.NAME, count=n)
+            Clock.advance(30.0)
+            await settle()
+        assert cluster.agent.registered
+        assert cluster.agent_rt.metrics.get("agent/disconnections") == 0
+        Clock.advance(19.0)  # 49 s since the last ping: not yet
+        await settle()
+        assert cluster.agent_rt.metrics.get("agent/disconnections") == 0
+        Clock.advance(1.01)  # 50 s (and then some: the deadline is float arithmetic): gone
+        await settle()
+        assert cluster.agent_rt.metrics.get("agent/disconnections") == 1
+        await master.wait_for(ReregisterAgent.NAME)  # (and back at once: the fake answers)
+    finally:
+        Clock.resume()
 
 
 async def test_a_master_that_does_not_know_the_agent_gets_it_back(cluster: Cluster):
