@@ -1074,9 +1074,11 @@ class Agent(Process):
     def _collect_sandbox(self, executor: _Executor) -> None:
         """Its container is gone: its sandbox goes after ``gc_delay`` (and, for an executor, the
         ``runs`` and executor directories above it, if that leaves them empty)."""
+        if executor.direct:
+            self._sandboxes.add(executor.sandbox)
+            return
         runs = os.path.dirname(executor.sandbox)
-        parents = () if executor.direct else (runs, os.path.dirname(runs))
-        self._sandboxes.add(executor.sandbox, parents)
+        self._sandboxes.add(executor.sandbox, (runs, os.path.dirname(runs)))
 
     def _maybe_remove_framework(self, framework: _Framework) -> None:
         """Forget a framework with no executors left, once its updates are delivered (or, when
