@@ -717,6 +717,11 @@ class _Server:
                     while b"\n" in self.buf:
                         line, _, self.buf = self.buf.partition(b"\n")
                         self.handle(json.loads(line), (stdin, wake_r, wake_w))
+                        if self.lines and b"\n" in self.buf:
+                            # More to start: say what is started so far first. Each start
+                            # waits for its child's exec, and the agent should not wait for
+                            # the whole burst to hear of the first.
+                            self.flush()
             self.reap()
             self.flush()
             if not open_:
