@@ -32,14 +32,19 @@ from agent_harness import (
     wait_until,
 )
 
-from libproc import UPID, Clock, settle
+from libproc import UPID, Clock, Process, Runtime, handler, settle
+from libproc import dispatch as libproc_dispatch
+from mesa.actors.agent import Agent
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus
 from mesa.messages import (
+    ContainerLaunched,
+    ContainerTerminated,
     ExecutorToFramework,
     ExitedExecutor,
     FrameworkToExecutor,
     KillTask,
+    LaunchContainer,
     PingAgent,
     PongAgent,
     RegisterAgent,
@@ -710,3 +715,62 @@ async def test_agent_stop_destroys_its_containers(cluster: Cluster, tmp_path: Pa
     executor_pid = state["frameworks"][0]["executors"][0]["os_pid"]
     await cluster.stop_agent()
     await wait_gone(pid, executor_pid)
+
+
+# ------------------------------------------------------------------------- updates in bursts
+
+
+class InstantContainerizer(Process):
+    """Launches every container at once and ends them all when told: what a burst of tasks
+    that start together and end together looks like to the agent."""
+
+    def __init__(self) -> None:
+        super().__init__("containerizer")
+        self.running: dict[str, UPID] = {}
+
+    @handler(LaunchContainer.NAME)
+    def launch(self, sender: UPID, msg: LaunchContainer) -> None:
+        self.running[msg.container_id] = sender
+        self.send(sender, ContainerLaunched.NAME, ContainerLaunched(msg.container_id, pid=1))
+
+    def end_all(self) -> None:
+        for cid, owner in self.running.items():
+            self.send(owner, ContainerTerminated.NAME, ContainerTerminated(cid, status=0))
+        self.running.clear()
+
+
+async def test_updates_made_together_go_to_the_master_together(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    master = await cluster.start_master()
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        containerizer = InstantContainerizer()
+        agent = Agent(
+            UPID("master", "127.0.0.1", cluster.master_port),
+            tmp_path / "work",
+            resources="cpus:4;mem:1024",
+            containerizer=rt.spawn(containerizer),
+        )
+        rt.spawn(agent)
+        await master.wait_for(RegisterAgent.NAME)
+        await wait_until(lambda: agent.registered)
+        tasks = [command_task(f"b{i}", "true") for i in range(3)]
+        master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
+        running = await master.wait_for(
+            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_RUNNING, count=3
+        )
+        assert [u.status.task_id for u in running] == ["b0", "b1", "b2"]
+        assert master.batches == 1  # one StatusUpdates, acknowledged with one message
+        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
+        # They end together: their TASK_FINISHEDs go together too.
+        await libproc_dispatch(containerizer.pid, containerizer.end_all)
+        finished = await master.wait_for(
+            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
+        )
+        assert {u.status.task_id for u in finished} == {"b0", "b1", "b2"}
+        assert master.batches == 2
+        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 6)
+        assert rt.metrics.get("agent/status_updates_retried") == 0
+    finally:
+        await rt.stop()
+        await cluster.stop_master()
