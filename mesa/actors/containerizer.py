@@ -179,7 +179,9 @@ class Containerizer(Process):
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
         self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
-        self._releases: set[asyncio.Task[None]] = set()  # isolator cleanups after a report
+        # Isolator cleanups after a report, by container: a launch that reuses the id of one
+        # waits for it (its cgroups are removed before they are made again).
+        self._releases: dict[str, asyncio.Task[None]] = {}
         self._found: dict[tuple[str, str | None], float] = {}  # executables seen, until when
         # An isolator that knows every process of a container (a cgroup's members, escaped
         # sessions included) makes the scan of every process on the machine for the session
@@ -345,6 +347,9 @@ class Containerizer(Process):
         self._reply_launched(sender, cid, error=why)
 
     async def _start(self, container: _Container, msg: LaunchContainer) -> None:
+        release = self._releases.get(container.id)
+        if release is not None:  # an earlier container of that id is still being cleaned up
+            await asyncio.shield(release)
         executable, argv = command_argv(msg.executor.command)
         sandbox = container.sandbox
         overlay = self._overlay(container, msg)
@@ -667,8 +672,10 @@ class Containerizer(Process):
         # report and outside this actor: a burst of ends then reaches the master before the
         # burst's cgroups are removed, not after, and launches meanwhile are not held up.
         release = asyncio.get_running_loop().create_task(self._release(cid))
-        self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
+        self._releases[cid] = release
+        release.add_done_callback(
+            lambda done: self._releases.pop(cid) if self._releases.get(cid) is done else None
+        )
 
     async def _release(self, cid: str) -> None:
         for isolator in reversed(self.isolators):
@@ -899,7 +906,7 @@ class Containerizer(Process):
         if containers:
             self.log.info("containers_destroyed_on_exit", count=len(containers))
         if self._releases:  # cleanups of containers that ended: done before the isolators go
-            await asyncio.gather(*self._releases, return_exceptions=True)
+            await asyncio.gather(*self._releases.values(), return_exceptions=True)
         for z in self.zygotes:
             await z.stop()
         for isolator in self._spawned:

@@ -287,6 +287,48 @@ async def test_a_burst_is_shared_by_the_zygotes(tmp_path: Path):
         kill_leftovers(list(tmp_path.rglob("*.pid")))
 
 
+class HeldCleanup(RecordingIsolator):
+    """Its cleanup waits for the test to let it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def cleanup(self, container_id: str) -> None:
+        self.calls.append(("cleanup>", container_id))
+        await self.release.wait()
+        self.calls.append(("cleanup", container_id))
+
+
+async def test_an_id_used_again_waits_for_the_cleanup_of_its_last_container(tmp_path: Path):
+    # The end is reported before the isolators clean up (one after another, the last first).
+    # A launch of the same id meanwhile must not prepare (make cgroups) in an isolator whose
+    # cleanup has not come yet, and would then remove them under the new container.
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        first, held = RecordingIsolator(), HeldCleanup()
+        containerizer = Containerizer([first, held], kill_wait=5.0)
+        bed = Bed(rt, owner, rt.spawn(containerizer), tmp_path, first)
+        bed.launch("again", "exit 0")
+        assert (await bed.terminated("again")).status == 0
+        await wait_until(lambda: ("cleanup>", "again") in held.calls)
+        del owner.launched["again"], owner.terminated["again"]
+        bed.launch("again", "exit 3")
+        await wait_until(lambda: "again" in containerizer._containers)  # its start is under way
+        for _ in range(20):  # (rounds of the loop, for a start that would not wait)
+            await asyncio.sleep(0)
+        assert [c for c in first.calls if c[0] == "prepare"] == [("prepare", "again")]
+        held.release.set()
+        assert (await bed.terminated("again")).status == 3
+        for isolator in (first, held):
+            steps = [c[0] for c in isolator.calls if c[0] in ("prepare", "cleanup")]
+            assert steps == ["prepare", "cleanup", "prepare", "cleanup"], isolator
+    finally:
+        await rt.stop()
+
+
 async def test_a_zygote_that_dies_mid_burst_runs_no_command_twice(bed: Bed):
     log = bed.tmp / "started"
     n = 30
