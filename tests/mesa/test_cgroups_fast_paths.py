@@ -157,16 +157,23 @@ def test_co_mounted_v1_controllers_share_one_directory(tmp_path: Path):
     assert cpu._v1("c1") is groups
 
 
-async def test_swap_is_looked_up_once_per_isolator(
-    bed: Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(cgroups_module, "_swap_present", lambda: True)
+async def fake_mem_with_swap_file(bed: Bed, tmp_path: Path) -> tuple[CgroupsMemIsolator, Path]:
+    """cgroups/mem on a fake v2 tree, and the tree's root, where container c1 has a
+    ``memory.swap.max`` (a fake tree has a file once written)."""
     mounts = fake_v2(tmp_path)
     mem = bed.add(CgroupsMemIsolator(IsolationOptions(cgroups_root="mesa/m"), mounts=mounts))
     await bed.call(mem, "recover", set())
     root = mounts.v2 / "mesa" / "m"  # type: ignore[operator]
     (root / "c1").mkdir()
     (root / "c1" / "memory.swap.max").write_text("max")
+    return mem, root
+
+
+async def test_swap_is_looked_up_once_per_isolator(
+    bed: Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(cgroups_module, "_swap_present", lambda: True)
+    mem, root = await fake_mem_with_swap_file(bed, tmp_path)
     await bed.call(mem, "_run_prepare", "c1", config(tmp_path, "c1", "mem:64"))
     assert (root / "c1" / "memory.swap.max").read_text() == "0"
     assert mem._swap is True
@@ -183,12 +190,7 @@ async def test_swap_is_limited_once_the_machine_has_some(
     next poll limits every container already running."""
     swap = [False]
     monkeypatch.setattr(cgroups_module, "_swap_present", lambda: swap[0])
-    mounts = fake_v2(tmp_path)
-    mem = bed.add(CgroupsMemIsolator(IsolationOptions(cgroups_root="mesa/m"), mounts=mounts))
-    await bed.call(mem, "recover", set())
-    root = mounts.v2 / "mesa" / "m"  # type: ignore[operator]
-    (root / "c1").mkdir()
-    (root / "c1" / "memory.swap.max").write_text("max")
+    mem, root = await fake_mem_with_swap_file(bed, tmp_path)
     await bed.call(mem, "_run_prepare", "c1", config(tmp_path, "c1", "mem:64"))
     assert (root / "c1" / "memory.swap.max").read_text() == "max"
     assert (root / "c1" / "memory.max").read_text() == str(64 * MB)

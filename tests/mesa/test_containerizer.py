@@ -112,6 +112,13 @@ class Bed:
     def destroy(self, cid: str) -> None:
         self.owner.send(self.containerizer, DestroyContainer.NAME, DestroyContainer(cid))
 
+    async def destroy_all(self, ids: list[str]) -> None:
+        """Destroy them and wait until each is reported gone."""
+        for cid in ids:
+            self.destroy(cid)
+        for cid in ids:
+            await self.terminated(cid)
+
 
 @pytest.fixture
 async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
@@ -278,10 +285,7 @@ async def test_a_burst_is_shared_by_the_zygotes(tmp_path: Path):
         metrics = rt.metrics
         assert metrics.get("containerizer/zygotes") == 2
         assert metrics.get("containerizer/zygote_executors_forked") == 8
-        for cid in ids:
-            bed.destroy(cid)
-        for cid in ids:
-            await bed.terminated(cid)
+        await bed.destroy_all(ids)
     finally:
         await rt.stop()
         kill_leftovers(list(tmp_path.rglob("*.pid")))
@@ -461,9 +465,6 @@ async def test_a_tiny_cfs_quota_never_holds_up_the_starter(tmp_path: Path):
                 # ... and the starters are in none of them.
                 assert not {str(z.pid) for z in containerizer.zygotes} & set(members)
             assert sum(z.forked for z in containerizer.zygotes) == len(ids)
-            for cid in ids:
-                bed.destroy(cid)
-            for cid in ids:
-                await bed.terminated(cid)
+            await bed.destroy_all(ids)
         finally:
             await rt.stop()
