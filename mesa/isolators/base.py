@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psutil
 
@@ -50,7 +51,13 @@ __all__ = [
     "Isolator",
     "LaunchInfo",
     "Limitation",
+    "MaybeAwaitable",
+    "settled",
 ]
+
+T = TypeVar("T")
+# What a hook returns: its value, or an awaitable of it (when it is a coroutine method).
+MaybeAwaitable = T | Awaitable[T]
 
 # As in Mesos: a container is never given less than this, whatever its resources say, because
 # an executor cannot run in less (and a zero would mean "no limit" to the kernel).
@@ -169,29 +176,36 @@ class Isolator(Process):
 
     # ------------------------------------------------------------------ hooks to override
 
-    async def recover(self, live: set[str]) -> None:
+    # Each hook may be a plain method or a coroutine method (``async def``), whichever suits it:
+    # the containerizer calls it with ``libproc.dispatch``, which awaits what needs awaiting. A
+    # plain one costs no task: the built-in isolators' per-container hooks do their work at
+    # once, and a task for each of them was a tenth of the agent's CPU per short task.
+
+    def recover(self, live: set[str]) -> MaybeAwaitable[None]:
         """At start: ``live`` containers survive (agent recovery); anything else this isolator
         finds from an earlier run must be killed and removed."""
         return None
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(
+        self, container_id: str, config: ContainerConfig
+    ) -> MaybeAwaitable[LaunchInfo | None]:
         """Before launch. May return environment and a command prefix for the executor."""
         return None
 
-    async def isolate(self, container_id: str, pid: int) -> None:
+    def isolate(self, container_id: str, pid: int) -> MaybeAwaitable[None]:
         """The executor process ``pid`` exists (and, if ``gated``, waits for us)."""
         return None
 
-    async def update(self, container_id: str, resources: Resources) -> None:
+    def update(self, container_id: str, resources: Resources) -> MaybeAwaitable[None]:
         """The container's resources changed (its executor gained or lost tasks)."""
         return None
 
-    async def usage(self, container_id: str) -> dict[str, float]:
+    def usage(self, container_id: str) -> MaybeAwaitable[dict[str, float]]:
         """Statistics in Mesos's ``ResourceStatistics`` names (``cpus_user_time_secs``,
         ``mem_rss_bytes``, ``mem_limit_bytes``, ``disk_used_bytes`` …)."""
         return {}
 
-    async def check(self, container_id: str) -> Limitation | None:
+    def check(self, container_id: str) -> MaybeAwaitable[Limitation | None]:
         """Look now: has the container hit a limit? (Asked when the executor has died, in case
         the kernel's OOM killer was faster than the watcher.) Default: what ``limit`` recorded."""
         future = self._limits.get(container_id)
@@ -199,16 +213,16 @@ class Isolator(Process):
             return future.result()
         return None
 
-    async def pids(self, container_id: str) -> set[int]:
+    def pids(self, container_id: str) -> MaybeAwaitable[set[int]]:
         """Every pid this isolator knows to be in the container."""
         return set()
 
-    async def kill(self, container_id: str) -> None:
+    def kill(self, container_id: str) -> MaybeAwaitable[None]:
         """Destroy is under way: SIGKILL every process of the container this isolator can see
         (a freezer first stops a fork bomb from outrunning the kill)."""
         return None
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         """Every process of the container is gone: release what ``prepare`` made."""
         return None
 
@@ -276,38 +290,55 @@ class Isolator(Process):
 
     # ------------------------------------------------------------------ driven by the containerizer
 
-    async def _run_prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def _run_prepare(
+        self, container_id: str, config: ContainerConfig
+    ) -> MaybeAwaitable[LaunchInfo | None]:
         """Bookkeeping around ``prepare``: the isolator remembers what it holds, so that
         ``finalize`` can clean it even if its containerizer could not."""
         self._known.add(container_id)
-        return await self.prepare(container_id, config)
+        return self.prepare(container_id, config)
 
-    async def _run_cleanup(self, container_id: str) -> None:
+    def _run_cleanup(self, container_id: str) -> MaybeAwaitable[None]:
+        """``cleanup``, then forget the container (once a cleanup that waits is over)."""
         try:
-            await self.cleanup(container_id)
+            pending = self.cleanup(container_id)
+        except BaseException:
+            self._forget(container_id)
+            raise
+        if inspect.isawaitable(pending):
+            return self._forget_after(pending, container_id)
+        self._forget(container_id)
+        return None
+
+    async def _forget_after(self, pending: Awaitable[None], container_id: str) -> None:
+        try:
+            await pending
         finally:
-            self._known.discard(container_id)
-            future = self._limits.pop(container_id, None)
-            if future is not None and not future.done():
-                future.cancel()
+            self._forget(container_id)
+
+    def _forget(self, container_id: str) -> None:
+        self._known.discard(container_id)
+        future = self._limits.pop(container_id, None)
+        if future is not None and not future.done():
+            future.cancel()
 
     async def finalize(self) -> None:
         """Going away (the agent stops, or the whole runtime): nothing this isolator holds may
         outlive it. Runs even when the containerizer is being torn down at the same moment."""
         for container_id in sorted(self._known):
             with contextlib.suppress(Exception):
-                await self.kill(container_id)
+                await settled(self.kill(container_id))
         for container_id in sorted(self._known):
             try:
                 await self._wait_empty(container_id, self.options.kill_wait)
-                await self._run_cleanup(container_id)
+                await settled(self._run_cleanup(container_id))
             except Exception as e:
                 self.log.warning("cleanup_on_exit_failed", container_id=container_id, error=repr(e))
-        await self.teardown()
+        await settled(self.teardown())
         for task in list(self._background):
             task.cancel()
 
-    async def teardown(self) -> None:
+    def teardown(self) -> MaybeAwaitable[None]:
         """After the last cleanup when the isolator stops: remove shared state (a cgroup root)."""
         return None
 
@@ -315,16 +346,23 @@ class Isolator(Process):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delay = 0.005
-        while any(_alive(pid) for pid in await self.pids(container_id)):
+        while any(_alive(pid) for pid in await settled(self.pids(container_id))):
             if loop.time() > deadline:
                 return False
-            await self.kill(container_id)
+            await settled(self.kill(container_id))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
         return True
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+async def settled(value: MaybeAwaitable[T]) -> T:
+    """What a hook returned, awaited if it is awaitable (a hook may be either kind)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _alive(pid: int) -> bool:

@@ -52,6 +52,8 @@ from mesa.isolators.base import (
     Isolator,
     LaunchInfo,
     Limitation,
+    MaybeAwaitable,
+    settled,
 )
 from mesa.isolators.cgroupfs import Mounts, V1Cgroup, V2Cgroup
 from mesa.resources import Resources
@@ -239,15 +241,15 @@ class CgroupsIsolator(Isolator):
         orphans -= self._known
         for container_id in sorted(orphans):
             self._known.add(container_id)
-            await self.kill(container_id)
+            await settled(self.kill(container_id))
             if not await self._wait_empty(container_id, self.options.kill_wait):
                 self.log.warning("orphan_not_empty", container_id=container_id)
-            await self._run_cleanup(container_id)
+            await settled(self._run_cleanup(container_id))
             self.metrics.inc(f"isolator/{self.name}/orphans_removed")
         if orphans:
             self.log.info("orphan_cgroups_removed", count=len(orphans), root=self.options.root)
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         for cg in self._distinct(container_id):
             cg.create()
         self._apply(container_id, config.resources, initial=True)
@@ -260,62 +262,72 @@ class CgroupsIsolator(Isolator):
             return None
         return LaunchInfo(cgroups=[cg.dir for cg in self._distinct(container_id)])
 
-    async def isolate(self, container_id: str, pid: int) -> None:
+    def isolate(self, container_id: str, pid: int) -> None:
         for cg in self._distinct(container_id):
             cg.add(pid)
 
-    async def update(self, container_id: str, resources: Resources) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         self._apply(container_id, resources, initial=False)
 
-    async def pids(self, container_id: str) -> set[int]:
+    def pids(self, container_id: str) -> set[int]:
         out: set[int] = set()
         for cg in self._distinct(container_id):
             out.update(cg.procs())
         return out
 
-    async def kill(self, container_id: str) -> None:
+    def kill(self, container_id: str) -> MaybeAwaitable[None]:
         # No existence check: a cgroup that is gone has no files, and both kills then do nothing.
         for cg in self._distinct(container_id):
             if isinstance(cg, V2Cgroup):
                 cg.kill()
             else:
                 cg.sweep()
+        return None
 
-    async def cleanup(self, container_id: str) -> None:
-        """Remove the container's cgroups, once they are empty (killing stragglers meanwhile)."""
-        try:
-            await self._remove(container_id)
-        finally:
-            self._groups.pop(container_id, None)
-
-    async def _remove(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
+        """Remove the container's cgroups, once they are empty (killing stragglers meanwhile):
+        at once when they are, as they nearly always are; else a coroutine that waits."""
         # Usually the containerizer has already seen the container empty: try rmdir first,
         # which the kernel refuses (EBUSY) while a process is inside, so reading cgroup.procs
         # beforehand would only confirm what it checks anyway.
         busy: list[V1Cgroup | V2Cgroup] = []
-        for cg in self._distinct(container_id):
-            try:
-                cg.remove()
-            except OSError:
-                busy.append(cg)
-        if not busy:
-            return
-        if not await self._wait_empty(container_id, self.options.kill_wait):
-            left = sorted(await self.pids(container_id))
-            self.log.warning("cgroup_not_empty", container_id=container_id, pids=left)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.kill_wait
-        for cg in busy:
-            while True:
+        try:
+            for cg in self._distinct(container_id):
                 try:
                     cg.remove()
-                    break
-                except OSError as e:
-                    # EBUSY: the kernel has not let go of the last exited member yet.
-                    if e.errno != errno.EBUSY or loop.time() > deadline:
-                        self.log.warning("cgroup_remove_failed", path=str(cg.path), error=repr(e))
+                except OSError:
+                    busy.append(cg)
+        except BaseException:
+            self._groups.pop(container_id, None)
+            raise
+        if not busy:
+            self._groups.pop(container_id, None)
+            return None
+        return self._remove_busy(container_id, busy)
+
+    async def _remove_busy(self, container_id: str, busy: list[V1Cgroup | V2Cgroup]) -> None:
+        """The slow path of cleanup: kill what is left, wait until the kernel lets go, rmdir."""
+        try:
+            if not await self._wait_empty(container_id, self.options.kill_wait):
+                left = sorted(self.pids(container_id))
+                self.log.warning("cgroup_not_empty", container_id=container_id, pids=left)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.options.kill_wait
+            for cg in busy:
+                while True:
+                    try:
+                        cg.remove()
                         break
-                    await asyncio.sleep(0.01)
+                    except OSError as e:
+                        # EBUSY: the kernel has not let go of the last exited member yet.
+                        if e.errno != errno.EBUSY or loop.time() > deadline:
+                            self.log.warning(
+                                "cgroup_remove_failed", path=str(cg.path), error=repr(e)
+                            )
+                            break
+                        await asyncio.sleep(0.01)
+        finally:
+            self._groups.pop(container_id, None)
 
     async def teardown(self) -> None:
         self._groups.clear()
@@ -357,9 +369,9 @@ class CgroupsCpuIsolator(CgroupsIsolator):
     def _birthplace(self, container_id: str) -> LaunchInfo | None:
         return None
 
-    async def isolate(self, container_id: str, pid: int) -> None:
+    def isolate(self, container_id: str, pid: int) -> None:
         try:
-            await super().isolate(container_id, pid)
+            super().isolate(container_id, pid)
         except ProcessLookupError:
             return  # (ungated: a short command may be over already; nothing to place)
 
@@ -416,9 +428,9 @@ class CgroupsCpuIsolator(CgroupsIsolator):
                 out["cpus_throttled_time_secs"] = stat.get("throttled_usec", 0) / 1e6
         return out
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         self._cpus.pop(container_id, None)
-        await super().cleanup(container_id)
+        return super().cleanup(container_id)
 
 
 # ====================================================================== cgroups/mem
@@ -474,7 +486,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
                         if self._has_swap(cg):
                             cg.write("memory.swap.max", 0)
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         for cg in self._distinct(container_id):
             cg.create()
         if self.version == 1:
@@ -585,10 +597,10 @@ class CgroupsMemIsolator(CgroupsIsolator):
         if limitation is not None:
             self.limit(container_id, limitation)
 
-    async def check(self, container_id: str) -> Limitation | None:
+    def check(self, container_id: str) -> MaybeAwaitable[Limitation | None]:
         if container_id in self._known:
             self._look(container_id)
-        return await super().check(container_id)
+        return super().check(container_id)
 
     def _oom(self, container_id: str) -> Limitation | None:
         """Out of memory? v1: ``oom_control`` (under_oom, oom_kill), else ``failcnt`` at the
@@ -656,10 +668,10 @@ class CgroupsMemIsolator(CgroupsIsolator):
                     out["mem_limit_bytes"] = limit
         return out
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         self._stop_listening(container_id)
         self._limit.pop(container_id, None)
-        await super().cleanup(container_id)
+        return super().cleanup(container_id)
 
     async def teardown(self) -> None:
         for container_id in list(self._eventfds):
@@ -692,7 +704,7 @@ class CgroupsPidsIsolator(CgroupsIsolator):
     def _cgroup(self, container_id: str) -> V1Cgroup | V2Cgroup:
         return self._distinct(container_id)[0]
 
-    async def kill(self, container_id: str) -> None:
+    def kill(self, container_id: str) -> MaybeAwaitable[None]:
         """Destroy is under way: ``pids.max`` 0 first, so no member can fork again, then
         SIGKILL every member. Each sweep then leaves fewer processes than it found (only a
         fork already past its ``pids`` charge can still land), so the containerizer's sweeps
@@ -701,7 +713,7 @@ class CgroupsPidsIsolator(CgroupsIsolator):
         if self.version == 1:
             with contextlib.suppress(OSError):  # (gone already: nothing left to stop)
                 self._cgroup(container_id).write("pids.max", 0)
-        await super().kill(container_id)
+        return super().kill(container_id)
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         if "pids" in resources.names():
@@ -742,7 +754,7 @@ class CgroupsFreezerIsolator(CgroupsIsolator):
 
     async def kill(self, container_id: str) -> None:
         if self.version == 2:
-            await super().kill(container_id)
+            await settled(super().kill(container_id))
             return
         cg = self._v1(container_id)["freezer"]
         if not cg.procs():  # empty, or gone (no cgroup.procs to read)

@@ -66,13 +66,13 @@ class DiskDuIsolator(Isolator):
         self._measuring: set[str] = set()
         self._timer: Timer | None = None
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         self._sandboxes[container_id] = config.sandbox
         self._set_limit(container_id, config.resources)
         self._arm()
         return None
 
-    async def update(self, container_id: str, resources: Resources) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         self._set_limit(container_id, resources)
 
     def _set_limit(self, container_id: str, resources: Resources) -> None:
@@ -127,7 +127,7 @@ class DiskDuIsolator(Isolator):
             out["disk_limit_bytes"] = self._quota[container_id]
         return out
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> None:
         self._sandboxes.pop(container_id, None)
         self._quota.pop(container_id, None)
         self._used.pop(container_id, None)

@@ -59,7 +59,7 @@ class PidNamespaceIsolator(Isolator):
         path, why = _probe()
         return None if path else why
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         path, why = _probe()
         if path is None:
             raise RuntimeError(f"namespaces/pid: {why}")

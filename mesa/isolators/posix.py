@@ -135,7 +135,7 @@ class _PosixBase(Isolator):
         self._leaders: dict[str, int] = {}
         self._procs: dict[str, dict[int, psutil.Process]] = {}
 
-    async def isolate(self, container_id: str, pid: int) -> None:
+    def isolate(self, container_id: str, pid: int) -> None:
         self._leaders[container_id] = pid
 
     def _processes(self, container_id: str) -> list[psutil.Process]:
@@ -160,7 +160,7 @@ class _PosixBase(Isolator):
             return set()
         return ProcessTable.shared().container(leader)
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> None:
         self._leaders.pop(container_id, None)
         self._procs.pop(container_id, None)
 
@@ -178,12 +178,12 @@ class PosixCpuIsolator(_PosixBase):
         self._cpus: dict[str, float] = {}
         self._high: dict[str, tuple[float, float]] = {}
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         if "cpus" in config.resources.names():
             self._cpus[container_id] = config.resources.scalar("cpus")
         return None
 
-    async def update(self, container_id: str, resources: Resources) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         if "cpus" in resources.names():
             self._cpus[container_id] = resources.scalar("cpus")
 
@@ -206,10 +206,10 @@ class PosixCpuIsolator(_PosixBase):
             out["cpus_limit"] = self._cpus[container_id]
         return out
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> None:
         self._cpus.pop(container_id, None)
         self._high.pop(container_id, None)
-        await super().cleanup(container_id)
+        super().cleanup(container_id)
 
 
 class PosixMemIsolator(_PosixBase):
@@ -224,11 +224,11 @@ class PosixMemIsolator(_PosixBase):
         self._peak: dict[str, int] = {}
         self._timer: Timer | None = None
 
-    async def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
         self._set_limit(container_id, config.resources)
         return None
 
-    async def update(self, container_id: str, resources: Resources) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         self._set_limit(container_id, resources)
 
     def _set_limit(self, container_id: str, resources: Resources) -> None:
@@ -236,8 +236,8 @@ class PosixMemIsolator(_PosixBase):
             limit = max(MIN_MEMORY_BYTES, int(resources.scalar("mem") * _MB))
             self._limit[container_id] = limit
 
-    async def isolate(self, container_id: str, pid: int) -> None:
-        await super().isolate(container_id, pid)
+    def isolate(self, container_id: str, pid: int) -> None:
+        super().isolate(container_id, pid)
         if container_id in self._limit:
             self._arm()
 
@@ -289,10 +289,10 @@ class PosixMemIsolator(_PosixBase):
             out["mem_limit_bytes"] = self._limit[container_id]
         return out
 
-    async def cleanup(self, container_id: str) -> None:
+    def cleanup(self, container_id: str) -> None:
         self._limit.pop(container_id, None)
         self._peak.pop(container_id, None)
-        await super().cleanup(container_id)
+        super().cleanup(container_id)
         if not self._limit and self._timer is not None:
             self._timer.cancel()
             self._timer = None
