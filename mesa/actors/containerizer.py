@@ -178,7 +178,6 @@ class Containerizer(Process):
         self._usage: dict[str, dict[str, float]] = {}
         self._usage_timer: Timer | None = None
         self._spawned: list[Isolator] = []
-        self._reports: set[asyncio.Task[None]] = set()  # dispatches back in from outside
         # Isolator cleanups after a report, by container: a launch that reuses the id of one
         # waits for it (its cgroups are removed before they are made again).
         self._releases: dict[str, asyncio.Task[None]] = {}
@@ -268,8 +267,9 @@ class Containerizer(Process):
         self._containers[cid] = container
         loop = asyncio.get_running_loop()
         container.starting = loop.create_task(self._start_safely(container, msg))
+        # Back into the actor when it is over (defer: a mailbox event, no task of its own).
         container.starting.add_done_callback(
-            lambda start: start.cancelled() or self._report(self._started, container, msg, start)
+            lambda start: start.cancelled() or self.defer(self._started, container, msg, start)
         )
 
     async def _start_safely(self, container: _Container, msg: LaunchContainer) -> Exception | None:
@@ -281,23 +281,12 @@ class Containerizer(Process):
             return e
         return None
 
-    def _report(self, fn: Any, *args: Any) -> None:
-        """From outside the actor (a loop callback): run ``fn(*args)`` inside it."""
-
-        async def call() -> None:
-            with contextlib.suppress(ProcessNotFound, ProcessTerminated):
-                await self.runtime.dispatch(self.pid, fn, *args)
-
-        task = asyncio.get_running_loop().create_task(call())
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
-
     def _started(
         self, container: _Container, msg: LaunchContainer, start: asyncio.Task[Exception | None]
     ) -> Awaitable[None] | None:
         """Back in the actor: the start succeeded (watch it) or failed (undo it, say why).
-        Synchronous when it succeeded, as it mostly does: a dispatch of a plain function costs
-        no task; the failure and the late kill return what the dispatch then awaits."""
+        Synchronous when it succeeded, as it mostly does: a deferred plain function costs no
+        task; the failure and the late kill return what the mailbox then awaits."""
         cid, sender = container.id, container.owner
         container.starting = None
         error = start.result()
