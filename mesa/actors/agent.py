@@ -318,6 +318,9 @@ class Agent(Process):
     tasks wrote) before it is removed (Mesos's ``--gc_delay``; a week by default).
     """
 
+    # Status updates in one StatusUpdates message, at most (a burst's are sent together).
+    updates_per_message: int = 1000
+
     def __init__(
         self,
         master: UPID | str,
@@ -1262,13 +1265,19 @@ class Agent(Process):
         if not outbox:
             return
         self._outbox = []
-        try:
-            if len(outbox) == 1:
-                self.send(self.master, StatusUpdate.NAME, outbox[0])
-            else:
-                self.send(self.master, StatusUpdates.NAME, StatusUpdates(outbox))
-        except Exception as e:  # back-pressure or a dead peer: the streams retry
-            self.log.warning("status_update_send_failed", error=repr(e), updates=len(outbox))
+        # At most updates_per_message to a message: a burst after a long outage (every stream
+        # resumed at once) must not make one message too big to send, or one that back-pressure
+        # refuses whole, time after time.
+        step = max(1, self.updates_per_message)
+        for start in range(0, len(outbox), step):
+            chunk = outbox[start : start + step]
+            try:
+                if len(chunk) == 1:
+                    self.send(self.master, StatusUpdate.NAME, chunk[0])
+                else:
+                    self.send(self.master, StatusUpdates.NAME, StatusUpdates(chunk))
+            except Exception as e:  # back-pressure or a dead peer: the streams retry
+                self.log.warning("status_update_send_failed", error=repr(e), updates=len(chunk))
 
     def _to_master(self, name: str, body: Any) -> None:
         """Send to the master, after the status updates waiting to go: what the agent says

@@ -739,7 +739,11 @@ class InstantContainerizer(Process):
         self.running.clear()
 
 
-async def test_updates_made_together_go_to_the_master_together(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_message,batches", [(1000, 1), (2, 1), (1, 0)])
+async def test_updates_made_together_go_to_the_master_together(
+    tmp_path: Path, per_message: int, batches: int
+) -> None:
+    # (With at most two to a message, the three go as a StatusUpdates of two and a lone one.)
     cluster = Cluster(tmp_path)
     master = await cluster.start_master()
     rt = await Runtime("127.0.0.1", 0).start()
@@ -751,6 +755,7 @@ async def test_updates_made_together_go_to_the_master_together(tmp_path: Path) -
             resources="cpus:4;mem:1024",
             containerizer=rt.spawn(containerizer),
         )
+        agent.updates_per_message = per_message
         rt.spawn(agent)
         await master.wait_for(RegisterAgent.NAME)
         await wait_until(lambda: agent.registered)
@@ -760,7 +765,7 @@ async def test_updates_made_together_go_to_the_master_together(tmp_path: Path) -
             StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_RUNNING, count=3
         )
         assert [u.status.task_id for u in running] == ["b0", "b1", "b2"]
-        assert master.batches == 1  # one StatusUpdates, acknowledged with one message
+        assert master.batches == batches  # StatusUpdates (each acknowledged with one message)
         await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
         # They end together: their TASK_FINISHEDs go together too.
         await libproc_dispatch(containerizer.pid, containerizer.end_all)
@@ -768,7 +773,7 @@ async def test_updates_made_together_go_to_the_master_together(tmp_path: Path) -
             StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
         )
         assert {u.status.task_id for u in finished} == {"b0", "b1", "b2"}
-        assert master.batches == 2
+        assert master.batches == 2 * batches
         await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 6)
         assert rt.metrics.get("agent/status_updates_retried") == 0
     finally:
