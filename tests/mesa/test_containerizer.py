@@ -161,6 +161,8 @@ async def test_launch_sets_up_the_sandbox_environment_and_session(bed: Bed):
     assert "SIGKILL" in end.message
     assert not running(pid)
     assert bed.isolator.calls[0] == ("recover",)
+    # The end is reported once every process is gone; the isolators clean up right after.
+    await wait_until(lambda: bed.isolator.steps("c1")[-1] == "cleanup")
     assert bed.isolator.steps("c1") == ["prepare", "isolate", "kill", "check", "cleanup"]
     assert bed.rt.metrics.get("containerizer/containers_destroyed") == 1
 
@@ -326,6 +328,7 @@ async def test_an_id_used_again_waits_for_the_cleanup_of_its_last_container(tmp_
         assert [c for c in first.calls if c[0] == "prepare"] == [("prepare", "again")]
         held.release.set()
         assert (await bed.terminated("again")).status == 3
+        await wait_until(lambda: held.calls[-1] == ("cleanup", "again"))  # (after the report)
         for isolator in (first, held):
             steps = [c[0] for c in isolator.calls if c[0] in ("prepare", "cleanup")]
             assert steps == ["prepare", "cleanup", "prepare", "cleanup"], isolator
