@@ -704,6 +704,46 @@ class CgroupsPidsIsolator(CgroupsIsolator):
     def _cgroup(self, container_id: str) -> V1Cgroup | V2Cgroup:
         return self._distinct(container_id)[0]
 
+    async def recover(self, live: set[str]) -> None:
+        await super().recover(live)
+        if self.version == 1:
+            await self._remove_old_freezer_cgroups(live)
+
+    async def _remove_old_freezer_cgroups(self, live: set[str]) -> None:
+        """An agent that ran with ``cgroups/freezer`` (the default before this isolator made
+        destroy airtight itself) may have left container cgroups in the freezer hierarchy,
+        which no isolator visits any more: kill what is in them and remove them, except the
+        ``live`` containers' (and those of a freezer isolator that is in use, which cleans its
+        own: it knows them)."""
+        mount = self.mounts.v1.get("freezer")
+        if mount is None or "freezer" not in self.mounts.v1_writable:
+            return
+        root = mount / self.options.root
+        try:
+            names = [p.name for p in root.iterdir() if p.is_dir()]
+        except OSError:
+            return  # (no such root: nothing was left there)
+        stale = [n for n in names if n not in live]
+        for name in sorted(stale):
+            cg = V1Cgroup("freezer", root / name)
+            with contextlib.suppress(OSError):
+                cg.thaw()  # (a frozen process cannot die)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.options.kill_wait
+            while True:
+                cg.sweep()
+                try:
+                    cg.remove()
+                    break
+                except OSError:
+                    if loop.time() > deadline:
+                        self.log.warning("old_freezer_cgroup_not_removed", path=str(cg.path))
+                        break
+                    await asyncio.sleep(0.01)
+        if stale:
+            self.log.info("old_freezer_cgroups_removed", count=len(stale), root=str(root))
+            self.metrics.inc("isolator/cgroups/pids/old_freezer_cgroups_removed", len(stale))
+
     def kill(self, container_id: str) -> MaybeAwaitable[None]:
         """Destroy is under way: ``pids.max`` 0 first, so no member can fork again, then
         SIGKILL every member. Each sweep then leaves fewer processes than it found (only a

@@ -471,9 +471,10 @@ async def test_a_third_party_isolator_loads_by_name(
 async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(
     cluster: Cluster, root: str, tmp_path: Path
 ):
-    mounts = need_cgroups(CgroupsMemIsolator, CgroupsPidsIsolator)
-    # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside.
-    stale = [mounts.v1[s] / root / "stale-container" for s in ("memory", "pids")]
+    mounts = need_cgroups(CgroupsMemIsolator, CgroupsPidsIsolator, CgroupsFreezerIsolator)
+    # What an agent killed with SIGKILL leaves: a container's cgroups, a process inside (in the
+    # freezer too: agents used to add cgroups/freezer to every cgroups isolation).
+    stale = [mounts.v1[s] / root / "stale-container" for s in ("freezer", "memory", "pids")]
     proc = await asyncio.create_subprocess_exec("sleep", "60")
     try:
         for path in stale:
@@ -484,6 +485,7 @@ async def test_an_agent_start_cleans_cgroups_a_dead_agent_left(
         await wait_until(lambda: not any(p.exists() for p in stale))
         metrics = await cluster.http_get("/metrics/snapshot")
         assert metrics["isolator/cgroups/mem/orphans_removed"] == 1
+        assert metrics["isolator/cgroups/pids/old_freezer_cgroups_removed"] == 1
     finally:
         if proc.returncode is None:
             proc.kill()
