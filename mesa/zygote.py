@@ -87,7 +87,7 @@ from typing import Any
 import psutil
 
 from libproc import get_logger
-from mesa.isolators.cgroupfs import own_v1_cgroups
+from mesa.isolators.cgroupfs import own_v1_cgroups, write_file
 from mesa.isolators.posix import ProcessTable
 from mesa.spawn import gated_argv
 
@@ -662,7 +662,8 @@ class _Server:
         # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
         self._home_fds: dict[str, int] = {}
-        self._me = str(os.getpid()).encode()
+        self._pid = os.getpid()
+        self._me = str(self._pid).encode()  # (for the tasks files it keeps open)
         self.subreaper = False  # (until serve() becomes one)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -838,11 +839,7 @@ class _Server:
                 mount = self._mount_of(path)
                 # Plain syscalls: a text-mode open() per write was most of the zygote's cost
                 # under cgroups (each builds a TextIOWrapper and looks up its codec).
-                fd = os.open(path + "/tasks", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, me)
-                finally:
-                    os.close(fd)
+                write_file(path + "/tasks", self._pid)
                 joined.append(mount)
             yield
         finally:

@@ -667,6 +667,7 @@ class Containerizer(Process):
         )
 
     async def _release(self, cid: str) -> None:
+        """Every isolator cleans up after the container, the last one first."""
         for isolator in reversed(self.isolators):
             await self._call_quiet(isolator, "_run_cleanup", cid)
 
@@ -843,8 +844,7 @@ class Containerizer(Process):
         for task in container.watches:
             task.cancel()
         container.watches.clear()
-        for isolator in reversed(self.isolators):
-            await self._call_quiet(isolator, "_run_cleanup", container.id)
+        await self._release(container.id)
 
     def _close_files(self, container: _Container) -> None:
         for f in container.files:

@@ -246,29 +246,33 @@ class SchedulerDriverProcess(Process):
         alone (an async callback is awaited before the next update's)."""
         if not self._live(sender, StatusUpdates.NAME) or not isinstance(msg.updates, list):
             return None
-        return self._each_update(iter(msg.updates))
+        updates = iter(msg.updates)
+        pending = self._until_pending(updates)
+        return None if pending is None else self._rest_of_updates(pending, updates)
 
-    def _each_update(self, updates: Iterator[Any]) -> Awaitable[None] | None:
+    def _until_pending(
+        self, updates: Iterator[Any], check_live: bool = False
+    ) -> Awaitable[None] | None:
+        """Handle ``updates`` in order until one's callback is a coroutine; that is returned,
+        the rest left in the iterator. ``check_live``: stop (leaving the rest unacknowledged:
+        the agent sends them again) once the driver is stopping or disconnected."""
         for update in updates:
+            if check_live and (self.stopping or not self.connected):
+                return None
             if not isinstance(update, StatusUpdate):
                 self.metrics.inc("scheduler/messages_ignored")
                 continue
             pending = self._one_update(update.status)
             if pending is not None:
-                return self._rest_of_updates(pending, updates)
+                return pending
         return None
 
-    async def _rest_of_updates(self, pending: Awaitable[None], updates: Iterator[Any]) -> None:
-        await pending
-        for update in updates:
-            if self.stopping or not self.connected:
-                return  # the rest are not acknowledged: the agent will send them again
-            if not isinstance(update, StatusUpdate):
-                self.metrics.inc("scheduler/messages_ignored")
-                continue
-            pending_next = self._one_update(update.status)
-            if pending_next is not None:
-                await pending_next
+    async def _rest_of_updates(
+        self, pending: Awaitable[None] | None, updates: Iterator[Any]
+    ) -> None:
+        while pending is not None:
+            await pending
+            pending = self._until_pending(updates, check_live=True)
 
     def _one_update(self, status: Any) -> Awaitable[None] | None:
         if not self.implicit_acknowledgements:

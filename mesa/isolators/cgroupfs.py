@@ -36,6 +36,7 @@ __all__ = [
     "Mounts",
     "V1Cgroup",
     "V2Cgroup",
+    "kill_and_remove",
     "make_dirs",
     "mounts",
     "purge",
@@ -255,29 +256,37 @@ def purge(root: str, where: Mounts | None = None, timeout: float = 5.0) -> list[
         dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
         for path in dirs:
             deadline = time.monotonic() + timeout
-            while True:
-                pids = _procs_of(path)
-                for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-                    if pids and (path / name).exists():
-                        with contextlib.suppress(OSError):
-                            (path / name).write_text(thawed)
-                if (path / "cgroup.kill").exists() and pids:
-                    with contextlib.suppress(OSError):
-                        (path / "cgroup.kill").write_text("1")
-                _kill_pids(pids)
-                try:
-                    os.rmdir(path)
+            while not kill_and_remove(path):
+                if time.monotonic() > deadline:
+                    failed.append(path)
                     break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        failed.append(path)
-                        break
-                    time.sleep(0.01)
+                time.sleep(0.01)
         mount = next(m for m in [*where.v1.values(), where.v2] if m and m in top.parents)
         remove_tree_upwards(top.parent, mount)
     return failed
+
+
+def kill_and_remove(path: Path) -> bool:
+    """One attempt at a cgroup nobody should be using any more (what a dead agent left): thaw
+    it, SIGKILL its members, ``rmdir`` it. True when it is gone; False while the kernel still
+    holds it (try again a moment later)."""
+    pids = _procs_of(path)
+    if pids:
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            if (path / name).exists():
+                with contextlib.suppress(OSError):
+                    (path / name).write_text(thawed)
+        if (path / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                (path / "cgroup.kill").write_text("1")
+        _kill_pids(pids)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def _procs_of(path: Path) -> list[int]:

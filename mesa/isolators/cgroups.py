@@ -444,7 +444,9 @@ class CgroupsMemIsolator(CgroupsIsolator):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._limit: dict[str, int] = {}
-        self._eventfds: dict[str, tuple[int, int]] = {}  # container -> (eventfd, oom_control fd)
+        # container -> (eventfd, oom_control fd); None: tried once, the kernel would not (the
+        # poller keeps looking at it, and does not try again every round).
+        self._eventfds: dict[str, tuple[int, int] | None] = {}
         self._timer: Timer | None = None
         # Whether the kernel accounts swap (v1 memory.memsw.*, v2 memory.swap.max): the same
         # for every cgroup of the hierarchy, so looked up once, in the first container.
@@ -539,6 +541,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
         try:
             efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         except (AttributeError, OSError) as e:  # pragma: no cover - very old kernels
+            self._eventfds[container_id] = None
             self.log.info("oom_eventfd_unavailable", error=repr(e))
             return
         try:
@@ -550,6 +553,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
                 raise
         except OSError as e:
             os.close(efd)
+            self._eventfds[container_id] = None
             self.log.info("oom_eventfd_unavailable", error=repr(e))
             return
         self._eventfds[container_id] = (efd, ofd)
@@ -724,22 +728,14 @@ class CgroupsPidsIsolator(CgroupsIsolator):
         except OSError:
             return  # (no such root: nothing was left there)
         stale = [n for n in names if n not in live]
+        loop = asyncio.get_running_loop()
         for name in sorted(stale):
-            cg = V1Cgroup("freezer", root / name)
-            with contextlib.suppress(OSError):
-                cg.thaw()  # (a frozen process cannot die)
-            loop = asyncio.get_running_loop()
             deadline = loop.time() + self.options.kill_wait
-            while True:
-                cg.sweep()
-                try:
-                    cg.remove()
+            while not cgroupfs.kill_and_remove(root / name):
+                if loop.time() > deadline:
+                    self.log.warning("old_freezer_cgroup_not_removed", path=str(root / name))
                     break
-                except OSError:
-                    if loop.time() > deadline:
-                        self.log.warning("old_freezer_cgroup_not_removed", path=str(cg.path))
-                        break
-                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)
         if stale:
             self.log.info("old_freezer_cgroups_removed", count=len(stale), root=str(root))
             self.metrics.inc("isolator/cgroups/pids/old_freezer_cgroups_removed", len(stale))
