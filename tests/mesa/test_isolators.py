@@ -283,7 +283,7 @@ async def test_destroy_leaves_nothing_of_a_gated_container(tmp_path: Path, versi
             await wait_until(lambda: "c1" in owner.terminated)
             assert owner.terminated["c1"].destroyed and owner.terminated["c1"].reason is None
             assert not running(escaped)
-            assert not cgroup.exists()
+            await wait_until(lambda: not cgroup.exists())  # (removed right after the report)
         finally:
             await rt.stop()
             kill_leftovers([pidfile])
