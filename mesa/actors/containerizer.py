@@ -56,7 +56,7 @@ from libproc import (
     route,
 )
 from mesa import exit_status
-from mesa.commands import command_argv
+from mesa.commands import command_argv, simple_command
 from mesa.isolators.base import (
     ContainerConfig,
     ContainerLimited,
@@ -182,6 +182,9 @@ class Containerizer(Process):
         # waits for it (its cgroups are removed before they are made again).
         self._releases: dict[str, asyncio.Task[None]] = {}
         self._found: dict[tuple[str, str | None], float] = {}  # executables seen, until when
+        # Programs that simple shell commands run without the shell: (name, PATH) -> (where it
+        # is, or None when the shell must run it), until when.
+        self._programs: dict[tuple[str, str], tuple[str | None, float]] = {}
         # An isolator that knows every process of a container (a cgroup's members, escaped
         # sessions included) makes the scan of every process on the machine for the session
         # redundant.
@@ -362,6 +365,15 @@ class Containerizer(Process):
                 prefix.extend(info.command_prefix)
                 if info.cgroups:
                     birthplace[isolator] = info.cgroups
+        command = msg.executor.command
+        words = simple_command(command.value) if command.shell else None
+        program = self._program(words[0], overlay) if words else None
+        if words and program is not None:
+            # What `sh -c` would only have looked up and run, run without it (and without the
+            # fork it makes first): see mesa.commands. PWD is what dash would have exported.
+            executable, argv = program, words
+            overlay["PWD"] = str(sandbox)
+            self.metrics.inc("containerizer/shell_skipped")
         if prefix:
             # The launcher runs the command by path; argv[0] becomes that path.
             executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
@@ -433,6 +445,22 @@ class Containerizer(Process):
         if container.gate is not None:
             os.write(container.gate, b"go\n")
             self._close_gate(container)
+
+    def _program(self, name: str, overlay: dict[str, str]) -> str | None:
+        """Where ``exec`` finds ``name`` on the container's ``PATH``, if it can run it itself;
+        None leaves the command to the shell. Believed for a second, as :attr:`_found` is."""
+        path = overlay.get("PATH", self._base_env.get("PATH"))
+        if path is None:
+            return None  # (the shell has a PATH of its own then)
+        now = time.monotonic()
+        seen = self._programs.get((name, path))
+        if seen is not None and seen[1] >= now:
+            return seen[0]
+        found = _exec_target(name, path)
+        if len(self._programs) > 1024:
+            self._programs.clear()
+        self._programs[name, path] = (found, now + 1.0)
+        return found
 
     def _pick_zygote(self) -> Zygote | None:
         """The zygote with the fewest spawns in flight (the next in turn among equals); None
@@ -974,6 +1002,24 @@ def _check_executable(executable: str, path: str | None) -> None:
     elif shutil.which(executable, path=path or os.defpath) is not None:
         return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), executable)
+
+
+def _exec_target(name: str, path: str) -> str | None:
+    """The absolute path of the file ``exec`` would run for ``name`` (a bare name searched on
+    ``path``, or an absolute path), when ``exec`` can run it: a binary, or a script with a
+    ``#!`` line. A script without one the shell would read itself, and a name it cannot find
+    gets the shell's own "not found" and status 127: both stay with the shell."""
+    found = name if name.startswith("/") else shutil.which(name, path=path)
+    if found is None or not found.startswith("/"):
+        return None
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        return None
+    try:
+        with open(found, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return found if head.startswith((b"\x7fELF", b"#!")) else None
 
 
 def _parse_resources(text: Any) -> Resources:

@@ -198,6 +198,47 @@ async def test_an_executor_exiting_takes_its_leftovers_with_it(bed: Bed):
     assert not running(left)
 
 
+async def test_a_simple_command_runs_without_the_shell(bed: Bed):
+    # `sleep` is the container's process itself: no sh in between (which would fork first).
+    bed.launch("s1", "sleep 60")
+    launched = await bed.launched("s1")
+    proc = psutil.Process(launched.pid)
+    assert proc.cmdline() == ["sleep", "60"]
+    assert os.path.basename(proc.exe()) == "sleep"
+    assert os.getsid(launched.pid) == launched.pid  # still a session of its own
+    assert bed.rt.metrics.get("containerizer/shell_skipped") == 1
+    bed.destroy("s1")
+    assert (await bed.terminated("s1")).status == -9
+    # What the shell would have exported, it gets: its working directory as PWD.
+    sandbox = bed.launch("s2", "env")
+    assert (await bed.terminated("s2")).status == 0
+    lines = (sandbox / "stdout").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert env["PWD"] == str(sandbox)
+    assert env["MESA_CONTAINER_ID"] == "s2"
+
+
+async def test_the_shell_keeps_what_only_it_can_run(bed: Bed):
+    # A builtin; a program nobody can find (the shell's message, status 127); a script
+    # without a #! line, which exec refuses and the shell reads itself.
+    bin_dir = bed.tmp / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "no-hashbang"
+    script.write_text("echo ran by $0 > ran.txt\n")
+    script.chmod(0o755)
+    bed.launch("b1", "exit 3")
+    bed.launch("b2", "no-such-program-anywhere --flag")
+    sandbox = bed.launch(
+        "b3", "no-hashbang", environment={"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    )
+    assert (await bed.terminated("b1")).status == 3
+    assert (await bed.terminated("b2")).status == 127
+    assert "not found" in (bed.tmp / "b2" / "stderr").read_text()
+    assert (await bed.terminated("b3")).status == 0
+    assert (sandbox / "ran.txt").read_text().startswith("ran by")
+    assert bed.rt.metrics.get("containerizer/shell_skipped") == 0
+
+
 async def test_launch_errors_and_bad_requests(bed: Bed):
     bed.launch("c4", str(bed.tmp / "missing"), shell=False)
     failed = await bed.launched("c4")
