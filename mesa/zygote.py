@@ -911,15 +911,16 @@ class _Server:
 
     def reap(self) -> None:
         # Every child, not only those we started: the orphans we adopt must not stay zombies.
+        ended: list[dict[str, Any]] = []
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 self.execs.clear()
-                return
+                break
             if pid == 0:
-                return
+                break
             self.execs.discard(pid)
             cid = self.children.pop(pid, None)
             if cid is None:
@@ -927,20 +928,25 @@ class _Server:
             gate = self.gates.pop(cid, None)
             if gate is not None:
                 os.close(gate[0])
-            msg: dict[str, Any] = {
-                "op": "exited",
-                "id": cid,
-                "pid": pid,
-                "status": os.waitstatus_to_exitcode(status),
-                # CPU seconds of the executor and of the tasks it reaped: what a task costs.
-                "cpu": usage.ru_utime + usage.ru_stime,
-            }
-            if self.subreaper:
-                # Read now, for this child: its orphans were ours before it could be reaped, and
-                # a list read for an earlier exit of this round could predate them.
-                adopted = self.adopted()
-                if adopted is not None:
-                    msg["left"] = _left_by(pid, adopted)
+            ended.append(
+                {
+                    "op": "exited",
+                    "id": cid,
+                    "pid": pid,
+                    "status": os.waitstatus_to_exitcode(status),
+                    # CPU seconds of the executor and of the tasks it reaped: what a task costs.
+                    "cpu": usage.ru_utime + usage.ru_stime,
+                }
+            )
+        if ended and self.subreaper:
+            # Read once, after every reap of this round: a child's orphans are ours before it
+            # can be reaped, so this list holds what each of them left (one read of /proc, not
+            # one per child, in a burst of ends).
+            adopted = self.adopted()
+            if adopted is not None:
+                for msg in ended:
+                    msg["left"] = _left_by(msg["pid"], adopted)
+        for msg in ended:
             self.send(msg)
 
     def adopted(self) -> list[int] | None:
