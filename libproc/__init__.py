@@ -24,6 +24,7 @@ from libproc.runtime import (
     runtimes,
     settle,
     spawn,
+    submit,
     terminate,
     wait,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "runtimes",
     "settle",
     "spawn",
+    "submit",
     "terminate",
     "wait",
 ]

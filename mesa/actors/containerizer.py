@@ -235,12 +235,22 @@ class Containerizer(Process):
     async def _call(self, isolator: Isolator, method: str, *args: Any) -> Any:
         """Run an isolator hook in the isolator's own context — unless the isolator left that
         hook as the base class's no-op: a dispatch per hook per isolator per container adds up
-        to a good part of a short task's cost, and asking a no-op is pure overhead."""
+        to a good part of a short task's cost, and asking a no-op is pure overhead. (An idle
+        isolator runs a plain hook at once: see ``Runtime.submit``.)"""
         if method in _SKIPPABLE_HOOKS and getattr(type(isolator), method) is getattr(
             Isolator, method
         ):
             return None
-        return await self.runtime.dispatch(isolator.pid, getattr(isolator, method), *args)
+        return await self.runtime.submit(isolator.pid, getattr(isolator, method), *args)
+
+    def _submit(self, isolator: Isolator, method: str, *args: Any) -> asyncio.Future[Any]:
+        """The same, as a future (failing, not raising, when the isolator is gone)."""
+        try:
+            return self.runtime.submit(isolator.pid, getattr(isolator, method), *args)
+        except Exception as e:
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(e)
+            return failed
 
     async def _call_quiet(self, isolator: Isolator, method: str, *args: Any) -> Any:
         """The same, for hooks whose failure must not stop a destroy or a cleanup."""
@@ -348,17 +358,17 @@ class Containerizer(Process):
         config = ContainerConfig(container.id, sandbox, container.resources, msg.executor)
         prefix: list[str] = []
         birthplace: dict[Isolator, list[str]] = {}  # isolator -> the cgroups it can be born in
-        # Every isolator prepares at once, as in Mesos: each is an actor of its own, and one
-        # after another a launch would wait for a round of the loop per isolator, twice.
-        # (Results come back in the isolators' order; when one fails, the others still finish
+        # Every isolator prepares at once, as in Mesos: each is an actor of its own. Plain
+        # hooks of idle isolators are over before the next is asked (the futures come back
+        # done); only one that waits is waited for. (When one fails, the others still finish
         # before the failure is handled, so the cleanup that follows finds what they made.)
-        results = await asyncio.gather(
-            *(self._call(i, "_run_prepare", container.id, config) for i in self.isolators),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        futures = [self._submit(i, "_run_prepare", container.id, config) for i in self.isolators]
+        if not all(f.done() for f in futures):
+            await asyncio.wait(futures)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        results = [future.result() for future in futures]
         for isolator, info in zip(self.isolators, results, strict=True):
             if info is not None:
                 overlay.update({str(k): str(v) for k, v in info.environment.items()})

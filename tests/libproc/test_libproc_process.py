@@ -235,6 +235,98 @@ async def test_async_handler_holds_the_mailbox(rt: Runtime) -> None:
     ]
 
 
+class Counter(Process):
+    """Counts ``add`` messages; its methods are dispatch targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.seen: list[Any] = []
+        self.release = asyncio.Event()
+
+    @handler("add")
+    def add(self, sender: UPID, body: Any) -> None:
+        self.n += body
+        self.seen.append(body)
+
+    def value(self) -> int:
+        return self.n
+
+    def tell_myself(self, amount: int) -> int:
+        # A message to itself, sent while the dispatched call runs: handled after it, never
+        # inside it.
+        self.send(self.pid, "add", amount)
+        return self.n
+
+    def fail(self) -> None:
+        raise ValueError("no")
+
+    async def slowly(self) -> int:
+        await self.release.wait()
+        return self.n
+
+
+async def test_submit_runs_at_once_on_an_idle_actor(rt: Runtime) -> None:
+    counter = Counter()
+    pid = rt.spawn(counter)
+    await settle()
+    future = libproc.submit(pid, "value")
+    assert future.done() and future.result() == 0  # ran in this turn of the loop
+    # What it sends itself waits its turn: the call is over before the message is handled.
+    future = rt.submit(pid, counter.tell_myself, 5)
+    assert future.result() == 0 and counter.n == 0
+    assert await libproc.dispatch(pid, "value") == 5
+    # A failure goes to the caller; the actor keeps serving.
+    failed = rt.submit(pid, "fail")
+    with pytest.raises(ValueError, match="no"):
+        failed.result()
+    rt.send(pid, "add", 1)
+    assert await libproc.dispatch(pid, "value") == 6
+    with pytest.raises(libproc.ProcessNotFound):
+        rt.submit("nobody@" + rt.address, "value")
+
+
+async def test_submit_waits_behind_what_the_actor_has_queued(rt: Runtime) -> None:
+    counter = Counter()
+    pid = rt.spawn(counter)
+    for i in range(3):
+        rt.send(pid, "add", i)
+    future = rt.submit(pid, "value")
+    assert not future.done()  # three messages first
+    assert await within(future, "the dispatch behind the messages") == 3
+    assert counter.seen == [0, 1, 2]
+
+
+async def test_an_async_method_submitted_holds_the_actor(rt: Runtime) -> None:
+    counter = Counter()
+    pid = rt.spawn(counter)
+    await settle()
+    slow = rt.submit(pid, "slowly")
+    assert not slow.done()
+    rt.send(pid, "add", 7)
+    behind = rt.submit(pid, "value")
+    # Prove the loop has run plenty meanwhile: another actor handles 100 messages.
+    other = Recorder()
+    other_pid = rt.spawn(other)
+    for i in range(100):
+        rt.send(other_pid, "tick", i)
+    await other.wait_count(100)
+    assert counter.n == 0 and not behind.done()
+    counter.release.set()
+    assert await within(slow, "the async method") == 0
+    assert await within(behind, "the dispatch behind it") == 7
+
+
+async def test_gathered_submits_run_side_by_side(rt: Runtime) -> None:
+    counters = [Counter() for _ in range(3)]
+    pids = [rt.spawn(c) for c in counters]
+    await settle()
+    futures = [rt.submit(pid, "slowly") for pid in pids]
+    for c in counters:
+        c.release.set()
+    assert await within(asyncio.gather(*futures), "every async method") == [0, 0, 0]
+
+
 async def test_terminate_from_inside_a_handler(rt: Runtime) -> None:
     class Quitter(Process):
         @handler("quit")
