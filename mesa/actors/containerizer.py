@@ -663,9 +663,11 @@ class Containerizer(Process):
             return
         self._usage.pop(cid, None)
         # The kernel may have been quicker than the watcher (a v2 OOM kill of the whole group):
-        # each isolator that can report a limit looks now.
+        # each isolator that can report a limit looks now. Not after a clean exit: a command
+        # that says it succeeded did (as in Mesos, a limit counts once a watcher has seen it),
+        # and that is most containers, which then cost no reads of the limits' counters.
         for isolator in self.isolators:
-            if container.limitation is not None:
+            if container.limitation is not None or status == 0:
                 break
             if isolator.reports_limits:
                 found = await self._call_quiet(isolator, "check", cid)

@@ -452,6 +452,36 @@ async def test_an_isolator_s_limit_ends_the_container(tmp_path: Path, own_watch:
         await rt.stop()
 
 
+class LateIsolator(Isolator):
+    """Sees a limit only when asked at the end (as a v2 OOM kill of the whole group is seen)."""
+
+    name = "late"
+    reports_limits = True
+
+    def check(self, container_id: str) -> Limitation:
+        return LimitingIsolator.hit
+
+
+async def test_a_limit_seen_only_at_the_end_counts_unless_the_command_succeeded(tmp_path: Path):
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        cpid = rt.spawn(Containerizer([LateIsolator()], kill_wait=5.0))
+        bed = Bed(rt, owner, cpid, tmp_path, None)
+        bed.launch("failed", "exit 3")
+        bed.launch("succeeded", "exit 0")
+        failed = await bed.terminated("failed")
+        assert (failed.status, failed.reason) == (3, "REASON_CONTAINER_LIMITATION_MEMORY")
+        assert failed.message == "over the line"
+        # A command that says it succeeded did: nothing is read at its end.
+        succeeded = await bed.terminated("succeeded")
+        assert (succeeded.status, succeeded.reason) == (0, None)
+        assert succeeded.message == "Executor exited with status 0"
+    finally:
+        await rt.stop()
+
+
 async def test_a_limit_from_anyone_but_an_isolator_is_refused(bed: Bed):
     bed.launch("kept", "exec sleep 60")
     await bed.launched("kept")
