@@ -44,7 +44,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,10 +227,11 @@ class _Executor:
     container_resources: str = ""  # the total the container was last given
     kill_deadline: float | None = None  # a direct task being killed: when SIGKILL is due
     escalation: Timer | None = None  # ... and the timer that SIGKILLs it when that runs out
+    # Its executor id (info.executor_id; info never changes): read several times per update.
+    id: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.info.executor_id
+    def __post_init__(self) -> None:
+        self.id = self.info.executor_id
 
     def cancel_timers(self) -> None:
         for timer in self.timers:
@@ -809,7 +809,7 @@ class Agent(Process):
         first: TaskInfo,
         direct: bool = False,
     ) -> _Executor:
-        cid = str(uuid.uuid4())
+        cid = _container_id()
         if framework.directory is None:
             framework.directory = os.path.join(
                 self.work_dir, "agents", str(self.agent_id), "frameworks", framework.id
@@ -1571,6 +1571,16 @@ def _first_set(*values: Any) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             return float(value)
     return DEFAULT_KILL_GRACE_PERIOD
+
+
+def _container_id() -> str:
+    """A fresh version-4 UUID, as text: what ``str(uuid.uuid4())`` gives, for half of its
+    cost (a launch makes one; the UUID object would only be formatted and dropped)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _is_id(value: Any) -> bool:
