@@ -25,13 +25,12 @@ owner), exactly as the real containerizer does.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import deque
 from typing import Any
 
 from libproc import UPID, Clock, Process, Timer, handler
-from mesa.info import TaskStatus
+from mesa.info import TaskStatus, new_uuid_bytes
 from mesa.messages import (
     ContainerLaunched,
     ContainerTerminated,
@@ -235,7 +234,7 @@ class SimExecutor(Process):
             source=Source.SOURCE_EXECUTOR,
             executor_id=self.executor_id,
             timestamp=time.time(),
-            uuid=os.urandom(16),
+            uuid=new_uuid_bytes(),
         )
         self.unacked[status.uuid] = state != TaskState.TASK_RUNNING  # type: ignore[index]
         self.send(

@@ -63,6 +63,8 @@ from mesa.info import (
     FrameworkInfo,
     TaskInfo,
     TaskStatus,
+    new_uuid,
+    new_uuid_bytes,
 )
 from mesa.isolators import IsolationOptions, Isolator, resolve_isolation
 from mesa.messages import (
@@ -405,6 +407,7 @@ class Agent(Process):
         # Updates the streams sent since the last flush: they leave for the master together,
         # once the events queued now are handled (see _forward_update).
         self._outbox: list[StatusUpdate] = []
+        self._executor_env: dict[str, str] | None = None  # (once the pid is known)
         self.log = get_logger("mesa.agent")
 
     # ================================================================== lifecycle
@@ -809,7 +812,7 @@ class Agent(Process):
         first: TaskInfo,
         direct: bool = False,
     ) -> _Executor:
-        cid = _container_id()
+        cid = new_uuid()
         if framework.directory is None:
             framework.directory = os.path.join(
                 self.work_dir, "agents", str(self.agent_id), "frameworks", framework.id
@@ -826,13 +829,17 @@ class Agent(Process):
         )
         framework.executors[info.executor_id] = executor
         self._containers[cid] = executor
+        if self._executor_env is None:  # (what every executor is told alike, made once)
+            self._executor_env = {
+                "MESA_AGENT_PID": str(self.pid),
+                "MESA_AGENT_ENDPOINT": self.pid.address,
+                "MESA_EXECUTOR_REGISTRATION_TIMEOUT": str(self.executor_registration_timeout),
+                "MESA_EXECUTOR_SHUTDOWN_GRACE_PERIOD": str(self.executor_shutdown_grace_period),
+            }
         env = {
-            "MESA_AGENT_PID": str(self.pid),
-            "MESA_AGENT_ENDPOINT": self.pid.address,
+            **self._executor_env,
             "MESA_FRAMEWORK_ID": framework.id,
             "MESA_EXECUTOR_ID": info.executor_id,
-            "MESA_EXECUTOR_REGISTRATION_TIMEOUT": str(self.executor_registration_timeout),
-            "MESA_EXECUTOR_SHUTDOWN_GRACE_PERIOD": str(self.executor_shutdown_grace_period),
         }
         if direct:
             # Like Mesos's MESOS_TASK_ID: a command can tell which task it is.
@@ -1209,7 +1216,7 @@ class Agent(Process):
             agent_id=self.agent_id,
             executor_id=executor.id if executor else None,
             timestamp=time.time(),
-            uuid=os.urandom(16),  # (what a UUID is made of, without making one)
+            uuid=new_uuid_bytes(),
         )
         self._record_update(framework_id, executor, status)
 
@@ -1571,16 +1578,6 @@ def _first_set(*values: Any) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             return float(value)
     return DEFAULT_KILL_GRACE_PERIOD
-
-
-def _container_id() -> str:
-    """A fresh version-4 UUID, as text: what ``str(uuid.uuid4())`` gives, for half of its
-    cost (a launch makes one; the UUID object would only be formatted and dropped)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _is_id(value: Any) -> bool:

@@ -18,12 +18,11 @@ import asyncio
 import dataclasses
 import inspect
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from libproc import UPID, Process, Timer, get_logger, handler
-from mesa.info import AgentInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus
+from mesa.info import AgentInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus, new_uuid_bytes
 from mesa.messages import (
     ExecutorRegistered,
     ExecutorToFramework,
@@ -246,7 +245,7 @@ class ExecutorProcess(Process):
             raise ValueError("executors may not send TASK_STAGING (the master's state)")
         status = dataclasses.replace(
             status,
-            uuid=uuid.uuid4().bytes,
+            uuid=new_uuid_bytes(),
             timestamp=time.time(),
             source=Source.SOURCE_EXECUTOR,
             executor_id=self.executor_id,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from agent_harness import (
 
 from libproc import UPID, Clock, Process, Runtime, handler, settle
 from libproc import dispatch as libproc_dispatch
-from mesa.actors.agent import Agent, _container_id
+from mesa.actors.agent import Agent
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo, ExecutorInfo, FrameworkInfo, TaskInfo, TaskStatus
 from mesa.messages import (
@@ -780,11 +779,3 @@ async def test_updates_made_together_go_to_the_master_together(
     finally:
         await rt.stop()
         await cluster.stop_master()
-
-
-def test_container_ids_are_version_4_uuids():
-    ids = {_container_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    for cid in ids:
-        parsed = uuid.UUID(cid)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == cid
