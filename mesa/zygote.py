@@ -431,7 +431,8 @@ class Zygote:
             # Its stream is ours end to end; garbage in it means the zygote is broken, and a
             # stream cannot be re-synchronised: end it (launches in flight fail, the next one
             # starts a new zygote).
-            log.warning("zygote_bad_stream", error=repr(e))
+            log.warning("zygote_bad_stream", pid=self.pid, error=repr(e))
+            self.failures += 1
             self._kill_now()
 
     def _close_reader(self) -> None:
@@ -542,8 +543,9 @@ class Zygote:
                     await asyncio.wait_for(proc.wait(), timeout)
         if reader is not None and not reader.done():
             await asyncio.wait([reader], timeout=timeout)
-        if self._out is not None and self._proc is None:  # (no EOF in time: stop watching)
+        if self._out is not None:  # no EOF in time: stop watching, fail what is in flight
             self._close_reader()
+            self._gone()
 
 
 def _pack(msg: dict[str, Any]) -> bytes:

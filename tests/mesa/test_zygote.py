@@ -126,6 +126,23 @@ async def test_a_dead_zygote_fails_spawns_and_reports_its_children(
     assert await asyncio.wait_for(child.wait(), 30) == 2
 
 
+async def test_a_zygote_whose_answers_do_not_unpack_is_replaced(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # Stand in for a broken zygote: a byte msgpack never uses, ahead of its next answer. A
+    # stream cannot be re-synchronised, so the zygote is ended and counted as a failure.
+    zygote._unpacker.feed(b"\xc1")
+    old_pid = zygote.pid
+    with pytest.raises(ZygoteError):
+        await zygote.spawn("g1", **_spawn_args(tmp_path))
+    assert zygote.failures == 1
+    await eventually(lambda: not zygote.alive, "zygote ended", 10)
+    child = await zygote.spawn("g2", **_spawn_args(tmp_path))
+    assert zygote.pid != old_pid
+    child.release()
+    assert await asyncio.wait_for(child.wait(), 30) == 2
+
+
 async def test_a_zygote_that_keeps_dying_is_given_up_on(tmp_path: Path) -> None:
     z = Zygote(_env(), max_failures=2)
     try:
