@@ -322,14 +322,17 @@ class Runtime:
         self, pid: UPID | str, method: Callable[..., Any] | str, *args: Any
     ) -> asyncio.Future[Any]:
         """Run ``method(*args)`` in a local actor's context; returns a future of its result, as
-        libprocess's ``dispatch`` does. :meth:`dispatch` is ``await submit(...)``.
+        libprocess's ``dispatch`` does.
 
-        An idle actor (no handler running, nothing queued) runs it here and now, in the
-        caller's turn of the loop, and the future comes back done: no mailbox round trip, no
-        wake-up a loop turn later. Nothing can be overtaken (idle means an empty mailbox), and the
-        actor is held busy while it runs, as it is for a message read off the network. A busy
-        actor takes it as the next event in its mailbox. ``ProcessNotFound`` is raised at once.
-        Submitting several and gathering the futures runs them side by side without a task each.
+        An idle actor (no handler running, nothing queued), called from its own loop, runs it
+        here and now, in the caller's turn of the loop, and the future comes back done: no
+        mailbox round trip, no wake-up a loop turn later. Nothing can be overtaken (idle means
+        an empty mailbox), and the actor is held busy while it runs, as it is for a message
+        read off the network. A busy actor takes it as the next event in its mailbox; so does
+        one called from another loop, whose future that loop cannot await. ``ProcessNotFound``
+        is raised at once. Submitting several and gathering the futures runs them side by side
+        without a task each. Awaiting a future that came back done does not yield to the loop:
+        a loop that polls with ``submit`` alone never lets anything else run (``dispatch`` does).
         """
         proc = self.lookup(pid)
         if proc is None or proc._state >= _TERMINATING:
@@ -340,15 +343,21 @@ class Runtime:
             fn = method
         else:
             fn = functools.partial(method, proc)
-        future = self._loop.create_future()
-        if proc._busy or proc._state != _RUNNING:
+        loop = self._loop
+        future = loop.create_future()
+        if proc._busy or proc._state != _RUNNING or asyncio._get_running_loop() is not loop:
             proc._post(_DISPATCH, fn, args, future)
         else:
             proc._dispatch_now(fn, args, future)
         return future
 
     async def dispatch(self, pid: UPID | str, method: Callable[..., Any] | str, *args: Any) -> Any:
-        return await self.submit(pid, method, *args)
+        """``await submit(...)``, and a yield to the loop even when the call ran at once: an
+        ``await dispatch`` stays a point where timers, reads and other actors get their turn."""
+        future = self.submit(pid, method, *args)
+        if future.done():
+            await asyncio.sleep(0)
+        return await future
 
     def _reap(self, proc: Process) -> None:
         """The actor has finished ``finalize``: tell linkers, free its name, wake waiters."""

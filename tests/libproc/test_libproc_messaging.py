@@ -272,10 +272,8 @@ async def test_remote_messages_alone_in_a_frame_wait_behind_an_async_handler(
     await within(actor.started.wait(), "the slow handler to start")
     last = expect_message(name="fast", to=to, where=lambda m: m.body == 3)
     for i in (1, 2, 3):
-        # One message per loop turn: each leaves in a frame of its own. (The dispatch runs at
-        # once, the sender being idle; the yield lets the frame go before the next.)
+        # One dispatch per loop turn: each message leaves in a frame of its own.
         await libproc.dispatch(sender, "one", to, "fast", i)
-        await asyncio.sleep(0)
     assert rt.frames_sent - before == 4
     await within(last, "the last fast message to reach the runtime")
     assert actor.events == ["slow:start"]

@@ -7,6 +7,8 @@ return."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from typing import Any
 
 import pytest
@@ -317,14 +319,85 @@ async def test_an_async_method_submitted_holds_the_actor(rt: Runtime) -> None:
     assert await within(behind, "the dispatch behind it") == 7
 
 
-async def test_gathered_submits_run_side_by_side(rt: Runtime) -> None:
+async def test_submitted_async_methods_of_several_actors_are_under_way_together(
+    rt: Runtime,
+) -> None:
     counters = [Counter() for _ in range(3)]
     pids = [rt.spawn(c) for c in counters]
     await settle()
     futures = [rt.submit(pid, "slowly") for pid in pids]
+    # Each actor is inside its own call (busy: a message to it waits), none finished. Prove
+    # the loop has run plenty meanwhile: another actor handles 100 messages.
+    for pid in pids:
+        rt.send(pid, "add", 1)
+    other = Recorder()
+    other_pid = rt.spawn(other)
+    for i in range(100):
+        rt.send(other_pid, "tick", i)
+    await other.wait_count(100)
+    assert [c.n for c in counters] == [0, 0, 0] and not any(f.done() for f in futures)
     for c in counters:
         c.release.set()
     assert await within(asyncio.gather(*futures), "every async method") == [0, 0, 0]
+    assert [c.n for c in counters] == [1, 1, 1]
+
+
+async def test_dispatch_still_yields_to_the_loop(rt: Runtime) -> None:
+    # An idle actor runs the call at once, but an `await dispatch` stays a point where the loop
+    # runs what is ready (a poll loop over dispatch must not starve timers and reads).
+    counter = Counter()
+    pid = rt.spawn(counter)
+    await settle()
+    ran: list[int] = []
+    asyncio.get_running_loop().call_soon(ran.append, 1)
+    assert await libproc.dispatch(pid, "value") == 0
+    assert ran == [1]
+
+
+def test_a_call_from_another_loop_never_runs_on_the_caller_s_thread() -> None:
+    class Where(Process):
+        def __init__(self) -> None:
+            super().__init__("where")
+            self.threads: list[str] = []
+
+        def here(self) -> None:
+            self.threads.append(threading.current_thread().name)
+
+    actor = Where()
+    ready, tried = threading.Event(), threading.Event()
+
+    def loop_a() -> None:
+        async def main() -> None:
+            rt = await Runtime("127.0.0.1", 0).start()
+            try:
+                rt.spawn(actor)
+                await settle()
+                ready.set()
+                await asyncio.to_thread(tried.wait, 30)
+                await settle()
+            finally:
+                await rt.stop()
+
+        libproc.run(main())
+
+    def loop_b() -> None:
+        async def main() -> None:
+            with contextlib.suppress(RuntimeError):  # (its future is loop A's)
+                await libproc.dispatch(actor.pid, "here")
+
+        try:
+            libproc.run(main())
+        finally:
+            tried.set()
+
+    a = threading.Thread(target=loop_a, name="loop-A")
+    a.start()
+    assert ready.wait(30)
+    b = threading.Thread(target=loop_b, name="loop-B")
+    b.start()
+    b.join(30)
+    a.join(30)
+    assert "loop-B" not in actor.threads
 
 
 async def test_terminate_from_inside_a_handler(rt: Runtime) -> None:
