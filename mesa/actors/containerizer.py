@@ -365,9 +365,10 @@ class Containerizer(Process):
         futures = [self._submit(i, "_run_prepare", container.id, config) for i in self.isolators]
         if not all(f.done() for f in futures):
             await asyncio.wait(futures)
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+        errors = [future.exception() for future in futures]  # (each looked at: retrieved)
+        for error in errors:
+            if error is not None:
+                raise error
         results = [future.result() for future in futures]
         for isolator, info in zip(self.isolators, results, strict=True):
             if info is not None:
@@ -375,15 +376,6 @@ class Containerizer(Process):
                 prefix.extend(info.command_prefix)
                 if info.cgroups:
                     birthplace[isolator] = info.cgroups
-        command = msg.executor.command
-        words = simple_command(command.value) if command.shell else None
-        program = self._program(words[0], overlay) if words else None
-        if words and program is not None:
-            # What `sh -c` would only have looked up and run, run without it (and without the
-            # fork it makes first): see mesa.commands. PWD is what dash would have exported.
-            executable, argv = program, words
-            overlay["PWD"] = str(sandbox)
-            self.metrics.inc("containerizer/shell_skipped")
         if prefix:
             # The launcher runs the command by path; argv[0] becomes that path.
             executable, argv = prefix[0], [*prefix, executable, *argv[1:]]
@@ -401,11 +393,13 @@ class Containerizer(Process):
                     self._found.clear()
                 self._found[executable, path] = now + 1.0
         if zygote is not None and not prefix:
-            forked = None if is_command_executor(msg.executor.command) else argv
+            command = msg.executor.command
+            forked = None if is_command_executor(command) else argv
+            words = simple_command(command.value) if forked and command.shell else None
             _check_not_destroyed(container)
             try:
                 await self._start_forked(
-                    zygote, container, overlay, forked, executable, gated, birthplace
+                    zygote, container, overlay, forked, executable, gated, birthplace, words
                 )
                 return
             except ZygoteLostSpawn:
@@ -462,6 +456,8 @@ class Containerizer(Process):
         path = overlay.get("PATH", self._base_env.get("PATH"))
         if path is None:
             return None  # (the shell has a PATH of its own then)
+        if not all(entry.startswith("/") for entry in path.split(os.pathsep)):
+            return None  # (".", "" or a relative directory: the sandbox's, to the shell)
         now = time.monotonic()
         seen = self._programs.get((name, path))
         if seen is not None and seen[1] >= now:
@@ -494,6 +490,7 @@ class Containerizer(Process):
         executable: str,
         gated: bool,
         birthplace: dict[Isolator, list[str]],
+        words: list[str] | None = None,
     ) -> None:
         """A child of the zygote: the command executor itself, or (``argv``) a process that
         ``exec``s the container's command. When an isolator is ``gated`` it parks at its gate
@@ -517,6 +514,17 @@ class Containerizer(Process):
         else:
             birthplace = {}  # placed the usual way: every isolator's isolate
         sandbox = overlay["MESA_SANDBOX"]
+        program = self._program(words[0], overlay) if words and not gated else None
+        if program is not None:
+            # What `sh -c` would only have looked up and run, run without it (and without the
+            # fork it makes first): see mesa.commands. Only here, started straight from the
+            # zygote: behind a gate its `exec` would show the program's path as argv[0], and
+            # under a launcher (`unshare --pid`) the program would be its namespace's pid 1,
+            # which ignores a SIGTERM it has no handler for. PWD: dash exports it.
+            assert words is not None
+            executable, argv = program, words
+            overlay = {**overlay, "PWD": sandbox}
+            self.metrics.inc("containerizer/shell_skipped")
         child = await zygote.spawn(
             container.id,
             cwd=sandbox,
@@ -1018,20 +1026,32 @@ def _check_executable(executable: str, path: str | None) -> None:
 
 def _exec_target(name: str, path: str) -> str | None:
     """The absolute path of the file ``exec`` would run for ``name`` (a bare name searched on
-    ``path``, or an absolute path), when ``exec`` can run it: a binary, or a script with a
-    ``#!`` line. A script without one the shell would read itself, and a name it cannot find
-    gets the shell's own "not found" and status 127: both stay with the shell."""
+    ``path``, or an absolute path), when ``exec`` can run it: a binary, or a script whose
+    ``#!`` line names an interpreter that is there. A script without one the shell would read
+    itself, and a name it cannot find, a missing interpreter or a ``#!`` line ending in a
+    carriage return get the shell's own "not found" and status 127: all stay with the shell."""
     found = name if name.startswith("/") else shutil.which(name, path=path)
-    if found is None or not found.startswith("/"):
-        return None
-    if os.path.isdir(found) or not os.access(found, os.X_OK):
+    if found is None or not _runnable(found):
         return None
     try:
         with open(found, "rb") as f:
-            head = f.read(4)
+            head = f.read(256)
     except OSError:
         return None
-    return found if head.startswith((b"\x7fELF", b"#!")) else None
+    if head.startswith(b"\x7fELF"):
+        return found
+    if not head.startswith(b"#!"):
+        return None
+    line, newline, _ = head[2:].partition(b"\n")
+    words = line.split()
+    if not newline or b"\r" in line or not words:
+        return None
+    interpreter = os.fsdecode(words[0])
+    return found if interpreter.startswith("/") and _runnable(interpreter) else None
+
+
+def _runnable(path: str) -> bool:
+    return path.startswith("/") and os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
 def _parse_resources(text: Any) -> Resources:

@@ -220,23 +220,71 @@ async def test_a_simple_command_runs_without_the_shell(bed: Bed):
 
 async def test_the_shell_keeps_what_only_it_can_run(bed: Bed):
     # A builtin; a program nobody can find (the shell's message, status 127); a script
-    # without a #! line, which exec refuses and the shell reads itself.
+    # without a #! line, which exec refuses and the shell reads itself; scripts whose #! line
+    # exec cannot follow (a missing interpreter, a carriage return after it), which the shell
+    # reports as not found; and a PATH with a relative entry (the sandbox's, to the shell).
     bin_dir = bed.tmp / "bin"
     bin_dir.mkdir()
-    script = bin_dir / "no-hashbang"
-    script.write_text("echo ran by $0 > ran.txt\n")
-    script.chmod(0o755)
+    scripts = {
+        "no-hashbang": "echo ran by $0 > ran.txt\n",
+        "no-interpreter": "#!/no/such/interpreter\necho never\n",
+        "crlf": "#!/bin/sh\r\necho never\r\n",
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     bed.launch("b1", "exit 3")
     bed.launch("b2", "no-such-program-anywhere --flag")
-    sandbox = bed.launch(
-        "b3", "no-hashbang", environment={"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    )
+    sandbox = bed.launch("b3", "no-hashbang", environment=path)
+    bed.launch("b4", "no-interpreter", environment=path)
+    bed.launch("b5", "crlf", environment=path)
+    bed.launch("b6", "sleep 0", environment={"PATH": f".:{os.environ['PATH']}"})
     assert (await bed.terminated("b1")).status == 3
     assert (await bed.terminated("b2")).status == 127
     assert "not found" in (bed.tmp / "b2" / "stderr").read_text()
     assert (await bed.terminated("b3")).status == 0
     assert (sandbox / "ran.txt").read_text().startswith("ran by")
+    for cid in ("b4", "b5"):
+        ended = await bed.terminated(cid)
+        assert ended.status == 127, (cid, ended)
+        assert "not found" in (bed.tmp / cid / "stderr").read_text()
+    assert (await bed.terminated("b6")).status == 0
     assert bed.rt.metrics.get("containerizer/shell_skipped") == 0
+
+
+class GatedIsolator(Isolator):
+    """Gated, with no cgroups to be born in: the executor waits at a gate until isolate."""
+
+    name = "gated"
+    gated = True
+
+
+class LauncherIsolator(Isolator):
+    """Runs every executor under a launcher (as namespaces/pid runs it under unshare)."""
+
+    name = "launcher"
+
+    def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo:
+        return LaunchInfo(command_prefix=["/usr/bin/env"])
+
+
+@pytest.mark.parametrize("isolator", [GatedIsolator, LauncherIsolator])
+async def test_a_gated_or_launched_command_keeps_the_shell(tmp_path: Path, isolator: type):
+    # Behind the gate the program's argv[0] would be its path; under a launcher such as
+    # `unshare --pid --fork` it would be its namespace's pid 1, deaf to an unhandled SIGTERM.
+    rt = await Runtime("127.0.0.1", 0).start()
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        cpid = rt.spawn(Containerizer([isolator()], kill_wait=5.0))
+        bed = Bed(rt, owner, cpid, tmp_path, None)
+        sandbox = bed.launch("g1", "sleep 0")
+        assert (await bed.terminated("g1")).status == 0
+        assert sandbox.is_dir()
+        assert rt.metrics.get("containerizer/shell_skipped") == 0
+    finally:
+        await rt.stop()
 
 
 async def test_launch_errors_and_bad_requests(bed: Bed):
