@@ -218,11 +218,9 @@ class Zygote:
         # A zygote that keeps dying is given up on: every launch then starts cold.
         self.max_failures = max_failures
         self._proc: asyncio.subprocess.Process | None = None
-        # The read end of its stdout, watched by the loop (no stream, no task: a burst's answers
-        # are one read and one callback), and what its end resolves.
-        self._out: int | None = None
-        self._reader: asyncio.Future[None] | None = None
-        self._unpacker = _unpacker()
+        # The read end of the current zygote's stdout, watched by the loop (no stream, no task:
+        # a burst's answers are one read and one callback).
+        self._pipe: _Pipe | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, _Pending] = {}
         self._outbox: list[bytes] = []
@@ -245,7 +243,7 @@ class Zygote:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None and self._out is not None
+        return self._proc is not None and self._proc.returncode is None and self._pipe is not None
 
     @property
     def given_up(self) -> bool:
@@ -266,6 +264,8 @@ class Zygote:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._pipe is not None:  # (a zygote given up on whose end was never seen)
+            self._end(self._pipe)
         self._ready = loop.create_future()
         out, theirs = os.pipe2(os.O_CLOEXEC)
         try:
@@ -285,10 +285,8 @@ class Zygote:
             os.close(theirs)
         self.pid = self._proc.pid
         os.set_blocking(out, False)
-        self._out = out
-        self._reader = loop.create_future()
-        self._unpacker = _unpacker()
-        loop.add_reader(out, self._on_readable)
+        self._pipe = pipe = _Pipe(out, loop.create_future())
+        loop.add_reader(out, self._on_readable, pipe)
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self._start_timeout)
         except asyncio.CancelledError:
@@ -402,47 +400,48 @@ class Zygote:
         with contextlib.suppress(ConnectionError, RuntimeError):
             proc.stdin.write(b"".join(frames))
 
-    def _on_readable(self) -> None:
-        """What the zygote said: everything there is, in one read (a burst's answers come
-        together); at EOF, it is gone."""
-        fd = self._out
-        if fd is None:
-            return
+    def _on_readable(self, pipe: _Pipe) -> None:
+        """What the zygote behind ``pipe`` said: everything there is, in one read (a burst's
+        answers come together); at EOF, it is gone."""
         try:
-            chunk = os.read(fd, 1 << 16)
+            chunk = os.read(pipe.fd, 1 << 16)
         except BlockingIOError:
             return
         except OSError as e:  # pragma: no cover - the pipe broke in an unexpected way
             log.warning("zygote_read_failed", error=repr(e))
             chunk = b""
         if not chunk:
-            self._close_reader()
-            self._gone()
+            self._end(pipe)
             return
-        unpacker = self._unpacker
-        unpacker.feed(chunk)
+        pipe.unpacker.feed(chunk)
         try:
-            for msg in unpacker:
+            for msg in pipe.unpacker:
                 if isinstance(msg, dict):
                     self._on_message(msg)
                 else:
                     log.warning("zygote_bad_message", message=repr(msg)[:200])
         except Exception as e:
             # Its stream is ours end to end; garbage in it means the zygote is broken, and a
-            # stream cannot be re-synchronised: end it (launches in flight fail, the next one
-            # starts a new zygote).
+            # stream cannot be re-synchronised: end it now (launches in flight fail, the next
+            # one starts a new zygote).
             log.warning("zygote_bad_stream", pid=self.pid, error=repr(e))
             self.failures += 1
             self._kill_now()
 
-    def _close_reader(self) -> None:
-        fd, self._out = self._out, None
-        if fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
-        if self._reader is not None and not self._reader.done():
-            self._reader.set_result(None)
+    def _end(self, pipe: _Pipe) -> None:
+        """Stop reading ``pipe`` (EOF, or its zygote given up on); if it is the current
+        zygote's, that zygote is gone: fail what was in flight."""
+        if pipe.closed:
+            return
+        pipe.closed = True
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(pipe.fd)
+        os.close(pipe.fd)
+        if not pipe.ended.done():
+            pipe.ended.set_result(None)
+        if pipe is self._pipe:
+            self._pipe = None
+            self._gone()
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -513,11 +512,14 @@ class Zygote:
             log.warning("zygote_exited", pid=self.pid, orphaned_executors=live)
 
     def _kill_now(self) -> None:
-        """SIGKILL the zygote without waiting (its reader sees EOF and settles the rest)."""
+        """SIGKILL the zygote without waiting, and settle what was in flight with it now (its
+        EOF may come late: a forked child holds the pipe until it has replaced its stdout)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+        if self._pipe is not None:
+            self._end(self._pipe)
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Close its stdin (it exits), then kill it if it lingers; a start in progress is
@@ -529,7 +531,7 @@ class Zygote:
             await asyncio.wait([starting], timeout=timeout)
         self._flush()  # what the containerizer asked for last (a gate to close) still goes
         proc, self._proc = self._proc, None
-        reader = self._reader
+        pipe = self._pipe
         if proc is not None:
             if proc.stdin is not None:
                 with contextlib.suppress(Exception):
@@ -541,20 +543,33 @@ class Zygote:
                     proc.kill()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), timeout)
-        if reader is not None and not reader.done():
-            await asyncio.wait([reader], timeout=timeout)
-        if self._out is not None:  # no EOF in time: stop watching, fail what is in flight
-            self._close_reader()
-            self._gone()
+        if pipe is not None:
+            if not pipe.ended.done():
+                await asyncio.wait([pipe.ended], timeout=timeout)
+            self._end(pipe)  # (no EOF in time: stop watching, fail what is in flight)
+
+
+class _Pipe:
+    """The agent's end of one zygote's stdout: its fd, its stream, and whether it ended."""
+
+    __slots__ = ("closed", "ended", "fd", "unpacker")
+
+    def __init__(self, fd: int, ended: asyncio.Future[None]) -> None:
+        self.fd = fd
+        self.ended = ended
+        self.closed = False
+        self.unpacker = _unpacker()
 
 
 def _pack(msg: dict[str, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    # Paths and environments are str as os gives them: undecodable bytes come as surrogate
+    # escapes, and go back as the same bytes.
+    return msgpack.packb(msg, use_bin_type=True, unicode_errors="surrogateescape")
 
 
 def _unpacker() -> msgpack.Unpacker:
     # Bounded: a request or an answer is a few kilobytes (an environment's difference).
-    return msgpack.Unpacker(raw=False, max_buffer_size=16 << 20)
+    return msgpack.Unpacker(raw=False, max_buffer_size=16 << 20, unicode_errors="surrogateescape")
 
 
 def _time_out(future: asyncio.Future[Any]) -> None:

@@ -131,7 +131,8 @@ async def test_a_zygote_whose_answers_do_not_unpack_is_replaced(
 ) -> None:
     # Stand in for a broken zygote: a byte msgpack never uses, ahead of its next answer. A
     # stream cannot be re-synchronised, so the zygote is ended and counted as a failure.
-    zygote._unpacker.feed(b"\xc1")
+    assert zygote._pipe is not None
+    zygote._pipe.unpacker.feed(b"\xc1")
     old_pid = zygote.pid
     with pytest.raises(ZygoteError):
         await zygote.spawn("g1", **_spawn_args(tmp_path))
@@ -286,6 +287,21 @@ async def test_an_exec_child_gets_its_sandbox_default_signals_and_only_fds_0_to_
     assert ignored & ~(0b11 << 31) == 0
     assert sorted(lines[3:]) == ["0", "1", "2", "3"]  # (3: the directory ls is reading)
     assert psutil.Process(zygote.pid).cwd() == "/"
+
+
+async def test_a_sandbox_path_that_is_not_utf_8_travels_as_its_bytes(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # os gives undecodable bytes as surrogate escapes; the protocol carries them as they are.
+    sandbox = tmp_path / os.fsdecode(b"sandbox-\xff")
+    child = await zygote.spawn(
+        "bytes",
+        **{**_spawn_args(sandbox), "make_cwd": True},
+        argv=["sh", "-c", "pwd"],
+        gated=False,
+    )
+    assert await asyncio.wait_for(child.wait(), 30) == 0
+    assert os.fsencode(tmp_path) + b"/sandbox-\xff" in (sandbox / "stdout").read_bytes()
 
 
 async def test_the_exit_says_what_the_child_left_running(zygote: Zygote, tmp_path: Path) -> None:
