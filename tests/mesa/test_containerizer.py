@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,17 +121,25 @@ class Bed:
             await self.terminated(cid)
 
 
-@pytest.fixture
-async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
+@contextlib.asynccontextmanager
+async def bed_with(tmp_path: Path, isolator: Isolator) -> AsyncIterator[Bed]:
+    """A runtime, an owner and a containerizer driving ``isolator``; all stopped after."""
     rt = await Runtime("127.0.0.1", 0).start()
     try:
         owner = Owner()
         rt.spawn(owner)
-        iso = RecordingIsolator()
-        cpid = rt.spawn(Containerizer([iso], kill_wait=5.0))
-        yield Bed(rt, owner, cpid, tmp_path, iso)
+        cpid = rt.spawn(Containerizer([isolator], kill_wait=5.0))
+        yield Bed(rt, owner, cpid, tmp_path, isolator)
     finally:
         await rt.stop()
+
+
+@pytest.fixture
+async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
+    try:
+        async with bed_with(tmp_path, RecordingIsolator()) as b:
+            yield b
+    finally:
         kill_leftovers(list(tmp_path.rglob("*.pid")))
 
 
@@ -273,18 +282,11 @@ class LauncherIsolator(Isolator):
 async def test_a_gated_or_launched_command_keeps_the_shell(tmp_path: Path, isolator: type):
     # Behind the gate the program's argv[0] would be its path; under a launcher such as
     # `unshare --pid --fork` it would be its namespace's pid 1, deaf to an unhandled SIGTERM.
-    rt = await Runtime("127.0.0.1", 0).start()
-    try:
-        owner = Owner()
-        rt.spawn(owner)
-        cpid = rt.spawn(Containerizer([isolator()], kill_wait=5.0))
-        bed = Bed(rt, owner, cpid, tmp_path, None)
+    async with bed_with(tmp_path, isolator()) as bed:
         sandbox = bed.launch("g1", "sleep 0")
         assert (await bed.terminated("g1")).status == 0
         assert sandbox.is_dir()
-        assert rt.metrics.get("containerizer/shell_skipped") == 0
-    finally:
-        await rt.stop()
+        assert bed.rt.metrics.get("containerizer/shell_skipped") == 0
 
 
 async def test_launch_errors_and_bad_requests(bed: Bed):
@@ -483,21 +485,14 @@ class WatchingIsolator(Isolator):
 
 @pytest.mark.parametrize("own_watch", [False, True], ids=["limit", "own_watch"])
 async def test_an_isolator_s_limit_ends_the_container(tmp_path: Path, own_watch: bool):
-    rt = await Runtime("127.0.0.1", 0).start()
-    try:
-        owner = Owner()
-        rt.spawn(owner)
-        iso = WatchingIsolator() if own_watch else LimitingIsolator()
-        cpid = rt.spawn(Containerizer([iso], kill_wait=5.0))
-        bed = Bed(rt, owner, cpid, tmp_path, iso)
+    iso = WatchingIsolator() if own_watch else LimitingIsolator()
+    async with bed_with(tmp_path, iso) as bed:
         bed.launch("limited", "exec sleep 60")
         ended = await bed.terminated("limited")
         assert ended.reason == "REASON_CONTAINER_LIMITATION_MEMORY"
         assert ended.message == "over the line"
         assert ended.destroyed
-        assert rt.metrics.get("containerizer/limitations_memory") == 1
-    finally:
-        await rt.stop()
+        assert bed.rt.metrics.get("containerizer/limitations_memory") == 1
 
 
 class LateIsolator(Isolator):
@@ -511,12 +506,7 @@ class LateIsolator(Isolator):
 
 
 async def test_a_limit_seen_only_at_the_end_counts_unless_the_command_succeeded(tmp_path: Path):
-    rt = await Runtime("127.0.0.1", 0).start()
-    try:
-        owner = Owner()
-        rt.spawn(owner)
-        cpid = rt.spawn(Containerizer([LateIsolator()], kill_wait=5.0))
-        bed = Bed(rt, owner, cpid, tmp_path, None)
+    async with bed_with(tmp_path, LateIsolator()) as bed:
         bed.launch("failed", "exit 3")
         bed.launch("succeeded", "exit 0")
         failed = await bed.terminated("failed")
@@ -526,8 +516,6 @@ async def test_a_limit_seen_only_at_the_end_counts_unless_the_command_succeeded(
         succeeded = await bed.terminated("succeeded")
         assert (succeeded.status, succeeded.reason) == (0, None)
         assert succeeded.message == "Executor exited with status 0"
-    finally:
-        await rt.stop()
 
 
 async def test_a_limit_from_anyone_but_an_isolator_is_refused(bed: Bed):
