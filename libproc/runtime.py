@@ -15,6 +15,7 @@ logged with exponential back-off per reason (1st, 10th, 100th, … occurrence), 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -328,9 +329,9 @@ class Runtime:
         here and now, in the caller's turn of the loop, and the future comes back done: no
         mailbox round trip, no wake-up a loop turn later. Nothing can be overtaken (idle means
         an empty mailbox), and the actor is held busy while it runs, as it is for a message
-        read off the network. A busy actor takes it as the next event in its mailbox; so does
-        one called from another loop, whose future that loop cannot await. ``ProcessNotFound``
-        is raised at once. Submitting several and gathering the futures runs them side by side
+        read off the network. A busy actor takes it as the next event in its mailbox. A call
+        from another loop (another thread) is handed to the actor's loop thread-safely and runs
+        there, and the future is one of the caller's loop. ``ProcessNotFound`` is raised at once. Submitting several and gathering the futures runs them side by side
         without a task each. Awaiting a future that came back done does not yield to the loop:
         a loop that polls with ``submit`` alone never lets anything else run (``dispatch`` does).
         """
@@ -344,12 +345,38 @@ class Runtime:
         else:
             fn = functools.partial(method, proc)
         loop = self._loop
+        running = asyncio._get_running_loop()
+        if running is not loop and running is not None:
+            return self._submit_from(running, proc, fn, args)
         future = loop.create_future()
-        if proc._busy or proc._state != _RUNNING or asyncio._get_running_loop() is not loop:
+        if proc._busy or proc._state != _RUNNING or running is None:
             proc._post(_DISPATCH, fn, args, future)
         else:
             proc._dispatch_now(fn, args, future)
         return future
+
+    def _submit_from(
+        self,
+        caller: asyncio.AbstractEventLoop,
+        proc: Process,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> asyncio.Future[Any]:
+        """A call from another event loop, so (as a rule) another thread: the mailbox is only
+        touched on the actor's loop, through ``call_soon_threadsafe``, and the caller gets a
+        future of its own loop, which it can await."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def post() -> None:
+            if proc._state >= _TERMINATING:
+                done.set_exception(ProcessNotFound(f"{proc.pid} terminated before the call"))
+                return
+            inner = self._loop.create_future()
+            inner.add_done_callback(functools.partial(_copy_outcome, done))
+            proc._post(_DISPATCH, fn, args, inner)
+
+        self._loop.call_soon_threadsafe(post)  # type: ignore[union-attr]
+        return asyncio.wrap_future(done, loop=caller)
 
     async def dispatch(self, pid: UPID | str, method: Callable[..., Any] | str, *args: Any) -> Any:
         """``await submit(...)``, and a yield to the loop even when the call ran at once: an
@@ -826,6 +853,16 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<Runtime {self.address or 'unstarted'} actors={len(self._actors)}>"
+
+
+def _copy_outcome(target: concurrent.futures.Future[Any], source: asyncio.Future[Any]) -> None:
+    """Hand an actor's answer to a caller on another loop (a thread-safe future)."""
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _is_power_of_ten(n: int) -> bool:

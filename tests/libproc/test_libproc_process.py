@@ -7,7 +7,6 @@ return."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from typing import Any
 
@@ -354,17 +353,26 @@ async def test_dispatch_still_yields_to_the_loop(rt: Runtime) -> None:
     assert ran == [1]
 
 
-def test_a_call_from_another_loop_never_runs_on_the_caller_s_thread() -> None:
+def test_a_call_from_another_loop_runs_on_the_actor_s_thread() -> None:
+    """libprocess's dispatch may be called from any thread: from another thread's loop the call
+    is handed over to the actor's loop (never run on the caller's thread, never touching the
+    mailbox from there), and its result comes back to the caller's loop; so does an error."""
+
     class Where(Process):
         def __init__(self) -> None:
             super().__init__("where")
             self.threads: list[str] = []
 
-        def here(self) -> None:
+        def here(self, n: int) -> int:
             self.threads.append(threading.current_thread().name)
+            return n + 1
+
+        def fail(self) -> None:
+            raise ValueError("from the actor")
 
     actor = Where()
     ready, tried = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
 
     def loop_a() -> None:
         async def main() -> None:
@@ -374,19 +382,24 @@ def test_a_call_from_another_loop_never_runs_on_the_caller_s_thread() -> None:
                 await settle()
                 ready.set()
                 await asyncio.to_thread(tried.wait, 30)
-                await settle()
             finally:
                 await rt.stop()
 
-        libproc.run(main())
+        try:
+            libproc.run(main())
+        except BaseException as e:
+            outcome["a"] = e
 
     def loop_b() -> None:
         async def main() -> None:
-            with contextlib.suppress(RuntimeError):  # (its future is loop A's)
-                await libproc.dispatch(actor.pid, "here")
+            outcome["results"] = [await libproc.dispatch(actor.pid, "here", n) for n in range(3)]
+            with pytest.raises(ValueError, match="from the actor"):
+                await libproc.dispatch(actor.pid, "fail")
 
         try:
             libproc.run(main())
+        except BaseException as e:
+            outcome["b"] = e
         finally:
             tried.set()
 
@@ -397,7 +410,10 @@ def test_a_call_from_another_loop_never_runs_on_the_caller_s_thread() -> None:
     b.start()
     b.join(30)
     a.join(30)
-    assert "loop-B" not in actor.threads
+    assert not a.is_alive() and not b.is_alive()
+    assert "a" not in outcome and "b" not in outcome, outcome
+    assert outcome["results"] == [1, 2, 3]
+    assert actor.threads == ["loop-A"] * 3
 
 
 async def test_terminate_from_inside_a_handler(rt: Runtime) -> None:
