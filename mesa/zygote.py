@@ -721,8 +721,11 @@ class _Server:
         # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
         self._home_fds: dict[str, int] = {}
-        self._pid = os.getpid()
-        self._me = str(self._pid).encode()  # (for the tasks files it keeps open)
+        # What the zygote writes to a ``tasks`` file to move itself: "0", the writing thread,
+        # not its pid. The kernel (6.0+) moves the calling thread without taking the global
+        # lock that every fork and exit on the machine takes for reading; a pid, even its own,
+        # takes it for writing, twice per cgroup per start, and stalls those forks and exits.
+        self._me = b"0"
         self.subreaper = False  # (until serve() becomes one)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -899,7 +902,7 @@ class _Server:
                 mount = self._mount_of(path)
                 # Plain syscalls: a text-mode open() per write was most of the zygote's cost
                 # under cgroups (each builds a TextIOWrapper and looks up its codec).
-                write_file(path + "/tasks", self._pid)
+                write_file(path + "/tasks", "0")
                 joined.append(mount)
             yield
         finally:
