@@ -5,8 +5,9 @@ Each container gets one cgroup per hierarchy an isolator uses, at
 v2: ``<unified>/mesa/agent-…/<id>``, one directory shared by every controller). The executor is
 in its freezer, memory and pids cgroups before it runs (born in them on v1, placed behind a gate
 otherwise: those isolators are ``gated``), so everything it and its tasks ever fork is inside,
-including processes that double-fork out of the session and the process tree. It joins its cpu
-cgroups as it starts (see :class:`CgroupsCpuIsolator` for why not before).
+including processes that double-fork out of the session and the process tree. It is born in
+its cpu cgroups too, except under a CFS quota, where it joins them as it starts (see
+:class:`CgroupsCpuIsolator` for why).
 
 The version is chosen per isolator from what the machine mounts: v1 where the controller has its
 own hierarchy (that is where the kernel put it), else v2 where the unified root offers the
@@ -353,12 +354,13 @@ def cpu_weight(shares: int) -> int:
 
 
 class CgroupsCpuIsolator(CgroupsIsolator):
-    """Not gated, and never a birthplace: a starter inside a container's cpu cgroup runs on that
-    container's shares and quota, and a small CFS quota throttles the zygote for the rest of the
-    period, every launch behind it waiting. The executor joins its cpu cgroups as soon as it has
-    started instead: something it forked in its first microseconds could run on the agent's cpu
-    cgroup, never outside the container (its freezer, memory and pids cgroups hold it from
-    birth)."""
+    """Not gated. Without a CFS quota (the default) the executor is born in its cpu cgroups, as
+    in the others: the starter's few microseconds inside them run on the container's shares,
+    which only weigh under contention. With a quota it is not: a small quota would throttle the
+    starter for the rest of the period, every launch behind it waiting. The executor then joins
+    its cpu cgroups as soon as it has started (``isolate``): something it forked in its first
+    microseconds could run on the agent's cpu cgroup, never outside the container (its memory
+    and pids cgroups hold it from birth)."""
 
     reports_limits = False  # shares and quotas throttle; they never end a container
     gated = False
@@ -367,7 +369,9 @@ class CgroupsCpuIsolator(CgroupsIsolator):
     v2_controllers = ("cpu",)
 
     def _birthplace(self, container_id: str) -> LaunchInfo | None:
-        return None
+        if self.options.cgroups_enable_cfs:
+            return None
+        return super()._birthplace(container_id)
 
     def isolate(self, container_id: str, pid: int) -> None:
         try:

@@ -532,11 +532,12 @@ async def test_a_limit_from_anyone_but_an_isolator_is_refused(bed: Bed):
     assert (await bed.terminated("kept")).reason is None
 
 
-async def test_a_tiny_cfs_quota_never_holds_up_the_starter(tmp_path: Path):
-    # The zygote starts a cgroups container inside its cgroups, but never inside its cpu cgroup:
-    # there a quota of 1% of a cpu would throttle the zygote's vforked child before its exec,
-    # and the zygote, and every launch behind it, with it. The task joins its cpu cgroup once
-    # it runs (where its own start-up may be throttled, as it should be).
+@contextlib.asynccontextmanager
+async def cgroups_bed(
+    tmp_path: Path, cfs: bool
+) -> AsyncIterator[tuple[Bed, Containerizer, Any, str]]:
+    """A containerizer driving every cgroups isolator on the real v1 hierarchies under a root of
+    its own (skipped where they are not there); ``(bed, containerizer, mounts, root)``."""
     from isolation_support import need_cgroups, unique_root
 
     from mesa.isolators import IsolationOptions
@@ -552,29 +553,61 @@ async def test_a_tiny_cfs_quota_never_holds_up_the_starter(tmp_path: Path):
     if "cpu" not in mounts.v1:
         pytest.skip("the cpu controller is not on a v1 hierarchy here")
     with unique_root(mounts) as root:
-        options = IsolationOptions(cgroups_root=root, cgroups_enable_cfs=True)
+        options = IsolationOptions(cgroups_root=root, cgroups_enable_cfs=cfs)
         rt = await Runtime("127.0.0.1", 0).start()
         try:
             owner = Owner()
             rt.spawn(owner)
             isolators = [cls(options) for cls in classes]
             containerizer = Containerizer(isolators, kill_wait=5.0)
-            bed = Bed(rt, owner, rt.spawn(containerizer), tmp_path, None)
-            cpu = isolators[0]
-            assert not cpu.gated and cpu._birthplace("any") is None  # no cgroup to start in
-            ids = [f"tiny{i}" for i in range(10)]
-            for cid in ids:
-                bed.launch(cid, "exec sleep 60", resources="cpus:0.01;mem:32")
-            for cid in ids:
-                launched = await bed.launched(cid)
-                assert launched.error is None, launched.error
-                quota = (mounts.v1["cpu"] / root / cid / "cpu.cfs_quota_us").read_text()
-                assert int(quota) == 1000  # 1% of the 100 ms period
-                members = (mounts.v1["cpu"] / root / cid / "cgroup.procs").read_text().split()
-                assert members == [str(launched.pid)]  # the task joined its cpu cgroup
-                # ... and the starters are in none of them.
-                assert not {str(z.pid) for z in containerizer.zygotes} & set(members)
-            assert sum(z.forked for z in containerizer.zygotes) == len(ids)
-            await bed.destroy_all(ids)
+            bed = Bed(rt, owner, rt.spawn(containerizer), tmp_path, isolators[0])
+            yield bed, containerizer, mounts, root
         finally:
             await rt.stop()
+
+
+def members(mounts: Any, subsystem: str, root: str, cid: str) -> set[int]:
+    text = (mounts.v1[subsystem] / root / cid / "cgroup.procs").read_text()
+    return {int(pid) for pid in text.split()}
+
+
+async def test_a_tiny_cfs_quota_never_holds_up_the_starter(tmp_path: Path):
+    # The zygote starts a cgroups container inside its cgroups, but with a CFS quota not inside
+    # its cpu cgroup: there a quota of 1% of a cpu would throttle the zygote's vforked child
+    # before its exec, and the zygote, and every launch behind it, with it. The task joins its
+    # cpu cgroup once it runs (where its own start-up may be throttled, as it should be).
+    async with cgroups_bed(tmp_path, cfs=True) as (bed, containerizer, mounts, root):
+        cpu = bed.isolator
+        assert not cpu.gated and cpu._birthplace("any") is None  # no cgroup to start in
+        ids = [f"tiny{i}" for i in range(10)]
+        for cid in ids:
+            bed.launch(cid, "exec sleep 60", resources="cpus:0.01;mem:32")
+        for cid in ids:
+            launched = await bed.launched(cid)
+            assert launched.error is None, launched.error
+            zygotes = {z.pid for z in containerizer.zygotes}
+            quota = (mounts.v1["cpu"] / root / cid / "cpu.cfs_quota_us").read_text()
+            assert int(quota) == 1000  # 1% of the 100 ms period
+            # The task joined its cpu cgroup, and the starters are in none of them.
+            assert members(mounts, "cpu", root, cid) == {launched.pid}
+            assert not zygotes & members(mounts, "cpu", root, cid)
+        assert sum(z.forked for z in containerizer.zygotes) == len(ids)
+        await bed.destroy_all(ids)
+
+
+async def test_without_a_quota_a_task_is_born_in_its_cpu_cgroups(tmp_path: Path):
+    # No CFS quota, nothing to throttle the starter: the task starts inside its cpu and cpuacct
+    # cgroups as it does in the others, so what it forks before anyone could move it is there
+    # too (and its first microseconds are on its own account), not in the starter's cgroups.
+    async with cgroups_bed(tmp_path, cfs=False) as (bed, containerizer, mounts, root):
+        bed.launch("born", "sleep 60 & exec sleep 61", resources="cpus:0.1;mem:32")
+        launched = await bed.launched("born")
+        assert launched.error is None, launched.error
+        await wait_until(lambda: len(members(mounts, "pids", root, "born")) == 2)
+        both = members(mounts, "pids", root, "born")
+        assert launched.pid in both
+        assert members(mounts, "cpu", root, "born") == both
+        assert members(mounts, "cpuacct", root, "born") == both
+        zygotes = {z.pid for z in containerizer.zygotes}
+        assert zygotes and not zygotes & members(mounts, "cpu", root, "born")
+        await bed.destroy_all(["born"])
