@@ -226,6 +226,7 @@ class Zygote:
         self._outbox: list[bytes] = []
         self._abandoned: set[str] = set()  # spawns given up on (timed out, cancelled)
         self._starting: asyncio.Task[None] | None = None
+        self._exit_watch: asyncio.Future[int] | None = None
         self._orphan_watches: set[asyncio.Future[None]] = set()
         self.pid: int | None = None
         # The zygote adopts every orphan of the processes it started (PR_SET_CHILD_SUBREAPER),
@@ -256,6 +257,11 @@ class Zygote:
         if self.alive and self._ready is not None and self._ready.done():
             self._ready.result()
             return
+        if self._pipe is not None and not self.alive:
+            # A zygote that died whose end was never seen (a child it forked holds the pipe
+            # open): what it said before it went is read, its death counted, before the count
+            # decides whether there is another.
+            self._read(self._pipe, drain=True)
         if self.failures >= self.max_failures:
             raise ZygoteError(f"the zygote failed {self.failures} times; not restarting it")
         if self._starting is None or self._starting.done():
@@ -264,8 +270,6 @@ class Zygote:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._pipe is not None:  # (a zygote given up on whose end was never seen)
-            self._end(self._pipe)
         self._ready = loop.create_future()
         out, theirs = os.pipe2(os.O_CLOEXEC)
         try:
@@ -287,6 +291,10 @@ class Zygote:
         os.set_blocking(out, False)
         self._pipe = pipe = _Pipe(out, loop.create_future())
         loop.add_reader(out, self._on_readable, pipe)
+        # Its exit settles it at once: the EOF may never come while a child it forked (parked
+        # at its gate, its stdout not yet replaced) holds the pipe open.
+        self._exit_watch = watch = asyncio.ensure_future(self._proc.wait())
+        watch.add_done_callback(functools.partial(self._on_exit, pipe))
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self._start_timeout)
         except asyncio.CancelledError:
@@ -400,33 +408,49 @@ class Zygote:
         with contextlib.suppress(ConnectionError, RuntimeError):
             proc.stdin.write(b"".join(frames))
 
+    def _on_exit(self, pipe: _Pipe, watch: asyncio.Future[int]) -> None:
+        """The zygote behind ``pipe`` ended: what it wrote before is all in the pipe."""
+        if not watch.cancelled() and not pipe.closed:
+            self._read(pipe, drain=True)
+
     def _on_readable(self, pipe: _Pipe) -> None:
         """What the zygote behind ``pipe`` said: everything there is, in one read (a burst's
         answers come together); at EOF, it is gone."""
-        try:
-            chunk = os.read(pipe.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError as e:  # pragma: no cover - the pipe broke in an unexpected way
-            log.warning("zygote_read_failed", error=repr(e))
-            chunk = b""
-        if not chunk:
-            self._end(pipe)
-            return
-        pipe.unpacker.feed(chunk)
-        try:
-            for msg in pipe.unpacker:
-                if isinstance(msg, dict):
-                    self._on_message(msg)
-                else:
-                    log.warning("zygote_bad_message", message=repr(msg)[:200])
-        except Exception as e:
-            # Its stream is ours end to end; garbage in it means the zygote is broken, and a
-            # stream cannot be re-synchronised: end it now (launches in flight fail, the next
-            # one starts a new zygote).
-            log.warning("zygote_bad_stream", pid=self.pid, error=repr(e))
-            self.failures += 1
-            self._kill_now()
+        self._read(pipe, drain=False)
+
+    def _read(self, pipe: _Pipe, drain: bool) -> None:
+        """Read and handle one chunk (``drain``: everything there is, then end the pipe: its
+        zygote is known to be gone, and nothing it said is lost)."""
+        while not pipe.closed:
+            try:
+                chunk = os.read(pipe.fd, 1 << 16)
+            except BlockingIOError:
+                if drain:
+                    self._end(pipe)
+                return
+            except OSError as e:  # pragma: no cover - the pipe broke in an unexpected way
+                log.warning("zygote_read_failed", error=repr(e))
+                chunk = b""
+            if not chunk:
+                self._end(pipe)
+                return
+            pipe.unpacker.feed(chunk)
+            try:
+                for msg in pipe.unpacker:
+                    if isinstance(msg, dict):
+                        self._on_message(msg)
+                    else:
+                        log.warning("zygote_bad_message", message=repr(msg)[:200])
+            except Exception as e:
+                # Its stream is ours end to end; garbage in it means the zygote is broken, and a
+                # stream cannot be re-synchronised: end it now (launches in flight fail, the
+                # next one starts a new zygote).
+                log.warning("zygote_bad_stream", pid=self.pid, error=repr(e))
+                self.failures += 1
+                self._kill_now()
+                return
+            if not drain:
+                return
 
     def _end(self, pipe: _Pipe) -> None:
         """Stop reading ``pipe`` (EOF, or its zygote given up on); if it is the current

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shlex
 import signal
 import sys
@@ -124,6 +125,29 @@ async def test_a_dead_zygote_fails_spawns_and_reports_its_children(
     assert zygote.pid != old_pid and zygote.failures == 1
     child.release()
     assert await asyncio.wait_for(child.wait(), 30) == 2
+
+
+async def test_what_a_dead_zygote_said_before_it_died_is_not_lost(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # The zygote reaps a child and writes its exit into the pipe, then dies before the agent's
+    # loop has read it (here: the reader is taken off, so nothing is read until the zygote is
+    # known dead). Its end settles what it left: the exit is read, with its status, not
+    # guessed as lost; and the death is counted before the next zygote starts.
+    child = await zygote.spawn("said", **_spawn_args(tmp_path))
+    pipe = zygote._pipe
+    assert pipe is not None
+    asyncio.get_running_loop().remove_reader(pipe.fd)
+    child.release()
+    await eventually(lambda: select.select([pipe.fd], [], [], 0)[0], "the exit is written", 30)
+    await eventually(lambda: not psutil.pid_exists(child.pid), "the child is reaped", 30)
+    assert zygote.pid is not None
+    os.kill(zygote.pid, 9)  # the zygote is this test's own grandchild
+    assert await asyncio.wait_for(child.wait(), 30) == 2  # exited with status 2, as told
+    assert zygote.failures == 1 and zygote.exited == 1
+    again = await zygote.spawn("after", **_spawn_args(tmp_path))
+    again.release()
+    assert await asyncio.wait_for(again.wait(), 30) == 2
 
 
 async def test_a_zygote_whose_answers_do_not_unpack_is_replaced(
