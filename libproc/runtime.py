@@ -331,9 +331,11 @@ class Runtime:
         an empty mailbox), and the actor is held busy while it runs, as it is for a message
         read off the network. A busy actor takes it as the next event in its mailbox. A call
         from another loop (another thread) is handed to the actor's loop thread-safely and runs
-        there, and the future is one of the caller's loop. ``ProcessNotFound`` is raised at once. Submitting several and gathering the futures runs them side by side
-        without a task each. Awaiting a future that came back done does not yield to the loop:
-        a loop that polls with ``submit`` alone never lets anything else run (``dispatch`` does).
+        there, and the future is one of the caller's loop (cancelling it cancels a call that
+        has not run yet). ``ProcessNotFound`` is raised at once. Submitting several and
+        gathering the futures runs them side by side without a task each. Awaiting a future
+        that came back done does not yield to the loop: a loop that polls with ``submit`` alone
+        never lets anything else run (``dispatch`` does).
         """
         proc = self.lookup(pid)
         if proc is None or proc._state >= _TERMINATING:
@@ -366,16 +368,27 @@ class Runtime:
         touched on the actor's loop, through ``call_soon_threadsafe``, and the caller gets a
         future of its own loop, which it can await."""
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        loop = self._loop
 
         def post() -> None:
+            if done.cancelled():
+                return  # the caller gave up before the call was posted
             if proc._state >= _TERMINATING:
                 done.set_exception(ProcessNotFound(f"{proc.pid} terminated before the call"))
                 return
-            inner = self._loop.create_future()
+            inner = loop.create_future()
             inner.add_done_callback(functools.partial(_copy_outcome, done))
+            # The caller giving up cancels the call too, if it has not run yet (a dispatch
+            # whose future is done is skipped).
+            done.add_done_callback(
+                lambda d: d.cancelled() and loop.call_soon_threadsafe(inner.cancel)
+            )
             proc._post(_DISPATCH, fn, args, inner)
 
-        self._loop.call_soon_threadsafe(post)  # type: ignore[union-attr]
+        try:
+            loop.call_soon_threadsafe(post)  # type: ignore[union-attr]
+        except RuntimeError:  # its loop is closed: the runtime is gone
+            raise ProcessNotFound(f"{proc.pid}: its runtime's loop is closed") from None
         return asyncio.wrap_future(done, loop=caller)
 
     async def dispatch(self, pid: UPID | str, method: Callable[..., Any] | str, *args: Any) -> Any:
@@ -857,12 +870,17 @@ class Runtime:
 
 def _copy_outcome(target: concurrent.futures.Future[Any], source: asyncio.Future[Any]) -> None:
     """Hand an actor's answer to a caller on another loop (a thread-safe future)."""
-    if source.cancelled():
-        target.cancel()
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
+    if target.done():
+        return  # the caller gave up (cancelled)
+    try:
+        if source.cancelled():
+            target.cancel()
+        elif (error := source.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(source.result())
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled by the caller's thread a moment ago
 
 
 def _is_power_of_ten(n: int) -> bool:

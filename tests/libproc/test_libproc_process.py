@@ -370,12 +370,17 @@ def test_a_call_from_another_loop_runs_on_the_actor_s_thread() -> None:
         def fail(self) -> None:
             raise ValueError("from the actor")
 
+        async def hold(self) -> None:
+            await asyncio.to_thread(gate.wait, 30)
+
     actor = Where()
-    ready, tried = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
+    ready, tried, gate = threading.Event(), threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {"errors_on_a": []}
 
     def loop_a() -> None:
         async def main() -> None:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _, context: outcome["errors_on_a"].append(context))
             rt = await Runtime("127.0.0.1", 0).start()
             try:
                 rt.spawn(actor)
@@ -392,6 +397,12 @@ def test_a_call_from_another_loop_runs_on_the_actor_s_thread() -> None:
 
     def loop_b() -> None:
         async def main() -> None:
+            # A call given up on while the actor is busy is cancelled, never run.
+            held = libproc.submit(actor.pid, "hold")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(libproc.dispatch(actor.pid, "here", 100), 0.05)
+            gate.set()
+            await held
             outcome["results"] = [await libproc.dispatch(actor.pid, "here", n) for n in range(3)]
             with pytest.raises(ValueError, match="from the actor"):
                 await libproc.dispatch(actor.pid, "fail")
@@ -414,6 +425,7 @@ def test_a_call_from_another_loop_runs_on_the_actor_s_thread() -> None:
     assert "a" not in outcome and "b" not in outcome, outcome
     assert outcome["results"] == [1, 2, 3]
     assert actor.threads == ["loop-A"] * 3
+    assert outcome["errors_on_a"] == []
 
 
 async def test_terminate_from_inside_a_handler(rt: Runtime) -> None:
