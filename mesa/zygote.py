@@ -301,7 +301,8 @@ class Zygote:
             self._kill_now()  # the containerizer is stopping: no waiting, no failure counted
             raise
         except Exception as e:
-            self.failures += 1
+            if not isinstance(e, ZygoteError):  # (a ZygoteError: its end was counted already)
+                self.failures += 1
             self._kill_now()
             if not isinstance(e, ZygoteError):
                 raise ZygoteError(f"the zygote did not start: {e!r}") from e
@@ -571,6 +572,8 @@ class Zygote:
             if not pipe.ended.done():
                 await asyncio.wait([pipe.ended], timeout=timeout)
             self._end(pipe)  # (no EOF in time: stop watching, fail what is in flight)
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()  # (a zygote that would not die: nothing left to settle)
 
 
 class _Pipe:

@@ -183,6 +183,44 @@ async def test_a_zygote_that_keeps_dying_is_given_up_on(tmp_path: Path) -> None:
         await z.stop()
 
 
+async def test_a_zygote_that_dies_before_it_is_ready_counts_once(tmp_path: Path) -> None:
+    # An interpreter that cannot start (no standard library where PYTHONHOME says): each try
+    # is one failure, so max_failures tries are made before it is given up on, not half.
+    z = Zygote({**_env(), "PYTHONHOME": str(tmp_path / "nowhere")}, max_failures=3)
+    try:
+        for tries in (1, 2, 3):
+            with pytest.raises(ZygoteError):
+                await z.start()
+            assert z.failures == tries
+        with pytest.raises(ZygoteError, match="not restarting"):
+            await z.start()
+    finally:
+        await z.stop()
+
+
+async def test_a_death_not_yet_seen_is_counted_before_another_zygote_starts(
+    tmp_path: Path,
+) -> None:
+    # The zygote died, and neither its EOF nor its exit has been handled yet (here: both
+    # watchers are taken off). The next start reads what it left and counts the death first:
+    # with max_failures=1 that means no second zygote, where it used to start one more.
+    z = Zygote(_env(), max_failures=1)
+    try:
+        await z.start()
+        assert z._pipe is not None and z._exit_watch is not None and z._proc is not None
+        asyncio.get_running_loop().remove_reader(z._pipe.fd)
+        z._exit_watch.cancel()
+        proc, pid = z._proc, z.pid
+        assert pid is not None
+        os.kill(pid, 9)
+        await asyncio.wait_for(proc.wait(), 30)
+        with pytest.raises(ZygoteError, match="not restarting"):
+            await z.start()
+        assert z.failures == 1 and z.pid == pid
+    finally:
+        await z.stop()
+
+
 async def test_a_spawn_given_up_on_leaves_no_process(zygote: Zygote, tmp_path: Path) -> None:
     # A spawn that times out (a zygote stuck on a slow filesystem, say) fails with ZygoteError,
     # and the child the zygote starts anyway is killed the moment it is heard of.
