@@ -26,6 +26,7 @@ POINT_FIELDS = {
     "runs",
     "median",
     "half_rate",
+    "half_rate_runs",
     "master_peak_rss_bytes",
     "master_kib_per_agent",
     "wire_fraction_of_limit",
@@ -81,9 +82,13 @@ def test_offer_bench_tiny_configuration(tmp_path: Path) -> None:
     (point,) = report["points"]
     assert POINT_FIELDS <= set(point)
     assert (point["agents"], point["frameworks"]) == (20, 2)
-    for window in [*point["runs"], point["median"], point["half_rate"]]:
+    for window in [*point["runs"], point["median"], *point["half_rate_runs"], point["half_rate"]]:
         missing = WINDOW_FIELDS - set(window)
         assert not missing, missing
+    # The half-rate figures are the median of as many windows as the max rate's.
+    assert len(point["half_rate_runs"]) == len(point["runs"])
+    p99s = sorted(w["latency_p99_ms"] for w in point["half_rate_runs"])
+    assert p99s[0] <= point["half_rate"]["latency_p99_ms"] <= p99s[-1]
     assert point["median"]["launches_per_s"] > 0  # tasks really ran
     assert point["baseline"]["one_way_msgs_per_s"] > 0
     assert point["master_peak_rss_bytes"] > 0
