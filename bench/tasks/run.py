@@ -505,6 +505,13 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
             "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
             "wall": elapsed,
         }
+        # What the agent put on the wire per task: libproc messages, and the frames (one
+        # send each) they were coalesced into; fewer means the bursts were bigger.
+        n = cfg.true_tasks
+        result["true"]["agent_wire_per_task"] = {
+            what: (m1.get(f"libproc/{what}", 0.0) - m0.get(f"libproc/{what}", 0.0)) / n
+            for what in ("messages_sent", "frames_sent")
+        }
 
         if cfg.sleep_tasks:
             result["sleep"] = await _run_batch(
@@ -776,6 +783,12 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
                 f"{cpu['agent']:.2f}, zygote {cpu.get('zygote', 0):.2f}, framework "
                 f"{cpu.get('framework', 0):.2f}, executors+tasks {cpu.get('executors', 0):.2f}"
                 f" ({cpu.get('executors_forked', 0):.0f} forked) over {cpu['wall']:.2f} s wall"
+            )
+        wire = r["true"].get("agent_wire_per_task")
+        if wire:
+            lines.append(
+                f"mesa {r['isolation']} true: the agent sent {wire['messages_sent']:.2f} messages"
+                f" in {wire['frames_sent']:.2f} frames per task"
             )
         if r["true"]["failed"]:
             lines.append(f"  failures: {r['true']['failures']}")
