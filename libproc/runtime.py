@@ -371,22 +371,32 @@ class Runtime:
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         loop = self._loop
 
+        def call(*args: Any) -> Any:
+            # Checked as the call starts, on the actor's thread: a caller that gave up while
+            # it was queued (a cancel can race the actor's next turn) is not run.
+            return None if done.cancelled() else fn(*args)
+
         def post() -> None:
             if done.cancelled():
                 return  # the caller gave up before the call was posted
             if proc._state >= _TERMINATING:
-                done.set_exception(ProcessNotFound(f"{proc.pid} terminated before the call"))
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    done.set_exception(ProcessNotFound(f"{proc.pid} terminated before the call"))
                 return
             inner = loop.create_future()
             inner.add_done_callback(functools.partial(_copy_outcome, done))
             # The caller giving up cancels the call too, if it has not run yet (a dispatch
             # whose future is done is skipped).
             done.add_done_callback(functools.partial(_cancel_with, inner))
-            proc._post(_DISPATCH, fn, args, inner)
+            proc._post(_DISPATCH, call, args, inner)
 
+        if not loop.is_running():  # type: ignore[union-attr]
+            # Stopped or closed: nothing would ever run the call (a stopped loop's queued
+            # callbacks are dropped when it closes), and the caller would wait for ever.
+            raise ProcessNotFound(f"{proc.pid}: its runtime's loop is not running")
         try:
             loop.call_soon_threadsafe(post)  # type: ignore[union-attr]
-        except RuntimeError:  # its loop is closed: the runtime is gone
+        except RuntimeError:  # closed since
             raise ProcessNotFound(f"{proc.pid}: its runtime's loop is closed") from None
         return asyncio.wrap_future(done, loop=caller)
 
