@@ -505,13 +505,19 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
             "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
             "wall": elapsed,
         }
-        # What the agent put on the wire per task: libproc messages, and the frames (one
-        # send each) they were coalesced into; fewer means the bursts were bigger.
-        n = cfg.true_tasks
-        result["true"]["agent_wire_per_task"] = {
-            what: (m1.get(f"libproc/{what}", 0.0) - m0.get(f"libproc/{what}", 0.0)) / n
-            for what in ("messages_sent", "frames_sent")
-        }
+        # What the agent put on the wire per task: libproc messages (less those delivered in
+        # its own process), and the frames (one send each) they were coalesced into; fewer
+        # means the bursts were bigger. Not known if either snapshot did not come.
+        if m0 and m1 and cfg.true_tasks:
+
+            def delta(name: str) -> float:
+                return m1.get(f"libproc/{name}", 0.0) - m0.get(f"libproc/{name}", 0.0)
+
+            result["true"]["agent_wire_per_task"] = {
+                "messages_sent": (delta("messages_sent") - delta("messages_local"))
+                / cfg.true_tasks,
+                "frames_sent": delta("frames_sent") / cfg.true_tasks,
+            }
 
         if cfg.sleep_tasks:
             result["sleep"] = await _run_batch(

@@ -61,7 +61,7 @@ def test_offer_bench_tiny_configuration(tmp_path: Path) -> None:
             "bench.offers",
             "--agents=20",
             "--frameworks=2",
-            "--runs=1",
+            "--runs=2",
             "--window=1",
             "--warmup=0.5",
             f"--json={out}",
@@ -85,10 +85,13 @@ def test_offer_bench_tiny_configuration(tmp_path: Path) -> None:
     for window in [*point["runs"], point["median"], *point["half_rate_runs"], point["half_rate"]]:
         missing = WINDOW_FIELDS - set(window)
         assert not missing, missing
-    # The half-rate figures are the median of as many windows as the max rate's.
-    assert len(point["half_rate_runs"]) == len(point["runs"])
-    p99s = sorted(w["latency_p99_ms"] for w in point["half_rate_runs"])
-    assert p99s[0] <= point["half_rate"]["latency_p99_ms"] <= p99s[-1]
+    # The half-rate figures are the median of as many windows as the max rate's (two here).
+    assert len(point["half_rate_runs"]) == len(point["runs"]) == 2
+    p99s = sorted(
+        w["latency_p99_ms"] for w in point["half_rate_runs"] if not math.isnan(w["latency_p99_ms"])
+    )
+    if p99s:  # (a window that saw no launch has no percentile)
+        assert p99s[0] <= point["half_rate"]["latency_p99_ms"] <= p99s[-1]
     assert point["median"]["launches_per_s"] > 0  # tasks really ran
     assert point["baseline"]["one_way_msgs_per_s"] > 0
     assert point["master_peak_rss_bytes"] > 0
