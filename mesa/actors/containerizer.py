@@ -214,6 +214,9 @@ class Containerizer(Process):
         if self.zygotes:
             zs = self.zygotes
             m.gauge("containerizer/zygotes", lambda: sum(z.alive for z in zs))
+            m.set("containerizer/zygotes_configured", len(zs))
+            # Zygotes that died max_failures times: launches they would take start cold.
+            m.gauge("containerizer/zygotes_given_up", lambda: sum(z.given_up for z in zs))
             m.gauge("containerizer/zygote_executors_forked", lambda: sum(z.forked for z in zs))
             m.gauge("containerizer/zygote_executors_exited", lambda: sum(z.exited for z in zs))
             m.gauge(

@@ -229,11 +229,19 @@ async def test_containers_start_cold_when_the_zygote_keeps_dying(
     fw, driver = await start_framework(master.endpoint)
     try:
         # A launch (re)starts the zygote it picks if that one is down; kill every zygote after
-        # every launch until the agent has given up on them all (three failures each).
+        # every launch until the agent has given up on them all (three failures each). (Not
+        # until none is running after a launch: that launch may have gone cold because its own
+        # zygote reached the limit, while another one has not yet.)
         await _poll(lambda: _zygote_pids(agent), "the agent's zygotes")
+
+        def given_up() -> bool:
+            m = agent.state("/metrics/snapshot")
+            return m["containerizer/zygotes_given_up"] == m["containerizer/zygotes_configured"]
+
         i = 0
-        while zygotes := _zygote_pids(agent):
+        while not given_up():
             assert i < 20, "the agent keeps restarting its zygotes"
+            zygotes = _zygote_pids(agent)
             for zygote in zygotes:
                 os.kill(zygote, 9)  # a descendant of the agent this test started
             await _poll(lambda zs=zygotes: all(_gone(z) for z in zs), "the zygotes gone")
