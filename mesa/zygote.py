@@ -410,23 +410,33 @@ class Zygote:
             proc.stdin.write(b"".join(frames))
 
     def _on_exit(self, pipe: _Pipe, watch: asyncio.Future[int]) -> None:
-        """The zygote behind ``pipe`` ended: what it wrote before is all in the pipe."""
-        if not watch.cancelled() and not pipe.closed:
-            self._read(pipe, drain=True)
+        """The zygote behind ``pipe`` ended: what it wrote before is all in the pipe, read now.
+        Its EOF normally follows at once; a child it was starting holds the pipe until its
+        ``exec`` (which replaces its stdout), and a launch failed before then could not find
+        that child to kill it. So the EOF settles the zygote, as always, or after
+        ``_EXIT_GRACE`` this does anyway (a child parked at its gate may hold the pipe until
+        it sees the gate close)."""
+        if watch.cancelled() or pipe.closed:
+            return
+        self._read(pipe, drain=True, settle=False)
+        if not pipe.closed:
+            asyncio.get_running_loop().call_later(_EXIT_GRACE, self._read, pipe, True)
 
     def _on_readable(self, pipe: _Pipe) -> None:
         """What the zygote behind ``pipe`` said: everything there is, in one read (a burst's
         answers come together); at EOF, it is gone."""
         self._read(pipe, drain=False)
 
-    def _read(self, pipe: _Pipe, drain: bool) -> None:
-        """Read and handle one chunk (``drain``: everything there is, then end the pipe: its
-        zygote is known to be gone, and nothing it said is lost)."""
+    def _read(self, pipe: _Pipe, drain: bool, settle: bool | None = None) -> None:
+        """Read and handle one chunk; ``drain``: everything there is, and then (``settle``,
+        by default as ``drain``) end the pipe, its zygote known to be gone, nothing it said
+        lost."""
+        settle = drain if settle is None else settle
         while not pipe.closed:
             try:
                 chunk = os.read(pipe.fd, 1 << 16)
             except BlockingIOError:
-                if drain:
+                if settle:
                     self._end(pipe)
                 return
             except OSError as e:  # pragma: no cover - the pipe broke in an unexpected way
@@ -586,6 +596,10 @@ class _Pipe:
         self.ended = ended
         self.closed = False
         self.unpacker = _unpacker()
+
+
+# How long a zygote's exit waits for its pipe's EOF before it settles what was in flight.
+_EXIT_GRACE = 0.5
 
 
 def _pack(msg: dict[str, Any]) -> bytes:
