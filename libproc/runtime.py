@@ -385,9 +385,6 @@ class Runtime:
                 return
             inner = loop.create_future()
             inner.add_done_callback(functools.partial(_copy_outcome, done))
-            # The caller giving up cancels the call too, if it has not run yet (a dispatch
-            # whose future is done is skipped).
-            done.add_done_callback(functools.partial(_cancel_with, inner))
             proc._post(_DISPATCH, call, args, inner)
 
         if not loop.is_running():  # type: ignore[union-attr]
@@ -875,14 +872,6 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<Runtime {self.address or 'unstarted'} actors={len(self._actors)}>"
-
-
-def _cancel_with(inner: asyncio.Future[Any], done: concurrent.futures.Future[Any]) -> None:
-    """The caller's side was cancelled (on the caller's thread): cancel the actor's side on its
-    own loop, unless that loop has closed meanwhile (then nothing will run it anyway)."""
-    if done.cancelled():
-        with contextlib.suppress(RuntimeError):
-            inner.get_loop().call_soon_threadsafe(inner.cancel)
 
 
 def _copy_outcome(target: concurrent.futures.Future[Any], source: asyncio.Future[Any]) -> None:

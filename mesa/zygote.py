@@ -261,7 +261,7 @@ class Zygote:
             # A zygote that died whose end was never seen (a child it forked holds the pipe
             # open): what it said before it went is read, its death counted, before the count
             # decides whether there is another.
-            self._read(self._pipe, drain=True)
+            self._read(self._pipe, drain=True, settle=True)
         if self.failures >= self.max_failures:
             raise ZygoteError(f"the zygote failed {self.failures} times; not restarting it")
         if self._starting is None or self._starting.done():
@@ -300,13 +300,13 @@ class Zygote:
         except asyncio.CancelledError:
             self._kill_now()  # the containerizer is stopping: no waiting, no failure counted
             raise
-        except Exception as e:
-            if not isinstance(e, ZygoteError):  # (a ZygoteError: its end was counted already)
-                self.failures += 1
-            self._kill_now()
-            if not isinstance(e, ZygoteError):
-                raise ZygoteError(f"the zygote did not start: {e!r}") from e
+        except ZygoteError:
+            self._kill_now()  # (it ended before it was ready: that end was counted)
             raise
+        except Exception as e:
+            self.failures += 1
+            self._kill_now()
+            raise ZygoteError(f"the zygote did not start: {e!r}") from e
         log.info("zygote_started", pid=self.pid)
 
     async def spawn(
@@ -420,18 +420,16 @@ class Zygote:
             return
         self._read(pipe, drain=True, settle=False)
         if not pipe.closed:
-            asyncio.get_running_loop().call_later(_EXIT_GRACE, self._read, pipe, True)
+            asyncio.get_running_loop().call_later(_EXIT_GRACE, self._read, pipe, True, True)
 
     def _on_readable(self, pipe: _Pipe) -> None:
         """What the zygote behind ``pipe`` said: everything there is, in one read (a burst's
         answers come together); at EOF, it is gone."""
-        self._read(pipe, drain=False)
+        self._read(pipe, drain=False, settle=False)
 
-    def _read(self, pipe: _Pipe, drain: bool, settle: bool | None = None) -> None:
-        """Read and handle one chunk; ``drain``: everything there is, and then (``settle``,
-        by default as ``drain``) end the pipe, its zygote known to be gone, nothing it said
-        lost."""
-        settle = drain if settle is None else settle
+    def _read(self, pipe: _Pipe, drain: bool, settle: bool) -> None:
+        """Read and handle one chunk, or (``drain``) everything there is; ``settle``: then end
+        the pipe, its zygote known to be gone and nothing it said lost."""
         while not pipe.closed:
             try:
                 chunk = os.read(pipe.fd, 1 << 16)
