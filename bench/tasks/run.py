@@ -475,6 +475,7 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
         cpu0 = [n.cpu_seconds() for n in cluster.nodes]
         zygote0, framework0 = cluster.agent.zygote_cpu_seconds(), time.process_time()
         m0 = await asyncio.to_thread(cluster.agent.metrics)
+        master0 = await asyncio.to_thread(cluster.master.metrics)
         t0 = time.perf_counter()
         result["true"] = await _run_batch(
             driver, fw, "true", "true", cfg.true_tasks, cfg.phase_timeout
@@ -483,6 +484,7 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
         elapsed = time.perf_counter() - t0
         cpu1 = [n.cpu_seconds() for n in cluster.nodes]
         zygote1, framework1 = cluster.agent.zygote_cpu_seconds(), time.process_time()
+        master1 = await asyncio.to_thread(cluster.master.metrics)
         key = "containerizer/zygote_executor_cpu_seconds"
         forked = "containerizer/zygote_executors_forked"
         exited = "containerizer/zygote_executors_exited"
@@ -517,6 +519,22 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
                 "messages_sent": (delta("messages_sent") - delta("messages_local"))
                 / cfg.true_tasks,
                 "frames_sent": delta("frames_sent") / cfg.true_tasks,
+            }
+
+        # What the master handled per task: how many messages came in, in how many frames, and
+        # how many allocation cycles and offers the tasks took. The master's CPU per task
+        # follows these, and they change with how the agent's updates are batched.
+        if master0 and master1 and cfg.true_tasks:
+
+            def master_delta(name: str) -> float:
+                return (master1.get(name, 0.0) - master0.get(name, 0.0)) / cfg.true_tasks
+
+            result["true"]["master_per_task"] = {
+                "messages_received": master_delta("libproc/messages_received")
+                - master_delta("libproc/messages_local"),
+                "frames_received": master_delta("libproc/frames_received"),
+                "allocation_cycles": master_delta("allocator/cycles"),
+                "offers": master_delta("master/offers_sent"),
             }
 
         if cfg.sleep_tasks:
@@ -795,6 +813,14 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
             lines.append(
                 f"mesa {r['isolation']} true: the agent sent {wire['messages_sent']:.2f} messages"
                 f" in {wire['frames_sent']:.2f} frames per task"
+            )
+        master = r["true"].get("master_per_task")
+        if master:
+            lines.append(
+                f"mesa {r['isolation']} true: the master took {master['messages_received']:.2f}"
+                f" messages in {master['frames_received']:.2f} frames, "
+                f"{master['allocation_cycles']:.2f} allocation cycles and "
+                f"{master['offers']:.2f} offers per task"
             )
         if r["true"]["failed"]:
             lines.append(f"  failures: {r['true']['failures']}")
