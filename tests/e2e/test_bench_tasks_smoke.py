@@ -57,6 +57,10 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     assert len(mesa["latency_s"]["runs"]) == 2
     assert all(math.isfinite(x) and x > 0 for x in mesa["latency_s"]["runs"])
     assert {"master", "agent", "executors", "executors_forked"} <= set(mesa["true"]["cpu_s"])
+    # 12 tasks: at least an accept, a RUNNING and a FINISHED came in to the master for them.
+    master = mesa["true"]["master_per_task"]
+    assert master["messages_received"] > 0 and master["offers"] > 0
+    assert "the master took" in proc.stdout
     assert {t["what"].split(":")[0] for t in report["targets"]} == {"posix"}
     # The table names every row against the xargs limit.
     assert "x xargs limit" in proc.stdout and "mesa posix" in proc.stdout
