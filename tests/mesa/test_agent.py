@@ -598,11 +598,20 @@ async def test_executor_registration_timeout(cluster: Cluster, tmp_path: Path):
     await cluster.registered()
     info, pidfile = never_registers(tmp_path)
     tid = new_task_id()
-    master.run_task(framework(), executor_task(tid, info))
-    failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+    # Paused time: the timeout runs out once the executor's process is up, not while its
+    # container is still starting (under load that can take longer than the timeout, and a
+    # container destroyed before its command runs leaves no process whose end to check).
+    Clock.pause()
+    try:
+        master.run_task(framework(), executor_task(tid, info))
+        pid = await read_pid(pidfile)
+        Clock.advance(0.3)
+        failed = await master.wait_state(tid, TaskState.TASK_FAILED)
+    finally:
+        Clock.resume()
     assert failed.status.reason == Reason.REASON_EXECUTOR_REGISTRATION_TIMEOUT
     await master.wait_for(ExitedExecutor.NAME)
-    await wait_gone(await read_pid(pidfile))
+    await wait_gone(pid)
 
 
 async def test_container_launch_failure(cluster: Cluster, tmp_path: Path):
