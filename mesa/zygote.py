@@ -376,10 +376,12 @@ class Zygote:
         try:
             pid = await spawned
         except BaseException as e:
-            self._pending.pop(container_id, None)
-            # The request may be with the zygote already: if its child shows up later, nobody
-            # will be watching it, so it is killed the moment it does.
-            self._abandoned.add(container_id)
+            if self._pending.get(container_id) is pending:
+                del self._pending[container_id]
+                # The request may be with the zygote already: if its child shows up later,
+                # nobody will be watching it, so it is killed the moment it does. (If its answer
+                # came while this waited to resume, the child was killed then.)
+                self._abandoned.add(container_id)
             if isinstance(e, TimeoutError):
                 raise ZygoteLostSpawn(
                     f"no answer to the spawn of {container_id} in {timeout}s"
@@ -493,8 +495,14 @@ class Zygote:
                     self._kill_abandoned(cid, int(msg["pid"]))
             return
         if op == "spawned":
-            if not pending.spawned.done():
-                pending.spawned.set_result(int(msg["pid"]))
+            spawned = pending.spawned
+            if not spawned.done():
+                spawned.set_result(int(msg["pid"]))
+            elif spawned.cancelled() or spawned.exception() is not None:
+                # Given up on (timed out, cancelled) a moment ago, and its waiter has not
+                # resumed yet: nobody will watch this child, so it goes now.
+                del self._pending[msg["id"]]
+                self._kill_abandoned(msg["id"], int(msg["pid"]))
         elif op == "error":
             self._pending.pop(msg["id"], None)
             if not pending.spawned.done():
