@@ -255,7 +255,10 @@ async def test_exec_children_do_not_outlive_the_zygote_s_end(tmp_path: Path) -> 
     pidfile = tmp_path / "orphan.pid"
     argv = ["/bin/sh", "-c", f"(sleep 300 & echo $! > {pidfile}); exec sleep 300"]
     child = await z.spawn("task", argv=argv, gated=False, **_spawn_args(tmp_path))
-    await eventually(pidfile.exists, "the orphan started")
+    # (Its pid once written: the shell makes the file, then writes to it.)
+    await eventually(
+        lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), "the orphan started"
+    )
     orphan = int(pidfile.read_text())
     await z.stop()
     await eventually(lambda: _zombie(child.pid) and _zombie(orphan), "the task and its orphan gone")
@@ -393,8 +396,13 @@ async def test_left_counts_a_session_member_whose_parent_left_the_session(
     zygote: Zygote, tmp_path: Path
 ) -> None:
     # A forks B, then makes a session of its own; B stays in the container's session. When the
-    # leader ends, A is adopted (not the container's any more) and B, A's child, still is.
-    script = "(sleep 60 & echo $! > b; exec setsid sleep 60) & echo $! > a; sleep 0.3"
+    # leader ends, A is adopted (not the container's any more) and B, A's child, still is. The
+    # leader ends once A says, through a fifo, that it has its own session.
+    script = (
+        "mkfifo ready; "
+        "(sleep 60 & echo $! > b; exec setsid sh -c 'echo > ready; exec sleep 60') & "
+        "echo $! > a; read x < ready"
+    )
     child = await zygote.spawn("split", **_spawn_args(tmp_path), argv=["sh", "-c", script])
     child.release()
     a = b = 0
