@@ -38,7 +38,7 @@ from agent_harness import (
 )
 from isolation_support import leftover_cgroups, need_cgroups, unique_root
 
-from libproc import filters
+from libproc import Clock, filters, settle
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo
 from mesa.isolators import IsolationOptions
@@ -543,20 +543,40 @@ async def test_a_finished_containers_sandbox_is_removed_after_the_gc_delay(
     keep = new_task_id("keep")
     master.run_task(framework(), command_task(keep, "exec sleep 60"))
     await master.wait_state(keep, TaskState.TASK_RUNNING)
-    tid = new_task_id()
-    master.run_task(framework(), command_task(tid, "echo written"))
-    await master.wait_state(tid, TaskState.TASK_FINISHED)
-    sandbox = await cluster.sandbox(tid)
-    # Kept for people to read for a while (nothing removes it the moment the task ends) ...
-    assert (sandbox / "stdout").read_text() == "written\n"
 
-    # ... then gone. The removal runs on a worker thread (the sandbox, then its emptied parents);
-    # the agent counts it when all of that is done, so that count is what to wait for.
-    async def removed() -> bool:
-        metrics = await cluster.http_get("/metrics/snapshot")
-        return bool(metrics["agent/sandboxes_removed"] >= 1)
+    async def metric(name: str) -> float:
+        return (await cluster.http_get("/metrics/snapshot"))[name]
 
-    await eventually(removed, "the finished sandbox removed")
+    # Paused time: the sandbox is kept for the delay of Clock time, however long this test
+    # takes to read it (a second of real time can go by under load before it has).
+    Clock.pause()
+    try:
+        tid = new_task_id()
+        master.run_task(framework(), command_task(tid, "echo written"))
+        await master.wait_state(tid, TaskState.TASK_FINISHED)
+        sandbox = await cluster.sandbox(tid)
+        # Kept for people to read for a while (nothing removes it the moment the task ends) ...
+        assert (sandbox / "stdout").read_text() == "written\n"
+        # (The command executor's container ends after its task's update.)
+        await eventually(
+            lambda: metric("agent/sandboxes_awaiting_gc"), "the sandbox handed to the collector"
+        )
+        Clock.advance(0.5)
+        await settle()
+        assert await metric("agent/sandboxes_awaiting_gc") == 1  # not yet due
+        assert (sandbox / "stdout").exists()
+        Clock.advance(1.0)
+        await settle()
+
+        # ... then gone. The removal runs on a worker thread (the sandbox, then its emptied
+        # parents); the agent counts it when all of that is done, so that count is what to
+        # wait for.
+        async def removed() -> bool:
+            return await metric("agent/sandboxes_removed") >= 1
+
+        await eventually(removed, "the finished sandbox removed")
+    finally:
+        Clock.resume()
     assert not sandbox.exists()
     if command_tasks == "executor":
         assert not sandbox.parent.parent.exists()  # executors/<task id>, emptied, goes too
