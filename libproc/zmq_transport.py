@@ -214,7 +214,7 @@ class ZmqTransport:
         dealer.connect(f"tcp://{host}:{port}")
         peer = _Peer(address, dealer, monitor)
         self._peers[address] = peer
-        self._loop.add_reader(monitor.FD, self._on_monitor, peer)  # type: ignore[union-attr]
+        self._loop.add_reader(monitor.FD, self._on_monitor, peer, True)  # type: ignore[union-attr]
         # ZeroMQ's fd only signals a pipe going from empty to non-empty *after* a read found it
         # empty; without this first read, the first monitor event (the peer dying) never wakes
         # the loop and the disconnection goes unnoticed.
@@ -244,7 +244,9 @@ class ZmqTransport:
             self._loop.remove_reader(peer.dealer.FD)  # type: ignore[union-attr]
             self._events._on_writable(peer.address)  # type: ignore[union-attr]
 
-    def _on_monitor(self, peer: _Peer) -> None:
+    def _on_monitor(self, peer: _Peer, drain: bool = False) -> None:
+        """Take in the DEALER's connection events; ``drain`` (called by the loop, not from
+        inside a send): read what the ROUTER holds before reporting the peer down."""
         if peer.monitor.closed:
             return
         down = False
@@ -261,6 +263,13 @@ class ZmqTransport:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 down = True
         if down and self._peers.get(peer.address) is peer:
+            if drain:
+                # What the peer sent before it went away (its last replies, the exited notices
+                # of a graceful stop) comes on its own connection, to our ROUTER, and may be
+                # there unread: read it first, so that the news of its end does not overtake it.
+                self._on_readable()
+                if self._peers.get(peer.address) is not peer:
+                    return
             self.forget(peer.address)
             self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
 
