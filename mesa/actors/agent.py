@@ -100,6 +100,7 @@ from mesa.resources import ResourceError, Resources
 from mesa.sandbox_gc import SandboxCollector
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
+from mesa.update_outbox import UpdateOutbox
 from mesa.validation import parse_resources
 
 __all__ = [
@@ -322,6 +323,9 @@ class Agent(Process):
 
     # Status updates in one StatusUpdates message, at most (a burst's are sent together).
     updates_per_message: int = 1000
+    # The longest an update waits for the master to answer the message before it (seconds; see
+    # mesa.update_outbox).
+    update_hold: float = 0.005
 
     def __init__(
         self,
@@ -404,9 +408,14 @@ class Agent(Process):
             backoff_max=status_update_backoff_max,
             paused=True,
         )
-        # Updates the streams sent since the last flush: they leave for the master together,
-        # once the events queued now are handled (see _forward_update).
-        self._outbox: list[StatusUpdate] = []
+        # What the streams send leaves in bursts, clocked by the master's answers.
+        self._outbox = UpdateOutbox(
+            self._send_updates,
+            self.defer,
+            self.delay,
+            hold=self.update_hold,
+            per_message=self.updates_per_message,
+        )
         self._executor_env: dict[str, str] | None = None  # (once the pid is known)
         self.log = get_logger("mesa.agent")
 
@@ -421,12 +430,17 @@ class Agent(Process):
                 why=self._isolation_reasons,
             )
             self._containerizer = self.spawn(Containerizer(self._isolators))
+        # (The knobs may have been set on the instance after it was made.)
+        self._outbox.per_message = max(1, self.updates_per_message)
+        self._outbox.hold = self.update_hold
         m = self.metrics
         m.gauge("agent/registered", lambda: 1 if self.registered else 0)
         m.gauge("agent/frameworks_active", lambda: len(self._frameworks))
         m.gauge("agent/executors_running", lambda: len(self._containers))
         m.gauge("agent/tasks_running", self._count_live_tasks)
         m.gauge("agent/status_update_streams", lambda: len(self._updates))
+        m.gauge("agent/status_update_messages", lambda: self._outbox.messages)
+        m.gauge("agent/status_update_messages_held", lambda: self._outbox.held)
         m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
         m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
         self.log.info(
@@ -442,7 +456,8 @@ class Agent(Process):
 
     async def finalize(self) -> None:
         """Stop timers and take every container down with the agent: no orphan executors."""
-        self._flush_updates()  # (what the streams sent goes, as it would have unbatched)
+        self._outbox.flush()  # (what the streams sent goes, as it would have unbatched)
+        self._outbox.close()
         if self._registration_timer is not None:
             self._registration_timer.cancel()
         if self._ping_timer is not None:
@@ -601,6 +616,7 @@ class Agent(Process):
             self._ping_timer.cancel()
             self._ping_timer = None
         self._reset_ping_timer()
+        self._outbox.reset()
         self._updates.resume()
 
     def _disconnected(self, why: str) -> None:
@@ -1255,42 +1271,26 @@ class Agent(Process):
         return result
 
     def _forward_update(self, update: StatusUpdate, retry: bool) -> None:
-        """The streams' way out: to the master, with the others sent in the same burst.
-
-        The tasks of one ``RunTasks`` start together and, alike, often end together: their
-        updates leave as one :class:`StatusUpdates` once the events queued now are handled
-        (a deferred flush), which saves the master, and the framework it forwards them to, a
-        message each. Each update is still its stream's own, retried until acknowledged."""
+        """The streams' way out: to the master, through the outbox (bursts as one message,
+        clocked by the master's answers; see :mod:`mesa.update_outbox`). Each update is still
+        its stream's own, retried until acknowledged."""
         self.metrics.inc("agent/status_updates_retried" if retry else "agent/status_updates_sent")
-        outbox = self._outbox
-        outbox.append(update)
-        if len(outbox) == 1:
-            self.defer(self._flush_updates)
+        self._outbox.put(update)
 
-    def _flush_updates(self) -> None:
-        outbox = self._outbox
-        if not outbox:
-            return
-        self._outbox = []
-        # At most updates_per_message to a message: a burst after a long outage (every stream
-        # resumed at once) must not make one message too big to send, or one that back-pressure
-        # refuses whole, time after time.
-        step = max(1, self.updates_per_message)
-        for start in range(0, len(outbox), step):
-            chunk = outbox[start : start + step]
-            try:
-                if len(chunk) == 1:
-                    self.send(self.master, StatusUpdate.NAME, chunk[0])
-                else:
-                    self.send(self.master, StatusUpdates.NAME, StatusUpdates(chunk))
-            except Exception as e:  # back-pressure or a dead peer: the streams retry
-                self.log.warning("status_update_send_failed", error=repr(e), updates=len(chunk))
+    def _send_updates(self, updates: list[StatusUpdate]) -> None:
+        try:
+            if len(updates) == 1:
+                self.send(self.master, StatusUpdate.NAME, updates[0])
+            else:
+                self.send(self.master, StatusUpdates.NAME, StatusUpdates(updates))
+        except Exception as e:  # back-pressure or a dead peer: the streams retry
+            self.log.warning("status_update_send_failed", error=repr(e), updates=len(updates))
 
     def _to_master(self, name: str, body: Any) -> None:
         """Send to the master, after the status updates waiting to go: what the agent says
         reaches the master in the order it said it."""
         if self._outbox:
-            self._flush_updates()
+            self._outbox.flush()
         self.send(self.master, name, body)
 
     @handler(StatusUpdateAcknowledgement.NAME)
@@ -1322,6 +1322,7 @@ class Agent(Process):
             self._acknowledged(sender, msg.framework_id, task_id, uuid_)
 
     def _acknowledged(self, sender: UPID, framework_id: str, task_id: str, uuid_: bytes) -> None:
+        self._outbox.answered()
         result = self._updates.acknowledge(framework_id, task_id, uuid_)
         if result is not Ack.OK:
             self._invalid(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from agent_harness import (
     Cluster,
+    FakeMaster,
     command_task,
     executor_task,
     framework,
@@ -746,6 +747,68 @@ class InstantContainerizer(Process):
         for cid, owner in self.running.items():
             self.send(owner, ContainerTerminated.NAME, ContainerTerminated(cid, status=0))
         self.running.clear()
+
+
+async def _instant_agent(
+    tmp_path: Path, hold: float, auto_ack: bool = False
+) -> tuple[Cluster, FakeMaster, Runtime, Agent, InstantContainerizer]:
+    """An agent whose containers start at once, and a master that answers only when told."""
+    cluster = Cluster(tmp_path)
+    master = await cluster.start_master(auto_ack=auto_ack)
+    rt = await Runtime("127.0.0.1", 0).start()
+    containerizer = InstantContainerizer()
+    agent = Agent(
+        UPID("master", "127.0.0.1", cluster.master_port),
+        tmp_path / "work",
+        resources="cpus:4;mem:1024",
+        containerizer=rt.spawn(containerizer),
+    )
+    agent.update_hold = hold
+    rt.spawn(agent)
+    await master.wait_for(RegisterAgent.NAME)
+    await wait_until(lambda: agent.registered)
+    return cluster, master, rt, agent, containerizer
+
+
+async def test_updates_wait_for_the_master_s_answer_to_the_message_before(tmp_path: Path) -> None:
+    # The hold is a minute: only the master's answer can release what waits.
+    cluster, master, rt, _agent, containerizer = await _instant_agent(tmp_path, hold=60.0)
+    try:
+        master.run_task(framework(), command_task("a", "true"))
+        (running_a,) = await master.wait_for(StatusUpdate.NAME)
+        # "a"'s message is unanswered, so "b"'s TASK_RUNNING waits for the answer.
+        master.run_task(framework(), command_task("b", "true"))
+        await wait_until(lambda: rt.metrics.get("agent/status_update_messages_held") == 1)
+        assert master.updates("b") == []
+        master.ack(running_a)
+        running_b = await master.wait_state("b", TaskState.TASK_RUNNING)
+        master.ack(running_b)
+        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 2)
+        # Answered: what the tasks say next goes at once (their ends, here, as one message).
+        await libproc_dispatch(containerizer.pid, containerizer.end_all)
+        await master.wait_for(
+            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=2
+        )
+        assert master.batches == 1
+        assert rt.metrics.get("agent/status_update_messages") == 3
+        assert rt.metrics.get("agent/status_update_messages_held") == 1
+    finally:
+        await rt.stop()
+        await cluster.stop_master()
+
+
+async def test_without_an_answer_held_updates_go_when_the_hold_ends(tmp_path: Path) -> None:
+    cluster, master, rt, _agent, _containerizer = await _instant_agent(tmp_path, hold=0.05)
+    try:
+        master.run_task(framework(), command_task("a", "true"))
+        await master.wait_for(StatusUpdate.NAME)
+        master.run_task(framework(), command_task("b", "true"))
+        await master.wait_state("b", TaskState.TASK_RUNNING)  # never acknowledged "a"
+        assert rt.metrics.get("agent/status_update_messages_held") == 1
+        assert rt.metrics.get("agent/status_updates_retried") == 0
+    finally:
+        await rt.stop()
+        await cluster.stop_master()
 
 
 @pytest.mark.parametrize("per_message,batches", [(1000, 1), (2, 1), (1, 0)])

@@ -1,0 +1,132 @@
+"""When an agent's status updates leave for the master: in bursts, clocked by the master's answers.
+
+The streams (:mod:`mesa.status_update_stream`) decide *what* goes: each task's head update, resent
+until acknowledged. The outbox decides *when*, and in how many messages. Every message an agent
+sends the master costs the master a frame in, a frame out to the framework, the framework's
+acknowledgement back in and out again to the agent: four frames, each a few tens of
+microseconds of Python on either side, whether it holds one update or fifty. So updates go as
+few messages as latency allows:
+
+* An update first waits for the events already queued to be handled (the actor's ``defer``):
+  the tasks of one ``RunTasks`` start together and often end together, and their updates leave
+  as one message.
+* While an earlier message has had no answer (no acknowledgement has come from the master since
+  it left), new updates wait for that answer, and then leave together. This is the self-clocking
+  of TCP's Nagle algorithm: a lone update, or one after a quiet spell, goes at once; under load,
+  a message leaves per round trip, holding whatever the round trip's time brought, so the
+  bursts grow with the load instead of the message count. ``hold`` bounds the wait (a framework
+  slow to acknowledge must not stall the others' updates).
+
+A lone task's updates never wait on this: its stream sends ``TASK_FINISHED`` only once
+``TASK_RUNNING`` is acknowledged, and that acknowledgement is the answer the outbox waits for.
+Under load the wait is a round trip at most, and ``hold`` at the latest. What it saves is the
+master's time, the one component every agent shares (figures in ``docs/executors.md``).
+
+Like the streams, this is a plain object the agent owns: it is given the agent's ``defer`` and
+``delay`` (so the hold runs in the agent's context, on the libproc Clock) and a ``send``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from libproc import Timer
+from mesa.messages import StatusUpdate
+
+__all__ = ["UpdateOutbox"]
+
+SendFn = Callable[[list[StatusUpdate]], None]
+"""``send(updates)``: put these updates on the wire as one message."""
+
+
+class UpdateOutbox:
+    """Status updates on their way to the master (see the module docstring).
+
+    ``window``: messages that may be unanswered before the next waits for an answer (1: one
+    in flight, as Nagle). ``hold``: the longest an update waits for that answer, in seconds.
+    ``per_message``: updates in one message at most (a burst after a long outage, every stream
+    resumed at once, must not make a message too big to send).
+
+    Counters: ``messages`` sent, ``held`` (messages that waited for an answer or the hold).
+    """
+
+    def __init__(
+        self,
+        send: SendFn,
+        defer: Callable[[Callable[[], None]], None],
+        schedule: Callable[..., Timer],
+        *,
+        window: int = 1,
+        hold: float = 0.005,
+        per_message: int = 1000,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        if hold < 0:
+            raise ValueError("hold must not be negative")
+        self._send = send
+        self._defer = defer
+        self._schedule = schedule
+        self.window = window
+        self.hold = hold
+        self.per_message = max(1, per_message)
+        self._updates: list[StatusUpdate] = []
+        self._unanswered = 0  # messages sent since the master last answered
+        self._timer: Timer | None = None
+        self.messages = 0
+        self.held = 0
+
+    def __len__(self) -> int:
+        return len(self._updates)
+
+    @property
+    def waiting(self) -> bool:
+        """Updates are held for an answer (or the hold's end)."""
+        return self._timer is not None
+
+    def put(self, update: StatusUpdate) -> None:
+        """Send ``update`` with the others of this burst, when the clock above allows."""
+        self._updates.append(update)
+        if len(self._updates) > 1:
+            return  # a send is already on its way (deferred, or waiting for an answer)
+        if self._unanswered < self.window:
+            self._defer(self.flush)
+        else:
+            self.held += 1
+            self._timer = self._schedule(self.hold, self.flush)
+
+    def answered(self) -> None:
+        """An acknowledgement came from the master: what waited for one can go."""
+        if not self._unanswered:
+            return
+        self._unanswered = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._defer(self.flush)  # (after the rest of the answer: its acks free more updates)
+
+    def reset(self) -> None:
+        """A new connection to a master: nothing sent before is waiting for its answer."""
+        self._unanswered = 0
+
+    def flush(self) -> None:
+        """Send everything held now (also what the agent calls before a message that must
+        arrive after these updates)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        updates = self._updates
+        if not updates:
+            return
+        self._updates = []
+        step = self.per_message
+        for start in range(0, len(updates), step):
+            self._unanswered += 1
+            self.messages += 1
+            self._send(updates[start : start + step])
+
+    def close(self) -> None:
+        """Drop the hold's timer (the agent is stopping; it flushes first)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

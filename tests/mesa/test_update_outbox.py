@@ -1,0 +1,181 @@
+"""The agent's update outbox: a burst leaves as one message; while a message is unanswered the
+next burst waits for the answer (or the hold's end), so messages follow the master's pace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mesa.info import TaskStatus
+from mesa.messages import StatusUpdate
+from mesa.update_outbox import UpdateOutbox
+
+
+class Hold:
+    """Stands in for the agent's ``delay``: one record per timer, fired by hand."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.fn: Callable[[], Any] | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Agent:
+    """What the outbox is given: a wire, the actor's ``defer`` queue and its ``delay``."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.deferred: list[Callable[[], None]] = []
+        self.holds: list[Hold] = []
+
+    def send(self, updates: list[StatusUpdate]) -> None:
+        self.sent.append([u.status.task_id for u in updates])
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        self.deferred.append(fn)
+
+    def schedule(self, seconds: float, fn: Callable[[], None]) -> Hold:
+        hold = Hold()
+        hold.seconds, hold.fn = seconds, fn
+        self.holds.append(hold)
+        return hold
+
+    def run_deferred(self) -> None:
+        """The events queued before have been handled: the deferred calls run."""
+        while self.deferred:
+            self.deferred.pop(0)()
+
+    def live_holds(self) -> list[Hold]:
+        return [h for h in self.holds if not h.cancelled and h.fn is not None]
+
+    def fire_holds(self) -> None:
+        for hold in self.live_holds():
+            fn, hold.fn = hold.fn, None
+            assert fn is not None
+            fn()
+
+
+def update(task_id: str) -> StatusUpdate:
+    return StatusUpdate(
+        "fw", TaskStatus(task_id=task_id, state="TASK_RUNNING", uuid=b"u" + task_id.encode())
+    )
+
+
+def outbox(agent: Agent, **kw: Any) -> UpdateOutbox:
+    return UpdateOutbox(agent.send, agent.defer, agent.schedule, **kw)
+
+
+def test_a_burst_leaves_as_one_message_once_the_queued_events_are_handled() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    box.put(update("b"))
+    assert agent.sent == [] and len(box) == 2  # not while the burst is being handled
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"]] and len(box) == 0
+    assert box.messages == 1 and box.held == 0
+
+
+def test_while_a_message_is_unanswered_the_next_burst_waits_for_the_answer() -> None:
+    agent = Agent()
+    box = outbox(agent, hold=0.25)
+    box.put(update("a"))
+    agent.run_deferred()
+    # The master has not answered "a": "b" and "c" wait, with the hold as the bound.
+    box.put(update("b"))
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a"]] and box.waiting and box.held == 1
+    assert [h.seconds for h in agent.live_holds()] == [0.25]
+    # The answer comes: they leave together, once the rest of the answer is handled.
+    box.answered()
+    assert agent.live_holds() == [] and agent.sent == [["a"]]
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b", "c"]] and not box.waiting
+
+
+def test_without_an_answer_the_burst_leaves_when_the_hold_ends() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.put(update("b"))
+    agent.fire_holds()
+    assert agent.sent == [["a"], ["b"]]
+    # Still unanswered (two messages now): the next waits again.
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"]] and box.held == 2
+
+
+def test_after_an_answer_a_lone_update_goes_at_once() -> None:
+    # How a single task's TASK_FINISHED never waits: it is made when its TASK_RUNNING is
+    # acknowledged, and that acknowledgement is the answer.
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.answered()
+    box.put(update("a2"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["a2"]] and box.held == 0 and agent.holds == []
+
+
+def test_a_wider_window_lets_that_many_messages_be_unanswered() -> None:
+    agent = Agent()
+    box = outbox(agent, window=2)
+    for name in ("a", "b"):
+        box.put(update(name))
+        agent.run_deferred()
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"]] and box.held == 1
+
+
+def test_a_new_master_connection_forgets_the_old_one_s_unanswered_messages() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.reset()
+    box.put(update("b"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"]] and box.held == 0
+
+
+def test_flush_sends_what_waits_at_once_and_a_big_burst_is_split() -> None:
+    agent = Agent()
+    box = outbox(agent, per_message=2)
+    box.put(update("a"))
+    agent.run_deferred()
+    for name in ("b", "c", "d"):
+        box.put(update(name))
+    assert box.waiting
+    box.flush()  # e.g. before a message that must reach the master after these updates
+    assert agent.sent == [["a"], ["b", "c"], ["d"]] and not box.waiting
+    assert agent.live_holds() == [] and box.messages == 3
+    box.flush()  # nothing left: nothing sent
+    assert box.messages == 3
+
+
+def test_close_drops_the_hold() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.put(update("b"))
+    box.close()
+    assert agent.live_holds() == [] and agent.sent == [["a"]]
+
+
+def test_bad_settings_are_refused() -> None:
+    agent = Agent()
+    with pytest.raises(ValueError, match="window"):
+        outbox(agent, window=0)
+    with pytest.raises(ValueError, match="hold"):
+        outbox(agent, hold=-1.0)
