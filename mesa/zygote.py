@@ -542,6 +542,8 @@ class Zygote:
             if not p.spawned.done():
                 p.spawned.set_exception(ZygoteLostSpawn("the zygote exited during the spawn"))
                 p.spawned.exception()
+            elif p.spawned.cancelled() or p.spawned.exception() is not None:
+                continue  # given up on (its waiter has yet to resume): no child known to watch
             elif not p.exited.done():
                 live += 1
                 watch = asyncio.ensure_future(_watch_orphan(p.spawned.result(), p.exited))

@@ -17,10 +17,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+import mesa.zygote as zygote_module
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo
 from mesa.zygote import Zygote, ZygoteError, command_executor_command, is_command_executor
@@ -232,6 +234,34 @@ async def test_a_spawn_given_up_on_leaves_no_process(zygote: Zygote, tmp_path: P
         await zygote.spawn("late", argv=argv, gated=False, timeout=0, **args)
     await eventually(lambda: zygote.abandoned_killed == 1, "the late child heard of and killed")
     await eventually(lambda: not _live_with(marker.encode()), "no process of it left")
+
+
+async def test_a_zygote_gone_while_a_timed_out_spawn_waits_to_resume_is_settled(
+    zygote: Zygote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spawn's timeout fires, and in the same loop turn (before the spawning coroutine
+    # resumes) the zygote is ended: that settles everything in flight, the spawn given up on
+    # included (it has failed already: nothing to fail, and no child known to watch), without
+    # an error out of the middle of it.
+    live = await zygote.spawn("live", **_spawn_args(tmp_path / "live"))
+    errors: list[BaseException] = []
+    real = zygote_module._time_out
+
+    def time_out_then_lose_the_zygote(future: asyncio.Future[Any]) -> None:
+        real(future)
+        try:
+            zygote._kill_now()
+        except BaseException as e:
+            errors.append(e)
+
+    monkeypatch.setattr(zygote_module, "_time_out", time_out_then_lose_the_zygote)
+    with pytest.raises(ZygoteError, match="no answer"):
+        await zygote.spawn("late", timeout=0, **_spawn_args(tmp_path / "late"))
+    assert errors == []
+    assert zygote._pending == {} and not zygote._abandoned
+    # The live child, watched by pid now, is settled when it goes (its gate closed with the
+    # zygote).
+    assert await asyncio.wait_for(live.wait(), 30) is None
 
 
 def _live_with(marker: bytes) -> list[int]:
