@@ -750,9 +750,14 @@ class InstantContainerizer(Process):
 
 
 async def _instant_agent(
-    tmp_path: Path, hold: float, auto_ack: bool = False
+    tmp_path: Path,
+    *,
+    hold: float = Agent.update_hold,
+    auto_ack: bool = False,
+    per_message: int = 1000,
 ) -> tuple[Cluster, FakeMaster, Runtime, Agent, InstantContainerizer]:
-    """An agent whose containers start at once, and a master that answers only when told."""
+    """An agent whose containers start at once, and a master that acknowledges every update
+    (``auto_ack``) or only when told."""
     cluster = Cluster(tmp_path)
     master = await cluster.start_master(auto_ack=auto_ack)
     rt = await Runtime("127.0.0.1", 0).start()
@@ -764,9 +769,15 @@ async def _instant_agent(
         containerizer=rt.spawn(containerizer),
     )
     agent.update_hold = hold
-    rt.spawn(agent)
-    await master.wait_for(RegisterAgent.NAME)
-    await wait_until(lambda: agent.registered)
+    agent.updates_per_message = per_message
+    try:
+        rt.spawn(agent)
+        await master.wait_for(RegisterAgent.NAME)
+        await wait_until(lambda: agent.registered)
+    except BaseException:
+        await rt.stop()
+        await cluster.stop_master()
+        raise
     return cluster, master, rt, agent, containerizer
 
 
@@ -816,21 +827,10 @@ async def test_updates_made_together_go_to_the_master_together(
     tmp_path: Path, per_message: int, batches: int
 ) -> None:
     # (With at most two to a message, the three go as a StatusUpdates of two and a lone one.)
-    cluster = Cluster(tmp_path)
-    master = await cluster.start_master()
-    rt = await Runtime("127.0.0.1", 0).start()
+    cluster, master, rt, _agent, containerizer = await _instant_agent(
+        tmp_path, auto_ack=True, per_message=per_message
+    )
     try:
-        containerizer = InstantContainerizer()
-        agent = Agent(
-            UPID("master", "127.0.0.1", cluster.master_port),
-            tmp_path / "work",
-            resources="cpus:4;mem:1024",
-            containerizer=rt.spawn(containerizer),
-        )
-        agent.updates_per_message = per_message
-        rt.spawn(agent)
-        await master.wait_for(RegisterAgent.NAME)
-        await wait_until(lambda: agent.registered)
         tasks = [command_task(f"b{i}", "true") for i in range(3)]
         master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
         running = await master.wait_for(
