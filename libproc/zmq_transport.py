@@ -263,15 +263,19 @@ class ZmqTransport:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 down = True
         if down and self._peers.get(peer.address) is peer:
-            if drain:
-                # What the peer sent before it went away (its last replies, the exited notices
-                # of a graceful stop) comes on its own connection, to our ROUTER, and may be
-                # there unread: read it first, so that the news of its end does not overtake it.
-                self._on_readable()
-                if self._peers.get(peer.address) is not peer:
-                    return
-            self.forget(peer.address)
-            self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
+            try:
+                if drain:
+                    # What the peer sent before it went away (its last replies, the exited
+                    # notices of a graceful stop) comes on its own connection, to our ROUTER,
+                    # and may be there unread: read it first, so that the news of its end does
+                    # not overtake it.
+                    self._on_readable()
+            finally:
+                # Even if that read failed: the monitor's event is consumed, and an end not
+                # reported now never would be (links to the peer would wait for ever).
+                if self._peers.get(peer.address) is peer:
+                    self.forget(peer.address)
+                    self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
 
     def ever_connected(self, address: str) -> bool:
         """Whether a connection to ``address`` was ever made (it may be down now)."""

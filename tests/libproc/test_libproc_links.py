@@ -165,6 +165,41 @@ async def test_kill_9_of_another_os_process_fires_exited(rt: Runtime, child_runt
     assert rt.metrics.get("libproc/peers_lost") >= 1
 
 
+async def test_a_host_s_end_is_reported_even_if_the_read_before_it_fails(
+    rt: Runtime, child_runtime: Any
+) -> None:
+    """Before it reports a peer's end, the transport reads what the peer sent last; if that read
+    fails, the end must still be reported (its event is consumed: it would never come again)."""
+    child = await child_runtime("echo")
+    linker = Linker()
+    rt.spawn(linker)
+    await link(linker, child.pid)
+    await round_trip(linker, child.pid)
+    transport = rt.transport
+    read = transport._on_readable
+    failed: list[str] = []
+
+    def failing_read() -> None:
+        if not failed:
+            failed.append("once")
+            raise RuntimeError("injected read failure")
+        read()
+
+    transport._on_readable = failing_read
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: failed.append(str(ctx.get("exception"))))
+    try:
+        child.kill()
+        await within(linker.wait_exited(1), "exited although the read before it failed")
+    finally:
+        loop.set_exception_handler(handler)
+        transport._on_readable = read
+    await within(child.process.wait(), "the child to be reaped")
+    assert linker.exits == [child.pid]
+    assert failed[0] == "once"
+
+
 async def test_every_linker_hears_of_a_killed_host(rt: Runtime, child_runtime: Any) -> None:
     child = await child_runtime("echo")
     linkers = [Linker() for _ in range(3)]
