@@ -97,8 +97,6 @@ class UpdateOutbox:
 
     def answered(self) -> None:
         """An acknowledgement came from the master: what waited for one can go."""
-        if not self._unanswered:
-            return
         self._unanswered = 0
         if self._timer is not None:
             self._timer.cancel()
@@ -106,8 +104,9 @@ class UpdateOutbox:
             self._defer(self.flush)  # (after the rest of the answer: its acks free more updates)
 
     def reset(self) -> None:
-        """A new connection to a master: nothing sent before is waiting for its answer."""
-        self._unanswered = 0
+        """A new connection to a master: nothing sent before waits for its answer, nor does
+        what was held for one."""
+        self.answered()
 
     def flush(self) -> None:
         """Send everything held now (also what the agent calls before a message that must

@@ -148,6 +148,19 @@ def test_a_new_master_connection_forgets_the_old_one_s_unanswered_messages() -> 
     assert agent.sent == [["a"], ["b"]] and box.held == 0
 
 
+def test_a_new_connection_releases_what_was_held_for_the_old_one() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.put(update("b"))
+    assert box.waiting
+    box.reset()
+    assert agent.live_holds() == []
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"]]
+
+
 def test_flush_sends_what_waits_at_once_and_a_big_burst_is_split() -> None:
     agent = Agent()
     box = outbox(agent, per_message=2)
