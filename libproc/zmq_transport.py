@@ -77,6 +77,8 @@ class ZmqTransport:
         self._stopped = False
         self._frame_failures = 0
         self._sources: dict[bytes, str] = {}  # routing id -> the address it declares
+        # Peers whose end came while reading was paused: reported once what they sent is read.
+        self._ends_held: dict[str, _Peer] = {}
 
     def pending(self) -> int:
         return 0  # frames inside ZeroMQ are not visible
@@ -123,6 +125,8 @@ class ZmqTransport:
             self._loop.add_reader(self._router.FD, self._on_readable)  # type: ignore[union-attr]
             # The fd is edge-triggered: frames may already be waiting.
             self._loop.call_soon(self._on_readable)  # type: ignore[union-attr]
+            if self._ends_held:
+                self._loop.call_soon(self._report_held_ends)  # type: ignore[union-attr]
 
     def _on_readable(self) -> None:
         router = self._router
@@ -263,19 +267,38 @@ class ZmqTransport:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 down = True
         if down and self._peers.get(peer.address) is peer:
-            try:
-                if drain:
-                    # What the peer sent before it went away (its last replies, the exited
-                    # notices of a graceful stop) comes on its own connection, to our ROUTER,
-                    # and may be there unread: read it first, so that the news of its end does
-                    # not overtake it.
-                    self._on_readable()
-            finally:
-                # Even if that read failed: the monitor's event is consumed, and an end not
-                # reported now never would be (links to the peer would wait for ever).
-                if self._peers.get(peer.address) is peer:
-                    self.forget(peer.address)
-                    self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
+            if drain:
+                self._end_after_reading(peer)
+            else:
+                self._report_end(peer)
+
+    def _end_after_reading(self, peer: _Peer) -> None:
+        """What the peer sent before it went away (its last replies, the exited notices of a
+        graceful stop) comes on its own connection, to our ROUTER, and may be there unread: it
+        is read first, so that the news of the peer's end does not overtake it. While reading
+        is paused (back-pressure) that read waits, and so does the end (``resume_reading``)."""
+        try:
+            self._on_readable()
+        except BaseException:
+            # The monitor's event is consumed: an end not reported now never would be, and
+            # links to the peer would wait for ever.
+            self._report_end(peer)
+            raise
+        if not self._reading and not self._stopped:
+            self._ends_held[peer.address] = peer
+            return
+        self._report_end(peer)
+
+    def _report_held_ends(self) -> None:
+        held, self._ends_held = self._ends_held, {}
+        for peer in held.values():
+            if self._peers.get(peer.address) is peer:  # (not forgotten meanwhile)
+                self._end_after_reading(peer)
+
+    def _report_end(self, peer: _Peer) -> None:
+        if self._peers.get(peer.address) is peer:
+            self.forget(peer.address)
+            self._events._on_peer_down(peer.address)  # type: ignore[union-attr]
 
     def ever_connected(self, address: str) -> bool:
         """Whether a connection to ``address`` was ever made (it may be down now)."""

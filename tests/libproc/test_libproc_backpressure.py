@@ -17,6 +17,7 @@ from lp_support import within
 import libproc
 from libproc import UPID, Backpressure, Process, Runtime, ZmqOptions, handler, settle
 from libproc.zmq_transport import ZmqTransport
+from tests.waiting import eventually
 
 
 class Flooder(Process):
@@ -161,3 +162,68 @@ async def test_local_mailbox_limit_raises_backpressure() -> None:
     await within(second.done, "all local messages")
     assert second.errors == []
     assert flooder.backpressured > 0
+
+
+class Gated(Process):
+    """Holds its first message until released (so its mailbox fills and its runtime stops
+    reading), and logs messages and ``exited`` in the order it is given them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+        self.release = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    @handler("n")
+    async def on_n(self, sender: UPID, body: int) -> None:
+        if not self.seen:
+            await self.release.wait()
+        self.seen.append(body)
+        self.changed.set()
+
+    def exited(self, pid: UPID) -> None:
+        self.seen.append("exited")
+        self.changed.set()
+
+    async def wait_seen(self, n: int) -> None:
+        while len(self.seen) < n:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_a_peer_s_end_waits_for_what_it_sent_while_reading_is_paused() -> None:
+    """A peer sends, then goes away, while its receiver is not reading (back-pressure): the
+    news of its end must not overtake what it sent, which is read once reading resumes."""
+    n = 50
+    receiver_rt = await Runtime(mailbox_hwm=4).start()
+    sender_rt = await Runtime().start()
+    try:
+        gated = Gated()
+        to = receiver_rt.spawn(gated)
+        sender = sender_rt.spawn(Process())
+        await libproc.dispatch(to, "link", sender)
+        # One message a frame (a loop turn each: the runtime would batch a burst into one), so
+        # that some are still in the receiver's socket, unread, when the sender goes.
+        for i in range(n):
+            sender_rt.send(to, "n", i, sender=sender)
+            await asyncio.sleep(0)
+            if i == 10:
+                await eventually(
+                    lambda: receiver_rt.metrics.get("libproc/reading_paused") >= 1,
+                    "reading paused",
+                )
+        await sender_rt.stop()
+        # The receiver has seen the sender's connection go (held, or reported at once).
+        transport = receiver_rt.transport
+        await eventually(
+            lambda: (
+                sender.address not in transport._peers or getattr(transport, "_ends_held", None)
+            ),
+            "the sender's end seen",
+        )
+        gated.release.set()
+        await within(gated.wait_seen(n + 1), "every message and the end")
+        assert gated.seen == [*range(n), "exited"]
+    finally:
+        await receiver_rt.stop()
+        await sender_rt.stop()
