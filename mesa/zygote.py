@@ -498,7 +498,7 @@ class Zygote:
             spawned = pending.spawned
             if not spawned.done():
                 spawned.set_result(int(msg["pid"]))
-            elif spawned.cancelled() or spawned.exception() is not None:
+            elif _given_up(spawned):
                 # Given up on (timed out, cancelled) a moment ago, and its waiter has not
                 # resumed yet: nobody will watch this child, so it goes now.
                 del self._pending[msg["id"]]
@@ -542,7 +542,7 @@ class Zygote:
             if not p.spawned.done():
                 p.spawned.set_exception(ZygoteLostSpawn("the zygote exited during the spawn"))
                 p.spawned.exception()
-            elif p.spawned.cancelled() or p.spawned.exception() is not None:
+            elif _given_up(p.spawned):
                 continue  # given up on (its waiter has yet to resume): no child known to watch
             elif not p.exited.done():
                 live += 1
@@ -608,6 +608,12 @@ class _Pipe:
 
 # How long a zygote's exit waits for its pipe's EOF before it settles what was in flight.
 _EXIT_GRACE = 0.5
+
+
+def _given_up(spawned: asyncio.Future[int]) -> bool:
+    """A done spawn that has no child to watch: its waiter timed out or was cancelled (and may
+    not have resumed yet to say so)."""
+    return spawned.cancelled() or spawned.exception() is not None
 
 
 def _pack(msg: dict[str, Any]) -> bytes:
