@@ -408,14 +408,9 @@ class Agent(Process):
             backoff_max=status_update_backoff_max,
             paused=True,
         )
-        # What the streams send leaves in bursts, clocked by the master's answers.
-        self._outbox = UpdateOutbox(
-            self._send_updates,
-            self.defer,
-            self.delay,
-            hold=self.update_hold,
-            per_message=self.updates_per_message,
-        )
+        # What the streams send leaves in bursts, clocked by the master's answers (its knobs
+        # are set in initialize: a caller may change them on the instance until then).
+        self._outbox = UpdateOutbox(self._send_updates, self.defer, self.delay)
         self._executor_env: dict[str, str] | None = None  # (once the pid is known)
         self.log = get_logger("mesa.agent")
 
@@ -430,7 +425,6 @@ class Agent(Process):
                 why=self._isolation_reasons,
             )
             self._containerizer = self.spawn(Containerizer(self._isolators))
-        # (The knobs may have been set on the instance after it was made.)
         self._outbox.per_message = max(1, self.updates_per_message)
         self._outbox.hold = self.update_hold
         m = self.metrics
