@@ -507,34 +507,30 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
             "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
             "wall": elapsed,
         }
+
+        def per_task(before: dict[str, float], after: dict[str, float], name: str) -> float:
+            return (after.get(name, 0.0) - before.get(name, 0.0)) / cfg.true_tasks
+
         # What the agent put on the wire per task: libproc messages (less those delivered in
         # its own process), and the frames (one send each) they were coalesced into; fewer
         # means the bursts were bigger. Not known if either snapshot did not come.
         if m0 and m1 and cfg.true_tasks:
-
-            def delta(name: str) -> float:
-                return m1.get(f"libproc/{name}", 0.0) - m0.get(f"libproc/{name}", 0.0)
-
             result["true"]["agent_wire_per_task"] = {
-                "messages_sent": (delta("messages_sent") - delta("messages_local"))
-                / cfg.true_tasks,
-                "frames_sent": delta("frames_sent") / cfg.true_tasks,
+                "messages_sent": per_task(m0, m1, "libproc/messages_sent")
+                - per_task(m0, m1, "libproc/messages_local"),
+                "frames_sent": per_task(m0, m1, "libproc/frames_sent"),
             }
 
         # What the master handled per task: how many messages came in, in how many frames, and
         # how many allocation cycles and offers the tasks took. The master's CPU per task
         # follows these, and they change with how the agent's updates are batched.
         if master0 and master1 and cfg.true_tasks:
-
-            def master_delta(name: str) -> float:
-                return (master1.get(name, 0.0) - master0.get(name, 0.0)) / cfg.true_tasks
-
             result["true"]["master_per_task"] = {
-                "messages_received": master_delta("libproc/messages_received")
-                - master_delta("libproc/messages_local"),
-                "frames_received": master_delta("libproc/frames_received"),
-                "allocation_cycles": master_delta("allocator/cycles"),
-                "offers": master_delta("master/offers_sent"),
+                "messages_received": per_task(master0, master1, "libproc/messages_received")
+                - per_task(master0, master1, "libproc/messages_local"),
+                "frames_received": per_task(master0, master1, "libproc/frames_received"),
+                "allocation_cycles": per_task(master0, master1, "allocator/cycles"),
+                "offers": per_task(master0, master1, "master/offers_sent"),
             }
 
         if cfg.sleep_tasks:
