@@ -6,22 +6,36 @@ descendants of a pid the bench started, and can be killed by pid if the framewor
 fails; the child prints one JSON line with its figures.
 
 Every baseline runs the command exactly as mesa's command executor does, ``sh -c COMMAND``, so
-the comparison is the cost of the machinery around the same fork/exec. Ray and Dask run it through
-``subprocess.run`` inside a worker, with as many workers as the bench asks for (cores, by
-default). Their start-up (``ray.init``, the ``LocalCluster``) and one warm-up round are not timed:
-only the tasks are, as for mesa's warm cluster.
+the comparison is the cost of the machinery around the same fork/exec.
+
+``cgroups`` is the floor of per-task cgroups rather than another scheduler: xargs, but each task
+gets a fresh cgroup in each v1 hierarchy mesa's ``cgroups`` isolation uses, with the limits it
+writes, and is born in them the way mesa's zygote starts a command (see :func:`run_cgroups`). What
+the kernel charges for that is paid by anything that gives every task cgroups of its own, so
+mesa under cgroups is best judged against it as well as against plain xargs.
+
+Ray and Dask run the command through ``subprocess.run`` inside a worker, with as many workers as
+the bench asks for (cores, by default). Their start-up (``ray.init``, the ``LocalCluster``) and one
+warm-up round are not timed: only the tasks are, as for mesa's warm cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import subprocess
 import sys
 import time
 from typing import Any
 
-__all__ = ["run_dask", "run_ray", "run_xargs"]
+__all__ = ["CGROUP_SUBSYSTEMS", "run_cgroups", "run_dask", "run_ray", "run_xargs"]
+
+# The v1 hierarchies ``--isolation=cgroups`` gives each container a cgroup in: cgroups/cpu
+# (cpu, cpuacct), cgroups/mem (memory), cgroups/pids (pids).
+CGROUP_SUBSYSTEMS = ("cpu", "cpuacct", "memory", "pids")
 
 
 def run_xargs(command: str, count: int, parallel: int) -> dict[str, Any]:
@@ -32,6 +46,151 @@ def run_xargs(command: str, count: int, parallel: int) -> dict[str, Any]:
     proc = subprocess.run(args, input=data, stdout=subprocess.DEVNULL, check=False)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "ok": proc.returncode == 0, "workers": parallel}
+
+
+def run_cgroups(
+    command: str,
+    count: int,
+    parallel: int,
+    *,
+    task_cpus: float = 0.1,
+    task_mem_mb: float = 16.0,
+    subsystems: tuple[str, ...] = CGROUP_SUBSYSTEMS,
+) -> dict[str, Any]:
+    """``count`` runs of ``sh -c command`` by ``parallel`` workers, each in fresh cgroups.
+
+    Per task a worker does what the kernel must be asked for a container of its own and nothing
+    else: ``mkdir`` of a cgroup in each hierarchy of ``subsystems``; the limits mesa writes for
+    such a task (``cpu.shares``, ``memory.limit_in_bytes``, ``memory.oom_control``,
+    ``pids.max``); moves its thread into them, ``posix_spawn``s the command (born inside) and
+    moves back, as mesa's zygote does; waits for it; ``rmdir`` of each cgroup. No actor, no
+    message, no Python between the syscalls beyond the loop: the per-task-cgroups limit, as
+    xargs is the fork/exec limit. Skipped (``{"skipped": why}``) where those hierarchies are not
+    mounted as v1 and writable, or this process cannot see its own cgroup in them.
+    """
+    from mesa.isolators.cgroupfs import mounts, own_v1_cgroups
+
+    where = mounts()
+    missing = [s for s in subsystems if s not in where.v1_writable]
+    if missing:
+        return {"skipped": f"cgroups: no writable v1 hierarchy for {', '.join(missing)}"}
+    homes = own_v1_cgroups()
+    mounts_of = [str(where.v1[s]) for s in subsystems]
+    if not homes or any(m not in homes for m in mounts_of):
+        return {"skipped": "cgroups: this process's own cgroups are not visible to move back to"}
+    roots = [os.path.join(m, f"mesa-bench-floor-{os.getpid()}") for m in mounts_of]
+    values = {
+        "cpu": [("cpu.shares", max(2, int(1024 * task_cpus)))],
+        "memory": [
+            ("memory.limit_in_bytes", int(task_mem_mb * 1024 * 1024)),
+            ("memory.oom_control", 1),
+        ],
+        "pids": [("pids.max", 1024)],
+    }
+    limits = [values.get(s, []) for s in subsystems]
+    for root in roots:
+        os.mkdir(root)
+    workers: list[int] = []
+    try:
+        start = time.perf_counter()
+        for w in range(parallel):
+            share = count // parallel + (1 if w < count % parallel else 0)
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                code = 1
+                try:
+                    code = _cgroups_worker(command, w, share, roots, limits, homes, mounts_of)
+                finally:
+                    os._exit(code)
+            workers.append(pid)
+        failed = 0
+        for pid in workers:
+            _, status = os.waitpid(pid, 0)
+            failed += os.waitstatus_to_exitcode(status) != 0
+        workers.clear()
+        seconds = time.perf_counter() - start
+    finally:
+        for pid in workers:  # (only when something above failed)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for root in roots:
+            _remove_cgroup_tree(root)
+    return {"seconds": seconds, "ok": failed == 0, "workers": parallel, "subsystems": subsystems}
+
+
+def _cgroups_worker(
+    command: str,
+    worker: int,
+    count: int,
+    roots: list[str],
+    limits: list[list[tuple[str, int]]],
+    homes: dict[str, str],
+    mounts_of: list[str],
+) -> int:
+    """One worker of :func:`run_cgroups`; its exit status is the number of failed tasks
+    (at most 100)."""
+    home_fds = [os.open(os.path.join(homes[m], "tasks"), os.O_WRONLY) for m in mounts_of]
+    argv = ["sh", "-c", command]
+    env = dict(os.environ)
+    failed = 0
+    for i in range(count):
+        dirs = [f"{root}/w{worker}-{i}" for root in roots]
+        for d, files in zip(dirs, limits, strict=True):
+            os.mkdir(d)
+            for name, value in files:
+                _write(f"{d}/{name}", value)
+        for d in dirs:
+            _write(f"{d}/tasks", 0)  # "0": the writing thread, as the zygote moves itself
+        try:
+            pid = os.posix_spawn("/bin/sh", argv, env, setsid=True)
+        finally:
+            for fd in home_fds:
+                os.write(fd, b"0")
+        _, status = os.waitpid(pid, 0)
+        failed += status != 0
+        for d in dirs:
+            _rmdir_when_empty(d)
+    return min(failed, 100)
+
+
+def _write(path: str, value: object) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _rmdir_when_empty(path: str) -> None:
+    """``rmdir``, retried while the kernel still counts the reaped child as a member."""
+    for _ in range(1000):
+        try:
+            os.rmdir(path)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.001)
+    os.rmdir(path)
+
+
+def _remove_cgroup_tree(root: str) -> None:
+    """What a failed run left under ``root``, then ``root``: members killed, cgroups removed."""
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                for line in open(os.path.join(path, "cgroup.procs")).read().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(line), 9)
+            with contextlib.suppress(OSError):
+                _rmdir_when_empty(path)
+    with contextlib.suppress(OSError):
+        _rmdir_when_empty(root)
 
 
 def _shell(command: str) -> int:
@@ -103,14 +262,25 @@ def run_dask(command: str, count: int, workers: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tasks.baselines")
-    p.add_argument("kind", choices=["xargs", "ray", "dask"])
+    p.add_argument("kind", choices=["xargs", "cgroups", "ray", "dask"])
     p.add_argument("--command", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--task-cpus", type=float, default=0.1, help="cgroups: the cpu.shares basis")
+    p.add_argument("--task-mem", type=float, default=16.0, help="cgroups: the memory limit (MB)")
     args = p.parse_args(argv)
-    runner = {"xargs": run_xargs, "ray": run_ray, "dask": run_dask}[args.kind]
     try:
-        result = runner(args.command, args.count, args.workers)
+        if args.kind == "cgroups":
+            result = run_cgroups(
+                args.command,
+                args.count,
+                args.workers,
+                task_cpus=args.task_cpus,
+                task_mem_mb=args.task_mem,
+            )
+        else:
+            runner = {"xargs": run_xargs, "ray": run_ray, "dask": run_dask}[args.kind]
+            result = runner(args.command, args.count, args.workers)
     except ImportError as e:
         result = {"skipped": f"{args.kind} is not installed ({e.name})"}
     print(json.dumps(result), flush=True)

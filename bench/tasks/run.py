@@ -22,6 +22,10 @@ Figures, per isolation mode (posix always; cgroups when the agent has ``--isolat
   ``sh -c true`` N times in the same run.
 * ``sleep``: M tasks running ``sleep S`` in ``slots`` concurrent task slots; the ideal is
   ``M x S / slots``, and ``xargs -P slots`` is measured too.
+* under cgroups, a second limit: the same ``sh -c true`` N times, ``-P <cores>``, each in fresh
+  cgroups in the hierarchies the agent uses, made, limited, entered and removed with bare
+  syscalls (:func:`bench.tasks.baselines.run_cgroups`). It is what the kernel charges any
+  scheduler that gives every task cgroups of its own; mesa cgroups is given against it too.
 * latency: one ``true`` task on a warm cluster (registered framework, offer in hand), from the
   accept to its ``TASK_FINISHED``; median of ``latency_runs``. The limit is one ``sh -c true``
   started and reaped by this process.
@@ -69,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _STARTED = re.compile(r"mesa (master|agent) started: pid=(\S+) http=(\S+)")
 
 TARGET_TRUE_RATIO = 0.5  # of the xargs limit
+CGROUPS_FLOOR = "per-task-cgroups limit"  # bench.tasks.baselines.run_cgroups
 TARGET_SLEEP_OVER_IDEAL = 1.05
 TARGET_LATENCY_S = 0.010
 
@@ -562,7 +567,7 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
 
 
 def run_baseline(
-    kind: str, command: str, count: int, workers: int, timeout: float
+    kind: str, command: str, count: int, workers: int, timeout: float, *extra: str
 ) -> dict[str, Any]:
     """A baseline in a child process; its whole process tree is killed by pid afterwards."""
     proc = subprocess.Popen(
@@ -574,6 +579,7 @@ def run_baseline(
             f"--command={command}",
             f"--count={count}",
             f"--workers={workers}",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -638,6 +644,25 @@ def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
             f"xargs -P{cfg.slots}: {cfg.sleep_tasks} x sleep"
             f" in {base['xargs_sleep']['seconds']:.3f}s"
         )
+    if "cgroups" in cfg.isolation:
+        r = run_baseline(
+            "cgroups",
+            "true",
+            cfg.true_tasks,
+            cfg.cores,
+            cfg.phase_timeout,
+            f"--task-cpus={cfg.task_cpus}",
+            f"--task-mem={cfg.task_mem}",
+        )
+        if "skipped" in r:
+            skipped.append(r["skipped"])
+            emit(f"skipped: {r['skipped']}")
+        else:
+            emit(
+                f"fork/exec in fresh cgroups -P{cfg.cores}: {cfg.true_tasks} x true"
+                f" in {r['seconds']:.3f}s"
+            )
+            base["cgroups_true"] = r
     base["fork_exec_latency_s"] = fork_exec_latency(cfg.latency_runs)
     for kind in ("ray", "dask"):
         if kind not in cfg.baselines:
@@ -739,6 +764,9 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
         rows.append((name, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{limit_s / seconds:.2f}"))
 
     rate_row(f"xargs -P{cfg.cores}, {n} x true (the limit)", limit_s)
+    floor = base.get("cgroups_true")
+    if floor:
+        rate_row(f"the same, each in fresh cgroups (the {CGROUPS_FLOOR})", floor["seconds"])
     for kind in ("ray", "dask"):
         r = base.get(kind)
         if r and "seconds" in r:
@@ -820,6 +848,12 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
             )
         if r["true"]["failed"]:
             lines.append(f"  failures: {r['true']['failures']}")
+    if floor:
+        # Each mode against the limit of what it asks of the kernel.
+        for r in report["mesa"]:
+            if r["isolation"] == "cgroups":
+                ratio = floor["seconds"] / r["true"]["seconds"]
+                lines.append(f"mesa cgroups true: {ratio:.2f}x the {CGROUPS_FLOOR}")
     for s in report.get("skipped", []):
         lines.append(s)
     for t in report["targets"]:

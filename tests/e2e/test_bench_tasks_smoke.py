@@ -74,3 +74,59 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
             continue
     assert not leftovers
     assert not list(tmp_path.glob("mesa-bench-tasks-*")), "work dirs left behind"
+
+
+def _floor_available() -> str | None:
+    """Why the per-task-cgroups limit cannot run here, or None."""
+    from bench.tasks.baselines import CGROUP_SUBSYSTEMS
+    from mesa.isolators.cgroupfs import mounts
+
+    if os.geteuid() != 0:
+        return "needs root"
+    missing = [s for s in CGROUP_SUBSYSTEMS if s not in mounts().v1_writable]
+    return f"no writable v1 hierarchy for {missing}" if missing else None
+
+
+def _floor_leftovers() -> list[Path]:
+    from bench.tasks.baselines import CGROUP_SUBSYSTEMS
+    from mesa.isolators.cgroupfs import mounts
+
+    v1 = mounts().v1
+    return [p for s in CGROUP_SUBSYSTEMS for p in Path(v1[s]).glob("mesa-bench-floor-*")]
+
+
+@pytest.mark.parametrize(("command", "ok"), [("true", True), ("exit 3", False)])
+def test_per_task_cgroups_limit_runs_each_task_in_fresh_cgroups(command: str, ok: bool) -> None:
+    """The cgroups yardstick runs every task (a failing one is counted, not hidden) and removes
+    every cgroup it made."""
+    why = _floor_available()
+    if why:
+        pytest.skip(why)
+    before = _floor_leftovers()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.tasks.baselines",
+            "cgroups",
+            # Each task reports the cgroups it runs in: they must be fresh, one per task.
+            f"--command=cat /proc/self/cgroup >&2; {command}",
+            "--count=8",
+            "--workers=2",
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"] is ok and result["seconds"] > 0 and result["workers"] == 2
+    memory = {
+        line.split(":", 2)[2]
+        for line in proc.stderr.splitlines()
+        if line.split(":")[1:2] == ["memory"]
+    }
+    assert len(memory) == 8 and all("/mesa-bench-floor-" in m for m in memory), memory
+    assert _floor_leftovers() == before
