@@ -38,6 +38,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 # (routing_id, group) that a DEALER never takes, and costs a microsecond a message.
 _send = zmq.backend.Socket.send
 _READ_BUDGET = 1024  # frames per readable callback, so one busy peer cannot starve the loop
+# A peer's end waits for at most this many more read passes while the ROUTER still holds frames
+# (see _end_after_reading): enough for what one dead peer can have queued (recv_hwm frames) among
+# other peers' frames, and a bound, so that peers that keep the ROUTER busy cannot hold it back.
+_END_MAX_PASSES = 64
 
 
 @dataclass
@@ -52,7 +56,7 @@ class ZmqOptions:
 
 
 class _Peer:
-    __slots__ = ("address", "blocked", "connected", "dealer", "monitor")
+    __slots__ = ("address", "blocked", "connected", "dealer", "end_passes", "monitor")
 
     def __init__(self, address: str, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
         self.address = address
@@ -60,6 +64,7 @@ class _Peer:
         self.monitor = monitor
         self.blocked = False
         self.connected = False  # a TCP connection was made at least once
+        self.end_passes = 0  # read passes its end has waited for (see _end_after_reading)
 
 
 class ZmqTransport:
@@ -77,7 +82,8 @@ class ZmqTransport:
         self._stopped = False
         self._frame_failures = 0
         self._sources: dict[bytes, str] = {}  # routing id -> the address it declares
-        # Peers whose end came while reading was paused: reported once what they sent is read.
+        # Peers whose end came while reading was paused, or while the ROUTER still held frames
+        # after a read pass: reported once what they sent is read (_end_after_reading).
         self._ends_held: dict[str, _Peer] = {}
 
     def pending(self) -> int:
@@ -276,7 +282,12 @@ class ZmqTransport:
         """What the peer sent before it went away (its last replies, the exited notices of a
         graceful stop) comes on its own connection, to our ROUTER, and may be there unread: it
         is read first, so that the news of the peer's end does not overtake it. While reading
-        is paused (back-pressure) that read waits, and so does the end (``resume_reading``)."""
+        is paused (back-pressure) that read waits, and so does the end (``resume_reading``).
+
+        One read pass takes at most ``_READ_BUDGET`` frames; when the ROUTER still holds some
+        after it, the end waits for the next pass too (scheduled after it, as the pass itself
+        schedules the next read), up to ``_END_MAX_PASSES`` passes. (Frames that ZeroMQ's I/O
+        thread has yet to hand to the ROUTER cannot be waited for here.)"""
         try:
             self._on_readable()
         except BaseException:
@@ -284,10 +295,16 @@ class ZmqTransport:
             # links to the peer would wait for ever.
             self._report_end(peer)
             raise
-        if not self._reading and not self._stopped:
+        if self._stopped:
+            self._report_end(peer)
+        elif not self._reading:
             self._ends_held[peer.address] = peer
-            return
-        self._report_end(peer)
+        elif peer.end_passes < _END_MAX_PASSES and self._router.get(_EVENTS) & _POLLIN:  # type: ignore[union-attr]
+            peer.end_passes += 1
+            self._ends_held[peer.address] = peer
+            self._loop.call_soon(self._report_held_ends)  # type: ignore[union-attr]
+        else:
+            self._report_end(peer)
 
     def _report_held_ends(self) -> None:
         held, self._ends_held = self._ends_held, {}
