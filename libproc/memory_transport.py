@@ -142,6 +142,8 @@ class MemoryNetwork:
         self.in_flight -= 1
         if dest._stopped:
             return
+        if dest._forgotten:
+            dest._forgotten.discard(source)  # a peer heard from again: its end is news again
         if not dest._reading:
             dest._held.append((source, frame))
             return
@@ -156,6 +158,10 @@ class MemoryNetwork:
 class MemoryTransport:
     """A runtime's end of a :class:`MemoryNetwork`."""
 
+    # Frames, and the news of a host's end, are carried in the order they were made
+    # (call_soon): a clean stop has nothing to wait for.
+    linger = 0.0
+
     def __init__(self, network: MemoryNetwork) -> None:
         self.network = network
         self._events: TransportEvents | None = None
@@ -164,6 +170,10 @@ class MemoryTransport:
         self._reading = True
         self._stopped = False
         self._held: collections.deque[tuple[str, bytes]] = collections.deque()
+        # Peers forgotten (ended, or said goodbye) since we last sent to or heard from them:
+        # the network's later news of their end is not news (as ZeroMQ's forget drops the
+        # connection's events).
+        self._forgotten: set[str] = set()
 
     def pending(self) -> int:
         return self.network.in_flight + len(self._held)
@@ -177,6 +187,8 @@ class MemoryTransport:
     def send(self, address: str, frame: bytes) -> bool:
         if self._stopped:
             return True
+        if self._forgotten:
+            self._forgotten.discard(address)
         self.network._carry(self._address, address, frame)
         return True
 
@@ -200,15 +212,17 @@ class MemoryTransport:
     def ever_connected(self, address: str) -> bool:
         return address in self.network._hosts
 
-    def forget(self, address: str) -> None:
-        pass
+    def forget(self, address: str, flush: bool = False) -> None:
+        self._forgotten.add(address)
 
     def _peer_down_soon(self, address: str) -> None:
         if not self._stopped:
             self._loop.call_soon(self._peer_down, address)
 
     def _peer_down(self, address: str) -> None:
-        if not self._stopped:
+        if address in self._forgotten:
+            self._forgotten.discard(address)
+        elif not self._stopped:
             self._events._on_peer_down(address)  # type: ignore[union-attr]
 
     async def stop(self) -> None:

@@ -66,6 +66,9 @@ log = get_logger("libproc.runtime")
 
 _BATCH_BYTES = 256 * 1024  # coalesced frames are cut at about this size
 _SYSTEM_PREFIX = "libproc/"
+# A stopping runtime's last frame to each peer, and the peer's answer (see Runtime._say_goodbye).
+_GOODBYE = "libproc/goodbye"
+_GOODBYE_READ = "libproc/goodbye_read"
 
 
 class Backpressure(RuntimeError):
@@ -125,6 +128,11 @@ class Runtime:
     * ``link_timeout``: how long a remote ``link`` waits for the other runtime to confirm the
       actor exists before reporting ``exited``. Death after that is detected by the transport
       (socket monitor and heartbeats, ``heartbeat_timeout``).
+
+    A linked peer's messages come before the news of its end: a runtime that stops cleanly
+    says goodbye to each peer after everything else it sends it, and the peer reports the end
+    (``exited`` for its linkers) when it reads that goodbye (see :meth:`stop`). A peer that
+    dies without a word (``kill -9``, a lost network) is reported by the transport.
     """
 
     def __init__(
@@ -182,6 +190,12 @@ class Runtime:
         self._http_runner: Any = None
         self._started = False
         self._stopping = False
+        # Addresses whose actors linked to ours: a clean stop waits for their answer to its
+        # goodbye (_say_goodbye). Kept until the peer ends; a stale one costs one answer.
+        self._linked_from: set[str] = set()
+        self._said_goodbye = False  # stop has sent its goodbyes: nothing more leaves
+        self._goodbyes_unread: set[str] = set()  # peers whose answer to our goodbye is awaited
+        self._goodbyes_read: asyncio.Event | None = None  # set when that set empties
         self.anonymous: UPID | None = None
         # Hot-path counters are plain attributes, published as gauges.
         self.messages_sent = 0
@@ -234,7 +248,14 @@ class Runtime:
         return self
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Terminate every actor (running ``finalize``), tell remote linkers, close the wire."""
+        """Terminate every actor (running ``finalize``), tell remote linkers, close the wire.
+
+        Before the wire closes, each peer gets a goodbye as the last frame we send it, and those
+        whose actors linked to ours are given the transport's ``linger`` (1 s over ZeroMQ) to
+        read it (:meth:`_say_goodbye`): that puts the news of our end behind everything we sent
+        them, and gives a process that exits once its runtime has stopped the time to deliver
+        its last messages. ``timeout`` bounds the actors' ``finalize``.
+        """
         if not self._started or self._stopping:
             return
         self._stopping = True
@@ -250,6 +271,7 @@ class Runtime:
                     self._reap(proc)
         for queue in list(self._peers.values()):
             self._flush(queue)
+        await self._say_goodbye()
         await self.transport.stop()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
@@ -264,6 +286,67 @@ class Runtime:
         if _runtimes.get(self.address) is self:
             del _runtimes[self.address]
         self._started = False
+
+    async def _say_goodbye(self) -> None:
+        """Send every peer we have sent to a goodbye, after all else, and wait for the answers.
+
+        Over ZeroMQ a peer reads our messages on its ROUTER but sees our end on another
+        connection (its DEALER's to us, which goes when our ROUTER closes): that news can
+        overtake messages still in its socket, or in ZeroMQ's I/O threads, or in our queues. A
+        goodbye travels with our messages, so the peer that reads it has read them all; it
+        reports our end there (:meth:`_on_goodbye`) and forgets its connection to us, so the
+        later disconnection is not reported again. Peers whose actors linked to ours (the only
+        ones to whom the order matters: they are told ``exited``) answer it, and we keep our
+        ROUTER open until they have, so that their connection to us cannot break first.
+
+        Every wait is bounded by the transport's ``linger``, the time it keeps trying to
+        deliver what is queued anyway: a queue blocked by back-pressure is first given that
+        long to drain (the goodbye goes after what it holds, or, if it never drains, not at all),
+        and the answers the rest of it. A peer that never answers (dead, or not reading in
+        time) learns of our end from its transport, as after a crash.
+        """
+        loop = self._loop
+        linger = getattr(self.transport, "linger", 0.0)
+        deadline = loop.time() + linger
+        blocked = []
+        for queue in self._peers.values():
+            if queue.msgs:
+                fut = loop.create_future()
+                queue.waiters.append(fut)
+                blocked.append(fut)
+        if blocked and linger > 0:
+            await asyncio.wait(blocked, timeout=linger)
+        for fut in blocked:
+            fut.cancel()  # (those still waiting: nothing is to be set on them later)
+        unread = self._goodbyes_unread
+        goodbye = encode_message("__anonymous__", str(self.anonymous), _GOODBYE, None)
+        for address, queue in list(self._peers.items()):
+            if queue.msgs or self._peers.get(address) is not queue:
+                continue  # still blocked (or lost meanwhile): it cannot be the last frame
+            try:
+                self._enqueue(address, goodbye, _GOODBYE, system=True)
+            except MessageTooLarge:  # (a max_frame_size under 80 bytes)
+                break
+            self._flush(queue)
+            if not queue.msgs and address in self._linked_from:
+                unread.add(address)
+        self._said_goodbye = True
+        remaining = deadline - loop.time()
+        if unread and remaining > 0:
+            self._goodbyes_read = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._goodbyes_read.wait(), remaining)
+            if unread:
+                self.log.info("goodbye_unanswered", peers=sorted(unread)[:10], count=len(unread))
+        unread.clear()
+
+    def _goodbye_read(self, address: str) -> None:
+        """``address`` has read our goodbye, or ended: it need not be waited for."""
+        unread = self._goodbyes_unread
+        if address in unread:
+            unread.discard(address)
+            if not unread and self._goodbyes_read is not None:
+                self._goodbyes_read.set()
 
     async def __aenter__(self) -> Runtime:
         return await self.start()
@@ -552,6 +635,10 @@ class Runtime:
         self._enqueue(to.address, encode_message(to.id, sender._str, name, None), name, system=True)
 
     def _enqueue(self, address: str, packed: bytes, name: str, system: bool = False) -> None:
+        if self._said_goodbye:
+            # Stopping, and the goodbye was our last frame to each peer: nothing may follow it.
+            self.metrics.inc("libproc/messages_dropped/stopped")
+            return
         size = len(packed)
         if size > self.max_frame_size - 16:
             raise MessageTooLarge(
@@ -682,13 +769,36 @@ class Runtime:
             self._flush(queue)
 
     def _on_peer_down(self, address: str) -> None:
+        """The transport saw the peer die or become unreachable (no goodbye came)."""
         self.metrics.inc("libproc/peers_lost")
+        self._peer_ended(address, "peer_down")
+
+    def _on_goodbye(self, sender: UPID) -> None:
+        """The peer at ``sender.address`` is stopping, and everything it sent us is read: its
+        end is reported here, in order (see :meth:`_say_goodbye`). We answer (straight through
+        the transport: what our queue holds for the peer is dropped, it has no one to read it)
+        and forget our connection to it, letting the answer leave first, so that its closing
+        is not reported as a second end. A peer we never linked to ends the same way: it has
+        no links of ours to report, only linkers, queues and a connection to drop, if that."""
+        address = sender.address
+        self.metrics.inc("libproc/peers_left")
+        answer = encode_message(sender.id, str(self.anonymous), _GOODBYE_READ, None)
+        self.transport.send(address, encode_batch([answer]))
+        self._peer_ended(address, "peer_left", flush=True)
+
+    def _peer_ended(self, address: str, event: str, flush: bool = False) -> None:
+        """Report the end of the peer at ``address``: its links end (``exited``), what waits
+        for it is dropped, and the transport forgets it. Reported once: after it, the peer is
+        unknown here (no queue, no links), and the transport reports nothing more of the
+        connection it forgot; a later peer at the same address starts afresh."""
+        self._linked_from.discard(address)
+        self._goodbye_read(address)
         queue = self._peers.pop(address, None)
         dropped = len(queue.msgs) if queue is not None else 0
         if dropped:
             self.metrics.inc("libproc/messages_dropped/peer_down", dropped)
-        self.log.info("peer_down", peer=address, dropped=dropped)
-        self.transport.forget(address)
+        self.log.info(event, peer=address, dropped=dropped)
+        self.transport.forget(address, flush=flush)
         if queue is not None:
             queue.msgs.clear()  # a flush already scheduled must not reopen the connection
             queue.bytes = 0
@@ -790,7 +900,7 @@ class Runtime:
                 continue
             self.messages_received += 1
             if name.startswith(_SYSTEM_PREFIX):
-                self._system(sender, to_id, name)
+                self._system(sender, to_id, name, body)
                 continue
             if filters.active:
                 if filters.intercept(sender, UPID(to_id, self.host, self.port), name, body):
@@ -804,7 +914,7 @@ class Runtime:
             else:
                 proc._deliver(sender, name, body)
 
-    def _system(self, sender: UPID, to_id: str, name: str) -> None:
+    def _system(self, sender: UPID, to_id: str, name: str, body: Any = None) -> None:
         if name == "libproc/link":
             target = self._actors.get(to_id)
             me = UPID(to_id, self.host, self.port)
@@ -812,6 +922,7 @@ class Runtime:
                 self._send_system(me, sender, "libproc/exited")
             else:
                 target._linkers.add(sender)
+                self._linked_from.add(sender.address)
                 self._send_system(me, sender, "libproc/linked")
         elif name == "libproc/linked":
             timer = self._link_acks.pop((to_id, sender), None)
@@ -823,6 +934,13 @@ class Runtime:
             target = self._actors.get(to_id)
             if target is not None:
                 target._linkers.discard(sender)
+        elif name == _GOODBYE or name == _GOODBYE_READ:
+            if body is not None:
+                self._note_bad("bad_message", sender.address, f"{name!r} with a body")
+            elif name == _GOODBYE:
+                self._on_goodbye(sender)
+            else:
+                self._goodbye_read(sender.address)
         else:
             self._note_bad("unknown_message", sender.address, f"unknown system message {name!r}")
 

@@ -42,6 +42,10 @@ class TransportEvents(Protocol):
 class Transport(Protocol):
     """A way to move frames. ``start`` returns the address the runtime is reachable at."""
 
+    #: How long a clean stop may wait for what is queued to leave and for peers to read its
+    #: goodbye (see ``Runtime._say_goodbye``); 0 where frames and ends cannot be reordered.
+    linger: float
+
     async def start(self, events: TransportEvents, host: str, port: int) -> str: ...
 
     def send(self, address: str, frame: bytes) -> bool:
@@ -56,8 +60,10 @@ class Transport(Protocol):
         """Whether a connection to ``address`` was ever made; False for a dead address."""
         ...
 
-    def forget(self, address: str) -> None:
-        """Drop the connection to ``address`` (it is known dead)."""
+    def forget(self, address: str, flush: bool = False) -> None:
+        """Drop the connection to ``address`` (the peer is dead, or said goodbye), and report
+        nothing more of it: a later end is only reported for a new connection. ``flush``: let
+        what was just sent to it (the answer to its goodbye) leave first, within ``linger``."""
 
     async def stop(self) -> None: ...
 

@@ -9,7 +9,9 @@ per message (see ``bench/libproc_bench.py``).
 Peer failure comes from two places: a socket monitor on each DEALER reports
 ``EVENT_DISCONNECTED`` as soon as the peer's process dies (the kernel resets the TCP connection),
 and ZMTP heartbeats (``heartbeat_interval`` / ``heartbeat_timeout``) turn a silent peer — a hung
-host, a cut network — into the same disconnection.
+host, a cut network — into the same disconnection. A peer that stops cleanly is not reported
+here: its runtime's goodbye, read on our ROUTER after everything it sent, is its end (see
+``Runtime._say_goodbye``), and we forget our DEALER to it, monitor and all.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class ZmqTransport:
 
     def pending(self) -> int:
         return 0  # frames inside ZeroMQ are not visible
+
+    @property
+    def linger(self) -> float:
+        return self.options.linger
 
     async def start(self, events: TransportEvents, host: str, port: int) -> str:
         self._events = events
@@ -286,8 +292,11 @@ class ZmqTransport:
 
         One read pass takes at most ``_READ_BUDGET`` frames; when the ROUTER still holds some
         after it, the end waits for the next pass too (scheduled after it, as the pass itself
-        schedules the next read), up to ``_END_MAX_PASSES`` passes. (Frames that ZeroMQ's I/O
-        thread has yet to hand to the ROUTER cannot be waited for here.)"""
+        schedules the next read), up to ``_END_MAX_PASSES`` passes. Frames that ZeroMQ's I/O
+        thread has yet to hand to the ROUTER cannot be waited for here: that is why a runtime
+        that stops cleanly says goodbye after its last frame and waits for it to be read
+        (``Runtime._say_goodbye``); reading it, the runtime reports the end and forgets the
+        peer, and a disconnection seen after that is not reported."""
         try:
             self._on_readable()
         except BaseException:
@@ -295,6 +304,8 @@ class ZmqTransport:
             # links to the peer would wait for ever.
             self._report_end(peer)
             raise
+        if self._peers.get(peer.address) is not peer:
+            return  # forgotten while we read (its goodbye was among the frames): reported
         if self._stopped:
             self._report_end(peer)
         elif not self._reading:
@@ -324,10 +335,13 @@ class ZmqTransport:
         peer = self._peers.get(address)
         return peer is not None and peer.connected
 
-    def forget(self, address: str) -> None:
+    def forget(self, address: str, flush: bool = False) -> None:
+        """Close our DEALER to ``address`` with its monitor, whose events are then never read:
+        an end already reported (or said in a goodbye) is not reported again."""
         peer = self._peers.pop(address, None)
+        self._ends_held.pop(address, None)
         if peer is not None:
-            self._close_peer(peer, linger=0)
+            self._close_peer(peer, linger=int(self.options.linger * 1000) if flush else 0)
 
     def _close_peer(self, peer: _Peer, linger: int | None) -> None:
         loop = self._loop

@@ -46,17 +46,19 @@ class Child:
 
 @pytest.fixture
 async def child_runtime() -> AsyncIterator[Callable[..., Awaitable[Child]]]:
-    """Start ``lp_child.py`` in a new OS process; every child is killed and reaped afterwards."""
+    """Start ``lp_child.py`` in a new OS process (``start(actor_id, *args)``, the arguments as
+    ``lp_child.py`` takes them); every child is killed and reaped afterwards."""
     started: list[asyncio.subprocess.Process] = []
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
 
-    async def start(actor_id: str = "echo") -> Child:
+    async def start(actor_id: str = "echo", *args: str) -> Child:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(HERE / "lp_child.py"),
             actor_id,
+            *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,

@@ -3,35 +3,53 @@
 libprocess users rely on it: an executor sends its last ``TASK_FINISHED`` and exits, and its agent
 must see that update before ``exited`` (or it reports the task failed). Over ZeroMQ the peer's
 messages come on our ROUTER while its end is seen on another socket (the monitor of our DEALER to
-it), so the transport alone cannot order the two; these tests make peers send many frames and stop
-at once, and check that the linker is told of every message, then of the end, last.
+it), so the transport alone cannot order the two: a runtime that stops cleanly says goodbye as its
+last frame to each peer, and its linkers report its end when they read it. These tests make peers
+send many frames and stop at once (in this process and in a child process), and check that the
+linker is told of every message, then of the end, once; and that a crash is still reported once,
+a peer restarted at the same address can be linked again, bad goodbyes are dropped, and a stop
+whose queue never drains is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+from collections.abc import Iterator
 from typing import Any
 
+import msgpack
+import pytest
+import zmq
 from lp_support import within
 
 import libproc
-from libproc import UPID, Process, Runtime, ZmqOptions, handler
+from libproc import UPID, Clock, MemoryNetwork, Process, Runtime, ZmqOptions, handler
+from libproc.wire import MAGIC
 from libproc.zmq_transport import ZmqTransport
+from tests.waiting import eventually
 
 
 class Tally(Process):
     """Logs the bodies of ``n`` messages and each ``exited``, in one list, in the order it is
-    given them; ``ended`` is set on the first ``exited``."""
+    given them; ``ended`` is set on the first ``exited``. With a ``gate``, the first ``n`` is
+    held until the gate opens (so the mailbox fills and the runtime stops reading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
         super().__init__()
         self.seen: list[Any] = []
         self.ended = asyncio.Event()
         self.ponged = asyncio.Event()
+        self.gate = gate
 
     @handler("n")
-    def on_n(self, sender: UPID, body: int) -> None:
-        self.seen.append(body)
+    async def on_n(self, sender: UPID, body: int | list[Any]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.seen.append(body[0] if isinstance(body, list) else body)  # ([n, padding])
+
+    def exits(self) -> list[Any]:
+        return [x for x in self.seen if isinstance(x, tuple)]
 
     @handler("pong")
     def on_pong(self, sender: UPID, body: Any) -> None:
@@ -48,10 +66,11 @@ class Echo(Process):
         self.send(sender, "pong", body)
 
 
-# A sender whose batches cannot hold two of the test's messages (about 40 bytes each; a batch
-# holds max_frame_size - 16): every message travels in a frame of its own, however many are sent
-# in one loop turn.
-ONE_PER_FRAME = 72
+# A max_frame_size for senders whose batches cannot hold two of the tests' messages (34-40 bytes
+# each; a batch holds max_frame_size - 16), so that every message travels in a frame of its own
+# however many are sent in one loop turn, and that still takes libproc's own messages (a goodbye
+# is 62 bytes, its answer 67, in a frame 4 bytes longer).
+ONE_PER_FRAME = 80
 
 
 async def linked(tally: Tally, target: UPID) -> None:
@@ -101,3 +120,263 @@ async def test_every_message_of_a_burst_beyond_the_read_budget_comes_before_exit
             f"exited came {tally.seen.index(('exited', sender))}th"
         )
         assert tally.seen == [*range(n), ("exited", sender)]
+
+
+async def test_a_stop_with_a_blocked_queue_sends_it_all_before_its_goodbye() -> None:
+    """The sender stops while its queue is blocked by back-pressure: 19 MiB, far more than
+    ZeroMQ's queues (kept to 10 frames each way) and the kernel's socket buffers hold. The stop
+    lets the queue drain (within the linger time), then says goodbye; the old stop dropped
+    what was still queued."""
+    n = 300
+    padding = b"x" * 65536
+    small = ZmqOptions(send_hwm=10, recv_hwm=10)
+    async with Runtime(transport=ZmqTransport(small)) as receiver_rt:
+        for _ in range(3):
+            tally = Tally()
+            receiver_rt.spawn(tally)
+            sender_rt = await Runtime(transport=ZmqTransport(small)).start()
+            try:
+                sender = sender_rt.spawn(Echo())
+                await linked(tally, sender)
+                for i in range(n):
+                    sender_rt.send(tally.pid, "n", [i, padding], sender=sender)
+                await sender_rt.stop()
+            finally:
+                await sender_rt.stop()
+            assert sender_rt.metrics.get("libproc/send_blocked") >= 1  # what this tests
+            await within(tally.ended.wait(), "exited")
+            await libproc.settle()
+            got = [x for x in tally.seen if not isinstance(x, tuple)]
+            assert got == list(range(n)), f"{n - len(got)} messages lost"
+            assert tally.seen == [*range(n), ("exited", sender)]
+        # Each end was the sender's goodbye, reported once (not again when it disconnected).
+        await libproc.settle()
+        assert receiver_rt.metrics.get("libproc/peers_left") == 3
+        assert receiver_rt.metrics.get("libproc/peers_lost") == 0
+
+
+async def test_a_child_process_s_last_messages_come_before_exited(
+    rt: Runtime, child_runtime: Any
+) -> None:
+    """The classic case, between OS processes: a child sends its last messages, one a frame,
+    then stops its runtime and exits at once (an executor's last status update). Its stop
+    waits until we have read its goodbye, so nothing it sent is lost with the process, and we
+    hear of its end when we read it."""
+    n = 3000
+    for round in range(5):
+        child = await child_runtime("echo", str(ONE_PER_FRAME))
+        tally = Tally()
+        rt.spawn(tally)
+        await linked(tally, child.pid)
+        await libproc.dispatch(tally.pid, "send", child.pid, "flood", n)
+        await within(tally.ended.wait(), "exited")
+        await within(child.process.wait(), "the child to exit")
+        await libproc.settle()
+        got = [x for x in tally.seen if not isinstance(x, tuple)]
+        assert got == list(range(n)), f"round {round}: {n - len(got)} messages lost"
+        assert tally.seen[-1] == ("exited", child.pid), (
+            f"round {round}: exited came {tally.seen.index(('exited', child.pid))}th of {n + 1}"
+        )
+    assert rt.metrics.get("libproc/peers_left") == 5
+    assert rt.metrics.get("libproc/peers_lost") == 0
+
+
+async def test_a_killed_child_is_reported_once_by_its_transport(
+    rt: Runtime, child_runtime: Any
+) -> None:
+    """No goodbye from a host killed with SIGKILL (by its pid): the transport reports its end,
+    once."""
+    child = await child_runtime("echo")
+    tally = Tally()
+    rt.spawn(tally)
+    await linked(tally, child.pid)
+    child.kill()
+    await within(tally.ended.wait(), "exited after kill -9")
+    await within(child.process.wait(), "the child to be reaped")
+    await libproc.settle()
+    assert tally.seen == [("exited", child.pid)]
+    assert rt.metrics.get("libproc/peers_lost") == 1
+    assert rt.metrics.get("libproc/peers_left") == 0
+
+
+async def start_at(port: int) -> Runtime:
+    """A runtime on ``port``, once the last one there has let it go: ZeroMQ closes a stopped
+    runtime's listening socket in its own I/O thread, after ``stop`` has returned (nothing
+    announces it, so this polls)."""
+
+    async def started() -> Runtime | None:
+        try:
+            return await Runtime("127.0.0.1", port).start()
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            return None
+
+    return await eventually(started, f"port {port} free again")
+
+
+async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime) -> None:
+    """After a peer's goodbye, a new runtime at the same address is a new peer: it can be
+    linked to, and its own end is reported too."""
+    tally = Tally()
+    rt.spawn(tally)
+    first = await Runtime().start()
+    try:
+        before = first.spawn(Echo("svc"))
+        await linked(tally, before)
+        await first.stop()
+        await within(tally.ended.wait(), "the first incarnation's end")
+        tally.ended.clear()
+        second = await start_at(first.port)
+        try:
+            after = second.spawn(Echo("svc"))
+            assert after == before
+            await linked(tally, after)
+            second.send(tally.pid, "n", 1, sender=after)
+            await second.stop()
+            await within(tally.ended.wait(), "the second incarnation's end")
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+    await libproc.settle()
+    assert tally.seen == [("exited", before), 1, ("exited", after)]
+    assert rt.metrics.get("libproc/peers_left") == 2
+    assert rt.metrics.get("libproc/peers_lost") == 0
+
+
+async def test_a_goodbye_from_a_peer_never_linked_ends_only_that_peer(rt: Runtime) -> None:
+    """A peer that only talked to us says goodbye: nothing of ours was linked to it, so no
+    ``exited``; a link to another peer is untouched."""
+    tally = Tally()
+    rt.spawn(tally)
+    async with Runtime() as other:
+        elsewhere = other.spawn(Echo())
+        await linked(tally, elsewhere)
+        talker_rt = await Runtime().start()
+        try:
+            talker = talker_rt.spawn(Echo())
+            talker_rt.send(tally.pid, "n", 7, sender=talker)
+            tally.ponged.clear()
+            await libproc.dispatch(tally.pid, "send", talker, "ping", None)  # a connection back
+            await within(tally.ponged.wait(), "the talker's pong")
+        finally:
+            await talker_rt.stop()
+        await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
+        assert talker.address not in rt._peers
+        assert tally.seen == [7]
+    await within(tally.ended.wait(), "exited for the linked peer")
+    await libproc.settle()
+    assert tally.seen == [7, ("exited", elsewhere)]
+
+
+PEER = "127.0.0.1:1"  # what the raw peer below claims to be; nothing listens there
+
+
+@pytest.fixture
+def dealer(rt: Runtime) -> Iterator[zmq.Socket]:
+    """A raw ZeroMQ DEALER connected to ``rt``, claiming to be ``PEER``."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, PEER.encode())
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{rt.address}")
+    try:
+        yield sock
+    finally:
+        sock.close(linger=0)
+
+
+def frame(*messages: list[Any]) -> bytes:
+    return MAGIC + msgpack.packb(list(messages), use_bin_type=True)
+
+
+async def test_garbled_goodbyes_are_counted_and_dropped(rt: Runtime, dealer: zmq.Socket) -> None:
+    """A goodbye with a body, one on a connection from another address, a misspelt one and an
+    answer with a body are each counted, logged and dropped, like any bad message: the links
+    to the peer stand until a well-formed goodbye comes."""
+    Clock.pause()  # nothing at PEER answers the link: it must not time out meanwhile
+    tally = Tally()
+    rt.spawn(tally)
+    ghost = UPID("ghost", "127.0.0.1", 1)
+    await libproc.dispatch(tally.pid, "link", ghost)
+    me = f"__anonymous__@{PEER}"
+    dealer.send(frame(["__anonymous__", me, "libproc/goodbye", "now"]))
+    dealer.send(frame(["__anonymous__", "__anonymous__@127.0.0.1:2", "libproc/goodbye", None]))
+    dealer.send(frame(["__anonymous__", me, "libproc/goodbye!", None]))
+    dealer.send(frame(["__anonymous__", me, "libproc/goodbye_read", 1]))
+    dealer.send(frame([tally.pid.id, f"ghost@{PEER}", "n", 1]))
+    await eventually(lambda: tally.seen == [1], "the message after the bad ones")
+    m = rt.metrics
+    assert m.get("libproc/messages_dropped/bad_message") == 2
+    assert m.get("libproc/messages_dropped/forged_sender") == 1
+    assert m.get("libproc/messages_dropped/unknown_message") == 1
+    assert m.get("libproc/peers_left") == 0
+    dealer.send(frame(["__anonymous__", me, "libproc/goodbye", None]))
+    await within(tally.ended.wait(), "exited after a well-formed goodbye")
+    await libproc.settle()
+    assert tally.seen == [1, ("exited", ghost)]
+    assert m.get("libproc/peers_left") == 1
+
+
+async def test_a_stop_whose_queue_never_drains_is_bounded() -> None:
+    """The receiver reads nothing (its actor holds the first message) and ZeroMQ's queues are
+    small: the sender's queue stays blocked. Its stop gives it the linger time and goes; the
+    receiver still hears of the end, once, after messages in order."""
+    gate = asyncio.Event()
+    small = {"send_hwm": 10, "recv_hwm": 10}
+    receiver_rt = await Runtime(
+        transport=ZmqTransport(ZmqOptions(linger=0.2, **small)), mailbox_hwm=4
+    ).start()
+    sender_rt = await Runtime(transport=ZmqTransport(ZmqOptions(linger=0.2, **small))).start()
+    try:
+        tally = Tally(gate)
+        receiver_rt.spawn(tally)
+        sender = sender_rt.spawn(Echo())
+        await linked(tally, sender)
+        # 32 MiB: more than ZeroMQ's queues (10 frames of at most 256 KiB each way) and the
+        # kernel's socket buffers hold, and less than the sender's pending_limit.
+        n = 512
+        padding = b"x" * 65536
+        for i in range(n):
+            sender_rt.send(tally.pid, "n", [i, padding], sender=sender)
+        await eventually(lambda: sender_rt.metrics.get("libproc/send_blocked") >= 1, "blocked")
+        await within(sender_rt.stop(), "the stop, although its queue never drains")
+        gate.set()
+        await within(tally.ended.wait(), "exited")
+        await libproc.settle()
+        got = [x for x in tally.seen if not isinstance(x, tuple)]
+        assert got == list(range(len(got))) and len(got) < n
+        assert tally.exits() == [("exited", sender)]
+    finally:
+        gate.set()
+        await sender_rt.stop()
+        await receiver_rt.stop()
+
+
+async def test_on_a_memory_network_a_goodbye_is_the_end_reported_once() -> None:
+    """The in-memory transport carries the goodbye too: a clean stop is reported once (the
+    network's own news of the host's end comes after it and is not news), a crash once."""
+    net = MemoryNetwork()
+    async with Runtime(transport=net) as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        for crash in (False, True):
+            peer_rt = await Runtime(transport=net).start()
+            try:
+                peer = peer_rt.spawn(Echo())
+                await linked(tally, peer)
+                for i in range(100):
+                    peer_rt.send(tally.pid, "n", i, sender=peer)
+                tally.ended.clear()
+                if crash:
+                    await net.stop_host(peer_rt)
+                else:
+                    await peer_rt.stop()
+                await within(tally.ended.wait(), "exited")
+            finally:
+                await peer_rt.stop()
+            await libproc.settle()
+            assert tally.seen[-1] == ("exited", peer)
+        assert len(tally.exits()) == 2
+        assert rt.metrics.get("libproc/peers_left") == 1
+        assert rt.metrics.get("libproc/peers_lost") == 1

@@ -42,15 +42,16 @@ async def test_remote_exit_fires_once(rt: Runtime, rt2: Runtime) -> None:
     await round_trip(linker, target)  # linked and acknowledged
     libproc.terminate(target)
     await linker.wait_exited(1)
-    # The whole host going away afterwards must not report the same actor again.
+    # The whole host going away afterwards (it says goodbye) must not report the same actor
+    # again.
     noticed = asyncio.Event()
-    on_peer_down = rt._on_peer_down
+    peer_ended = rt._peer_ended
 
-    def spy(address: str) -> None:
-        on_peer_down(address)
+    def spy(address: str, *args: Any, **kwargs: Any) -> None:
+        peer_ended(address, *args, **kwargs)
         noticed.set()
 
-    rt._on_peer_down = spy  # type: ignore[method-assign]
+    rt._peer_ended = spy  # type: ignore[method-assign]
     await rt2.stop()
     await within(noticed.wait(), "rt to notice that rt2 is gone")
     await settle()
