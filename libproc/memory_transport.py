@@ -169,7 +169,9 @@ class MemoryTransport:
         self._address = ""
         self._reading = True
         self._stopped = False
-        self._held: collections.deque[tuple[str, bytes]] = collections.deque()
+        # Frames that came while reading was paused, in order; (peer, None) for the news of
+        # a peer's end, which waits behind what it sent (as ZmqTransport's does).
+        self._held: collections.deque[tuple[str, bytes | None]] = collections.deque()
         # Peers forgotten (ended, or said goodbye) since we last sent to or heard from them:
         # the network's later news of their end is not news (as ZeroMQ's forget drops the
         # connection's events).
@@ -205,7 +207,10 @@ class MemoryTransport:
         try:
             while held and self._reading:
                 source, frame = held.popleft()
-                events._on_frame(source, frame)  # type: ignore[union-attr]
+                if frame is None:
+                    self._peer_down(source)
+                else:
+                    events._on_frame(source, frame)  # type: ignore[union-attr]
         finally:
             events._read_end()  # type: ignore[union-attr]
 
@@ -220,7 +225,9 @@ class MemoryTransport:
             self._loop.call_soon(self._peer_down, address)
 
     def _peer_down(self, address: str) -> None:
-        if address in self._forgotten:
+        if not self._reading and not self._stopped:
+            self._held.append((address, None))
+        elif address in self._forgotten:
             self._forgotten.discard(address)
         elif not self._stopped:
             self._events._on_peer_down(address)  # type: ignore[union-attr]

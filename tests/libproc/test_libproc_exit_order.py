@@ -380,3 +380,45 @@ async def test_on_a_memory_network_a_goodbye_is_the_end_reported_once() -> None:
         assert len(tally.exits()) == 2
         assert rt.metrics.get("libproc/peers_left") == 1
         assert rt.metrics.get("libproc/peers_lost") == 1
+
+
+async def test_on_a_memory_network_a_peer_s_end_waits_while_reading_is_paused() -> None:
+    """The in-memory transport holds frames while its runtime is not reading (back-pressure);
+    the news of a peer's end must wait behind them too."""
+    net = MemoryNetwork()
+    gate = asyncio.Event()
+    async with Runtime(transport=net, mailbox_hwm=4) as rt:
+        tally = Tally(gate)
+        rt.spawn(tally)
+        told = asyncio.Event()  # the network has told rt of the peer's end
+        peer_down = rt.transport._peer_down
+
+        def spy(address: str) -> None:
+            told.set()
+            peer_down(address)
+
+        rt.transport._peer_down = spy  # type: ignore[method-assign]
+        for crash in (False, True):
+            gate.clear()
+            told.clear()
+            tally.seen.clear()
+            tally.ended.clear()
+            peer_rt = await Runtime(transport=net).start()
+            try:
+                peer = peer_rt.spawn(Echo())
+                await linked(tally, peer)
+                for i in range(50):
+                    peer_rt.send(tally.pid, "n", i, sender=peer)
+                    await asyncio.sleep(0)  # one a frame
+                await eventually(lambda: rt.transport._held, "reading paused, frames held")
+                if crash:
+                    await net.stop_host(peer_rt)
+                else:
+                    await peer_rt.stop()
+                await within(told.wait(), "the network's news of the end")
+                gate.set()
+                await within(tally.ended.wait(), "exited")
+            finally:
+                await peer_rt.stop()
+            await libproc.settle()
+            assert tally.seen == [*range(50), ("exited", peer)], f"crash={crash}"
