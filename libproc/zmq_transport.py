@@ -107,12 +107,18 @@ class ZmqTransport:
         router.setsockopt(zmq.MAXMSGSIZE, 4 * self.options.max_frame_size + 4096)
         self._set_heartbeats(router)
         endpoint_host = f"[{host}]" if ":" in host else host
-        if port == 0:
-            router.bind(f"tcp://{endpoint_host}:*")
-            endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
-            port = int(endpoint.rsplit(":", 1)[1])
-        else:
-            router.bind(f"tcp://{endpoint_host}:{port}")
+        try:
+            if port == 0:
+                router.bind(f"tcp://{endpoint_host}:*")
+                endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+                port = int(endpoint.rsplit(":", 1)[1])
+            else:
+                router.bind(f"tcp://{endpoint_host}:{port}")
+        except BaseException:
+            # (A port in use, a bad host: the caller may retry, and each try must not leave a
+            # socket open in the shared context.)
+            router.close(linger=0)
+            raise
         self._router = router
         self._address = f"{host}:{port}"
         self.resume_reading()

@@ -202,3 +202,32 @@ async def test_runtime_level_send_comes_from_anonymous(rt: Runtime) -> None:
     await rec.wait_count(2)
     assert rec.got[0] == (rt.anonymous, "hello", [1, 2])
     assert rt.anonymous is not None and rt.anonymous.id == "__anonymous__"
+
+
+async def test_a_start_on_a_port_in_use_fails_and_leaves_no_socket_open() -> None:
+    """A bind that fails (the port is taken) raises, and closes the socket it made: a caller that
+    retries until the port is free must not leak one ZeroMQ socket per try."""
+    import socket
+
+    import zmq
+
+    from libproc.zmq_transport import ZmqTransport
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    ctx = zmq.Context()
+    errors: list[BaseException] = []  # kept, as a caller that logs them later keeps them
+    try:
+        for _ in range(3):
+            transport = ZmqTransport(context=ctx)
+            with pytest.raises(zmq.ZMQError) as failed:
+                await Runtime("127.0.0.1", port, transport=transport).start()
+            errors.append(failed.value)
+        # (The errors' tracebacks hold the frames that made the sockets: only an explicit
+        # close, not the garbage collector, can have closed them.)
+        assert not [s for s in ctx._sockets if not s.closed]
+    finally:
+        taken.close()
+        ctx.destroy(linger=0)  # (closes what was left open, rather than wait for it)
