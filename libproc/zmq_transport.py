@@ -11,7 +11,7 @@ Peer failure comes from two places: a socket monitor on each DEALER reports
 and ZMTP heartbeats (``heartbeat_interval`` / ``heartbeat_timeout``) turn a silent peer — a hung
 host, a cut network — into the same disconnection. A peer that stops cleanly is not reported
 here: its runtime's goodbye, read on our ROUTER after everything it sent, is its end (see
-``Runtime._say_goodbye``), and we forget our DEALER to it, monitor and all.
+``Runtime._say_goodbye``), and we forget our DEALER to it, monitor and all (``forget``).
 """
 
 from __future__ import annotations
@@ -343,11 +343,27 @@ class ZmqTransport:
 
     def forget(self, address: str, flush: bool = False) -> None:
         """Close our DEALER to ``address`` with its monitor, whose events are then never read:
-        an end already reported (or said in a goodbye) is not reported again."""
+        an end already reported (or said in a goodbye) is not reported again.
+
+        ``flush``: the answer to a goodbye was just sent on it. A DEALER that has a connection
+        is closed with a linger shorter than ``reconnect_interval``: long enough for the answer
+        to leave on that connection, too short for ZeroMQ to make another (it waits at least
+        that interval before reconnecting). One that never connected is closed at once: the
+        peer does not wait for our answer (it waits only for runtimes whose actors linked to
+        its own, and those have a connection to it). A DEALER closed with the full linger could
+        reconnect, out of our sight, to a new runtime at that address; if we also open a DEALER
+        to that runtime, the two share our routing id, its ROUTER hands the id to the latest
+        connection, and what the other one carries is never read."""
         peer = self._peers.pop(address, None)
         self._ends_held.pop(address, None)
-        if peer is not None:
-            self._close_peer(peer, linger=int(self.options.linger * 1000) if flush else 0)
+        if peer is None:
+            return
+        linger = 0.0
+        if flush:
+            self._on_monitor(peer)  # (takes in whether it has connected; reports nothing now)
+            if peer.connected:
+                linger = min(self.options.linger, self.options.reconnect_interval / 2)
+        self._close_peer(peer, linger=int(linger * 1000))
 
     def _close_peer(self, peer: _Peer, linger: int | None) -> None:
         loop = self._loop

@@ -245,6 +245,135 @@ async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime
     assert rt.metrics.get("libproc/peers_lost") == 0
 
 
+async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hears_us() -> None:
+    """A peer that says goodbye without waiting for our answer (none of our actors linked to
+    it) can be gone before the answer leaves, and our connection to it, kept open for the
+    linger time to deliver that answer, keeps trying its address. A new runtime there at once
+    must still get everything we send it: that old connection, which carries our routing id,
+    must not take the id over from our new one (a ROUTER hands a routing id to its latest
+    connection, and what the other one brings is never read: the new runtime heard nothing
+    from us until heartbeats gave up on the connection and its actors were reported exited)."""
+    linger = 0.5
+    async with zmq_runtime(linger=linger) as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        first = await Runtime().start()
+        try:
+            talker = first.spawn(Echo("svc"))
+            first.send(tally.pid, "n", 1, sender=talker)
+            await eventually(lambda: tally.seen == [1], "the talker's message")
+        finally:
+            await first.stop()
+        await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
+        second = await start_at(first.port)
+        try:
+            svc = second.spawn(Echo("svc"))
+            await linked(tally, svc)
+            # Round trips for as long as the old connection could come back (its linger time
+            # and a reconnection interval, twice over): each is answered, and the link stands.
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 2 * linger
+            rounds = 0
+            while loop.time() < until:
+                tally.ponged.clear()
+                await libproc.dispatch(tally.pid, "send", svc, "ping", rounds)
+                either = [asyncio.ensure_future(e.wait()) for e in (tally.ponged, tally.ended)]
+                try:
+                    await within(
+                        asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED), "pong or exited"
+                    )
+                finally:
+                    for fut in either:
+                        fut.cancel()
+                assert not tally.ended.is_set(), f"{tally.seen} after {rounds} round trips"
+                rounds += 1
+        finally:
+            await second.stop()
+        await libproc.settle()
+        assert tally.seen == [1, ("exited", svc)]
+        assert rt.metrics.get("libproc/peers_lost") == 0
+
+
+async def test_a_send_in_the_read_of_a_goodbye_leaves_the_next_runtime_there_reachable() -> None:
+    """We send to a peer's address in the same read as its goodbye (a handler that answers at
+    once): for a moment two DEALERs of ours go to that address, the one that carries our
+    answer and a new one. A new runtime at the address is then reached, and its end reported,
+    like any other."""
+    async with zmq_runtime() as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        first = await Runtime().start()
+        try:
+            before = first.spawn(Echo("svc"))
+            await linked(tally, before)  # (so first waits for our answer)
+            on_goodbye = rt._on_goodbye
+
+            def and_send(sender: UPID) -> None:
+                on_goodbye(sender)
+                rt.send(before, "ping", "late")
+
+            rt._on_goodbye = and_send  # type: ignore[method-assign]
+            await first.stop()
+            await within(tally.ended.wait(), "the first incarnation's end")
+        finally:
+            await first.stop()
+        tally.ended.clear()
+        second = await start_at(first.port)
+        try:
+            after = second.spawn(Echo("svc"))
+            await linked(tally, after)
+            for i in range(20):
+                tally.ponged.clear()
+                await libproc.dispatch(tally.pid, "send", after, "ping", i)
+                await within(tally.ponged.wait(), f"pong {i}")
+            await second.stop()
+            await within(tally.ended.wait(), "the second incarnation's end")
+        finally:
+            await second.stop()
+        await libproc.settle()
+        # (The late message's connection may see the first runtime close, a second end of it
+        # with no link left to report: peers_lost is 0 or 1.)
+        assert tally.seen == [("exited", before), ("exited", after)]
+        assert rt.metrics.get("libproc/peers_left") == 2
+
+
+async def test_a_goodbye_read_after_a_new_runtime_took_the_address() -> None:
+    """We read a peer's goodbye late (reading was paused by back-pressure), when a new runtime
+    already listens at its address: our answer must not leave a connection there that takes
+    our routing id from the one we then open to the new runtime; we reach it, and its crash
+    (no goodbye) is reported."""
+    gate = asyncio.Event()
+    async with Runtime(mailbox_hwm=4) as rt:
+        tally = Tally(gate)
+        rt.spawn(tally)
+        first = await Runtime().start()
+        try:
+            talker = first.spawn(Echo("svc"))
+            for i in range(10):  # (we never send to it: no link, no DEALER of ours)
+                first.send(tally.pid, "n", i, sender=talker)
+            await eventually(lambda: rt.metrics.get("libproc/reading_paused") >= 1, "paused")
+        finally:
+            await first.stop()
+        second = await start_at(first.port)
+        try:
+            gate.set()
+            await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye")
+            after = second.spawn(Echo("svc"))
+            await linked(tally, after)
+            for i in range(20):
+                tally.ponged.clear()
+                await libproc.dispatch(tally.pid, "send", after, "ping", i)
+                await within(tally.ponged.wait(), f"pong {i}")
+            await second.transport.stop()  # a crash: the socket goes, without a goodbye
+            await within(tally.ended.wait(), "exited after the new runtime crashed")
+        finally:
+            gate.set()
+            await second.stop()
+        await libproc.settle()
+        assert tally.seen == [*range(10), ("exited", after)]
+        assert rt.metrics.get("libproc/peers_lost") == 1
+
+
 async def test_a_goodbye_from_a_peer_never_linked_ends_only_that_peer(rt: Runtime) -> None:
     """A peer that only talked to us says goodbye: nothing of ours was linked to it, so no
     ``exited``; a link to another peer is untouched."""
