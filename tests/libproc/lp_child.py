@@ -15,6 +15,7 @@ from typing import Any
 
 import libproc
 from libproc import UPID, Process, handler
+from libproc.zmq_transport import ZmqOptions, ZmqTransport
 
 
 class Echo(Process):
@@ -38,7 +39,14 @@ class Echo(Process):
 
 
 async def main(actor_id: str, max_frame_size: int) -> None:
-    async with libproc.Runtime("127.0.0.1", 0, max_frame_size=max_frame_size) as runtime:
+    # A stop waits for the parent to read its goodbye at most ``linger``; it takes milliseconds,
+    # and a long bound only costs time when the parent is gone, so a loaded machine cannot
+    # make the bound, rather than the order, what a test sees.
+    options = ZmqOptions(linger=5.0, max_frame_size=max_frame_size)
+    transport = ZmqTransport(options)
+    async with libproc.Runtime(
+        "127.0.0.1", 0, max_frame_size=max_frame_size, transport=transport
+    ) as runtime:
         echo = Echo(actor_id)
         pid = runtime.spawn(echo)
         print(pid, flush=True)
