@@ -58,7 +58,7 @@ class ZmqOptions:
 
 
 class _Peer:
-    __slots__ = ("address", "blocked", "connected", "dealer", "end_passes", "monitor")
+    __slots__ = ("address", "blocked", "connected", "dealer", "end_passes", "excuse", "monitor")
 
     def __init__(self, address: str, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
         self.address = address
@@ -67,6 +67,22 @@ class _Peer:
         self.blocked = False
         self.connected = False  # a TCP connection was made at least once
         self.end_passes = 0  # read passes its end has waited for (see _end_after_reading)
+        # Opened to an address whose goodbye we read (see _EXCUSED_EVENTS): 1 while its first
+        # connection's end is not news, 2 once it has ended and ZeroMQ reconnects.
+        self.excuse = 0
+
+
+# A DEALER opened to an address just after we read its runtime's goodbye (a reply sent in that
+# read, say) can connect to that runtime, which waits for our answer before it closes: that
+# connection's end is not news (the goodbye was), and reported late, after a new runtime took
+# the address and we linked to it, it was taken for the new runtime's end (a false exited, and
+# what we had queued for it dropped). Such a DEALER's first disconnection is therefore not
+# reported: ZeroMQ reconnects, keeping what it holds, and the end is reported only if nothing
+# listens there any more (the connection attempt fails: EVENT_CLOSED). A new runtime that took
+# the address and was the first to be reached, then crashed, is reported that way too, a
+# reconnection interval later.
+_EXCUSED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+_AFTER_GOODBYE_MAX = 10_000  # addresses remembered as having said goodbye (see forget)
 
 
 class ZmqTransport:
@@ -83,6 +99,8 @@ class ZmqTransport:
         self._reading = False
         self._stopped = False
         self._frame_failures = 0
+        # Addresses that said goodbye (forgotten with flush) and were not sent to since.
+        self._after_goodbye: dict[str, None] = {}
         self._sources: dict[bytes, str] = {}  # routing id -> the address it declares
         # Peers whose end came while reading was paused, or while the ROUTER still held frames
         # after a read pass: reported once what they sent is read (_end_after_reading).
@@ -230,11 +248,14 @@ class ZmqTransport:
         dealer.setsockopt(zmq.RECONNECT_IVL, int(o.reconnect_interval * 1000))
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._set_heartbeats(dealer)
-        monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        after_goodbye = self._after_goodbye.pop(address, 0) is None
+        events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        monitor = dealer.get_monitor_socket(_EXCUSED_EVENTS if after_goodbye else events)
         host, _, port = address.rpartition(":")
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         dealer.connect(f"tcp://{host}:{port}")
         peer = _Peer(address, dealer, monitor)
+        peer.excuse = 1 if after_goodbye else 0
         self._peers[address] = peer
         self._loop.add_reader(monitor.FD, self._on_monitor, peer, True)  # type: ignore[union-attr]
         # ZeroMQ's fd only signals a pipe going from empty to non-empty *after* a read found it
@@ -279,11 +300,18 @@ class ZmqTransport:
                 break
             except zmq.ZMQError:
                 break
-            event = parse_monitor_message(msg)
-            if event["event"] == zmq.EVENT_CONNECTED:
+            kind = parse_monitor_message(msg)["event"]
+            if kind == zmq.EVENT_CONNECTED:
                 peer.connected = True
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                down = True
+                if peer.excuse == 2:
+                    peer.excuse = 0  # reconnected: to whatever listens there now
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if peer.excuse == 1:
+                    peer.excuse = 2  # perhaps the runtime that said goodbye (see _Peer)
+                else:
+                    down = True
+            elif kind == zmq.EVENT_CLOSED and peer.excuse == 2:
+                down = True  # the reconnection failed: nothing listens there
         if down and self._peers.get(peer.address) is peer:
             if drain:
                 self._end_after_reading(peer)
@@ -356,6 +384,10 @@ class ZmqTransport:
         connection, and what the other one carries is never read."""
         peer = self._peers.pop(address, None)
         self._ends_held.pop(address, None)
+        if flush:
+            if len(self._after_goodbye) >= _AFTER_GOODBYE_MAX:
+                self._after_goodbye.clear()
+            self._after_goodbye[address] = None
         if peer is None:
             return
         linger = 0.0
