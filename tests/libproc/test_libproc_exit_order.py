@@ -14,7 +14,9 @@ whose queue never drains is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,6 +204,26 @@ async def test_a_killed_child_is_reported_once_by_its_transport(
     assert rt.metrics.get("libproc/peers_left") == 0
 
 
+async def start_outside_ephemeral_ports() -> Runtime:
+    """A runtime on a free port below the kernel's ephemeral range, for a test that restarts a
+    runtime at the same address. A DEALER reconnecting to a port where nothing listens any more
+    can, on loopback, be given that very port as its own source port and connect to itself
+    (TCP self-connect); the port is then taken and the restart waits in vain. Source ports come
+    from the ephemeral range, so a port below it cannot be taken that way."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        try:
+            return await Runtime("127.0.0.1", port).start()
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    raise RuntimeError(f"no free port below {low}")
+
+
 async def start_at(port: int) -> Runtime:
     """A runtime on ``port``, once the last one there has let it go: ZeroMQ closes a stopped
     runtime's listening socket in its own I/O thread, after ``stop`` has returned (nothing
@@ -223,7 +245,7 @@ async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime
     linked to, and its own end is reported too."""
     tally = Tally()
     rt.spawn(tally)
-    first = await Runtime().start()
+    first = await start_outside_ephemeral_ports()
     try:
         before = first.spawn(Echo("svc"))
         await linked(tally, before)
@@ -260,7 +282,7 @@ async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hea
     async with zmq_runtime(linger=linger) as rt:
         tally = Tally()
         rt.spawn(tally)
-        first = await Runtime().start()
+        first = await start_outside_ephemeral_ports()
         try:
             talker = first.spawn(Echo("svc"))
             first.send(tally.pid, "n", 1, sender=talker)
@@ -308,7 +330,7 @@ async def test_a_send_in_the_read_of_a_goodbye_leaves_the_next_runtime_there_rea
     async with zmq_runtime() as rt:
         tally = Tally()
         rt.spawn(tally)
-        first = await Runtime().start()
+        first = await start_outside_ephemeral_ports()
         try:
             before = first.spawn(Echo("svc"))
             await linked(tally, before)  # (so first waits for our answer)
@@ -353,7 +375,7 @@ async def test_a_goodbye_read_after_a_new_runtime_took_the_address() -> None:
     async with Runtime(mailbox_hwm=4) as rt:
         tally = Tally(gate)
         rt.spawn(tally)
-        first = await Runtime().start()
+        first = await start_outside_ephemeral_ports()
         try:
             talker = first.spawn(Echo("svc"))
             for i in range(10):  # (we never send to it: no link, no DEALER of ours)
