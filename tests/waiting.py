@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "runtime_at"]
 
 
 async def eventually(
@@ -36,3 +36,25 @@ async def eventually(
             raise TimeoutError(f"{what}: not met within {timeout}s (last: {str(last)[:500]})")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+async def runtime_at(port: int, timeout: float = 30.0) -> Any:
+    """A libproc runtime on ``127.0.0.1:port``, once the last one there has let the port go.
+    ZeroMQ closes a stopped runtime's listening socket in its own I/O thread, after
+    ``Runtime.stop()`` has returned, so a restart on the same port may find it still bound for a
+    moment (nothing announces its release)."""
+    import errno
+
+    import zmq
+
+    from libproc import Runtime
+
+    async def started() -> Runtime | None:
+        try:
+            return await Runtime("127.0.0.1", port).start()
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            return None
+
+    return await eventually(started, f"port {port} free again", timeout)

@@ -29,7 +29,7 @@ import libproc
 from libproc import UPID, Clock, MemoryNetwork, Process, Runtime, ZmqOptions, handler
 from libproc.wire import MAGIC
 from libproc.zmq_transport import ZmqTransport
-from tests.waiting import eventually
+from tests.waiting import eventually, runtime_at
 
 
 class Tally(Process):
@@ -224,22 +224,6 @@ async def start_outside_ephemeral_ports() -> Runtime:
     raise RuntimeError(f"no free port below {low}")
 
 
-async def start_at(port: int) -> Runtime:
-    """A runtime on ``port``, once the last one there has let it go: ZeroMQ closes a stopped
-    runtime's listening socket in its own I/O thread, after ``stop`` has returned (nothing
-    announces it, so this polls)."""
-
-    async def started() -> Runtime | None:
-        try:
-            return await Runtime("127.0.0.1", port).start()
-        except zmq.ZMQError as e:
-            if e.errno != errno.EADDRINUSE:
-                raise
-            return None
-
-    return await eventually(started, f"port {port} free again")
-
-
 async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime) -> None:
     """After a peer's goodbye, a new runtime at the same address is a new peer: it can be
     linked to, and its own end is reported too."""
@@ -252,7 +236,7 @@ async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime
         await first.stop()
         await within(tally.ended.wait(), "the first incarnation's end")
         tally.ended.clear()
-        second = await start_at(first.port)
+        second = await runtime_at(first.port)
         try:
             after = second.spawn(Echo("svc"))
             assert after == before
@@ -290,7 +274,7 @@ async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hea
         finally:
             await first.stop()
         await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
-        second = await start_at(first.port)
+        second = await runtime_at(first.port)
         try:
             svc = second.spawn(Echo("svc"))
             await linked(tally, svc)
@@ -346,7 +330,7 @@ async def test_a_send_in_the_read_of_a_goodbye_leaves_the_next_runtime_there_rea
         finally:
             await first.stop()
         tally.ended.clear()
-        second = await start_at(first.port)
+        second = await runtime_at(first.port)
         try:
             after = second.spawn(Echo("svc"))  # (the same UPID as before's)
             await linked(tally, after)
@@ -383,7 +367,7 @@ async def test_a_goodbye_read_after_a_new_runtime_took_the_address() -> None:
             await eventually(lambda: rt.metrics.get("libproc/reading_paused") >= 1, "paused")
         finally:
             await first.stop()
-        second = await start_at(first.port)
+        second = await runtime_at(first.port)
         try:
             gate.set()
             await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye")

@@ -9,7 +9,6 @@ recording scheduler's queues, or libproc message filters, each with a generous f
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import os
 import random
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 import libproc
 from libproc import UPID, Clock, Process, Runtime, drop_messages, expect_message
@@ -63,7 +61,7 @@ from mesa.scheduler import (
     parse_master,
 )
 from mesa.task_state import is_terminal
-from tests.waiting import eventually
+from tests.waiting import runtime_at
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # a bound on waiting for something that should happen, never an expected duration
@@ -185,22 +183,6 @@ class Recorder(Scheduler):
         self._put(driver, "error", message)
 
 
-async def start_runtime(port: int) -> Runtime:
-    """A runtime on ``port``. ZeroMQ closes a stopped runtime's listening socket in its own I/O
-    thread, after ``Runtime.stop()`` has returned, so a restart on the same port may find it
-    still bound for a moment: wait until the port is free (nothing announces it)."""
-
-    async def started() -> Runtime | None:
-        try:
-            return await Runtime("127.0.0.1", port).start()
-        except zmq.ZMQError as e:
-            if e.errno != errno.EADDRINUSE:
-                raise
-            return None
-
-    return await eventually(started, f"port {port} free again", WAIT)
-
-
 class Cluster:
     """Owns every runtime and driver a test makes, and cleans them all up."""
 
@@ -210,7 +192,7 @@ class Cluster:
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start_master(self, master: FakeMaster | None = None, port: int = 0) -> FakeMaster:
-        runtime = await start_runtime(port)
+        runtime = await runtime_at(port, WAIT)
         self.runtimes.append(runtime)
         master = master or FakeMaster()
         runtime.spawn(master)
