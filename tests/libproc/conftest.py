@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from lp_support import raw_dealer
 
 from libproc import UPID, Runtime
 
@@ -30,6 +32,16 @@ async def rt2() -> AsyncIterator[Runtime]:
     """A second runtime in the same OS process: messages to it go over ZeroMQ."""
     async with Runtime("127.0.0.1", 0) as runtime:
         yield runtime
+
+
+@pytest.fixture
+def dealer(rt: Runtime) -> Iterator[Any]:
+    """A raw ZeroMQ DEALER connected to ``rt``, claiming to be ``lp_support.PEER``."""
+    sock = raw_dealer(rt.address)
+    try:
+        yield sock
+    finally:
+        sock.close(linger=0)
 
 
 @dataclass

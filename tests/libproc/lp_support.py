@@ -17,6 +17,8 @@ from libproc import UPID, Process
 # Generous bound on awaits that should finish at once: a hang fails with a clear message instead
 # of running into pytest's own timeout. Never an assertion about speed.
 PATIENCE = 30.0
+# What a raw ZeroMQ peer (raw_dealer) claims to be: its ROUTING_ID. Nothing listens there.
+PEER = "127.0.0.1:1"
 
 
 class Recorder(Process):
@@ -96,3 +98,16 @@ async def within(awaitable: Any, what: str, timeout: float = PATIENCE) -> Any:
         return await asyncio.wait_for(awaitable, timeout)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def raw_dealer(address: str) -> Any:
+    """A raw ZeroMQ DEALER connected to the runtime at ``address``, claiming to be ``PEER``:
+    for tests that hand a runtime frames no libproc peer would send. Close it with
+    ``close(linger=0)``."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, PEER.encode())
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{address}")
+    return sock

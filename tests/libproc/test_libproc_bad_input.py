@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
-from lp_support import Recorder, within
+from lp_support import PEER, Recorder, raw_dealer, within
 from structlog.testing import capture_logs
 
 from libproc import Process, Runtime, ZmqOptions, drop_messages, expect_message, record
 from libproc.wire import MAGIC
 
-PEER = "127.0.0.1:1"  # the raw peer's claimed address (its ROUTING_ID); nothing listens there
 SENDER = f"mallory@{PEER}"
 
 
@@ -55,20 +53,6 @@ def tag(name: str) -> msgpack.ExtType:
 
 def record_array(name: str, *fields: Any) -> list[Any]:
     return [tag(name), *fields]
-
-
-@pytest.fixture
-def dealer(rt: Runtime) -> Iterator[zmq.Socket]:
-    """A raw DEALER connected to ``rt``, claiming to be ``127.0.0.1:1``."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, PEER.encode())
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{rt.address}")
-    try:
-        yield sock
-    finally:
-        sock.close(linger=0)
 
 
 async def sync_point(dealer: zmq.Socket, rec: Recorder, tag: int) -> None:
@@ -164,10 +148,7 @@ async def test_wrong_number_of_frames(rt: Runtime, dealer: zmq.Socket) -> None:
 
 async def test_oversize_frame() -> None:
     runtime = await Runtime(max_frame_size=4096).start()
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, PEER.encode())
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{runtime.address}")
+    sock = raw_dealer(runtime.address)
     try:
         rec = Strict("rec")
         runtime.spawn(rec)

@@ -17,13 +17,11 @@ import asyncio
 import contextlib
 import errno
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
-import pytest
 import zmq
-from lp_support import within
+from lp_support import PEER, within
 
 import libproc
 from libproc import UPID, Clock, MemoryNetwork, Process, Runtime, ZmqOptions, handler
@@ -410,22 +408,6 @@ async def test_a_goodbye_from_a_peer_never_linked_ends_only_that_peer(rt: Runtim
     await within(tally.ended.wait(), "exited for the linked peer")
     await libproc.settle()
     assert tally.seen == [7, ("exited", elsewhere)]
-
-
-PEER = "127.0.0.1:1"  # what the raw peer below claims to be; nothing listens there
-
-
-@pytest.fixture
-def dealer(rt: Runtime) -> Iterator[zmq.Socket]:
-    """A raw ZeroMQ DEALER connected to ``rt``, claiming to be ``PEER``."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, PEER.encode())
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://{rt.address}")
-    try:
-        yield sock
-    finally:
-        sock.close(linger=0)
 
 
 def frame(*messages: list[Any]) -> bytes:
