@@ -100,7 +100,7 @@ class ZmqTransport:
         self._stopped = False
         self._frame_failures = 0
         # Addresses that said goodbye (forgotten with flush) and were not sent to since.
-        self._after_goodbye: dict[str, None] = {}
+        self._after_goodbye: set[str] = set()
         self._sources: dict[bytes, str] = {}  # routing id -> the address it declares
         # Peers whose end came while reading was paused, or while the ROUTER still held frames
         # after a read pass: reported once what they sent is read (_end_after_reading).
@@ -248,7 +248,8 @@ class ZmqTransport:
         dealer.setsockopt(zmq.RECONNECT_IVL, int(o.reconnect_interval * 1000))
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._set_heartbeats(dealer)
-        after_goodbye = self._after_goodbye.pop(address, 0) is None
+        after_goodbye = address in self._after_goodbye
+        self._after_goodbye.discard(address)
         events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
         monitor = dealer.get_monitor_socket(_EXCUSED_EVENTS if after_goodbye else events)
         host, _, port = address.rpartition(":")
@@ -387,7 +388,7 @@ class ZmqTransport:
         if flush:
             if len(self._after_goodbye) >= _AFTER_GOODBYE_MAX:
                 self._after_goodbye.clear()
-            self._after_goodbye[address] = None
+            self._after_goodbye.add(address)
         if peer is None:
             return
         linger = 0.0
