@@ -68,7 +68,7 @@ def run_cgroups(
     xargs is the fork/exec limit. Skipped (``{"skipped": why}``) where those hierarchies are not
     mounted as v1 and writable, or this process cannot see its own cgroup in them.
     """
-    from mesa.isolators.cgroupfs import mounts, own_v1_cgroups
+    from mesa.isolators.cgroupfs import mounts, own_v1_cgroups, purge
 
     where = mounts()
     missing = [s for s in subsystems if s not in where.v1_writable]
@@ -115,8 +115,8 @@ def run_cgroups(
                 os.kill(pid, 9)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        for root in roots:
-            _remove_cgroup_tree(root)
+        # What a failed run left (members killed), then the roots, in every hierarchy.
+        purge(os.path.basename(roots[0]), where)
     return {"seconds": seconds, "ok": failed == 0, "workers": parallel, "subsystems": subsystems}
 
 
@@ -174,23 +174,6 @@ def _rmdir_when_empty(path: str) -> None:
                 raise
             time.sleep(0.001)
     os.rmdir(path)
-
-
-def _remove_cgroup_tree(root: str) -> None:
-    """What a failed run left under ``root``, then ``root``: members killed, cgroups removed."""
-    if not os.path.isdir(root):
-        return
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            with contextlib.suppress(OSError):
-                for line in open(os.path.join(path, "cgroup.procs")).read().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(line), 9)
-            with contextlib.suppress(OSError):
-                _rmdir_when_empty(path)
-    with contextlib.suppress(OSError):
-        _rmdir_when_empty(root)
 
 
 def _shell(command: str) -> int:
