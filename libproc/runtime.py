@@ -126,8 +126,10 @@ class Runtime:
       reading from the network (so remote senders feel back-pressure) until it drains below
       half; a local ``send`` to a mailbox at ``mailbox_limit`` raises :class:`Backpressure`.
     * ``link_timeout``: how long a remote ``link`` waits for the other runtime to confirm the
-      actor exists before reporting ``exited``. Death after that is detected by the transport
-      (socket monitor and heartbeats, ``heartbeat_timeout``).
+      actor exists before reporting ``exited``: for a host that accepts the connection but does
+      not answer, or does not answer the connection at all. An address where nothing listens
+      (the connection is refused) is reported at once, by the transport, as is death after the
+      link (socket monitor and heartbeats, ``heartbeat_timeout``).
 
     A linked peer's messages come before the news of its end: a runtime that stops cleanly
     says goodbye to each peer after everything else it sends it, and the peer reports the end
@@ -675,8 +677,7 @@ class Runtime:
             # Everything fits in one frame: the usual case, a reply or a loop turn's burst.
             frame = encode_batch(msgs)
             if not self.transport.send(queue.address, frame):
-                queue.blocked = True
-                self.metrics.inc("libproc/send_blocked")
+                self._send_refused(queue)
                 return
             msgs.clear()
             queue.bytes = 0
@@ -709,8 +710,7 @@ class Runtime:
                     n += 1
             frame = encode_batch(msgs if n == len(msgs) else msgs[:n])
             if not send(queue.address, frame):
-                queue.blocked = True
-                self.metrics.inc("libproc/send_blocked")
+                self._send_refused(queue)
                 return
             if n == len(msgs):
                 msgs.clear()
@@ -719,6 +719,16 @@ class Runtime:
             queue.bytes -= size
             self.bytes_sent += len(frame)
             self.frames_sent += 1
+
+    def _send_refused(self, queue: _OutQueue) -> None:
+        """The transport cannot take the queue's frames now: they wait in the queue until it
+        can (``_on_writable``), or are dropped with it if the peer's end comes first. That is
+        back-pressure (counted as ``send_blocked``), unless no connection to the peer has been
+        made yet: a connection refused then is the peer's end, and what waits is counted as
+        dropped, not handed to a reconnection to whatever comes up there later."""
+        queue.blocked = True
+        if not self.transport.connecting(queue.address):
+            self.metrics.inc("libproc/send_blocked")
 
     async def wait_writable(self, to: UPID | str) -> None:
         """Wait until messages for ``to`` can be queued again (after a :class:`Backpressure`).
@@ -769,7 +779,8 @@ class Runtime:
             self._flush(queue)
 
     def _on_peer_down(self, address: str) -> None:
-        """The transport saw the peer die or become unreachable (no goodbye came)."""
+        """The transport saw the peer die or become unreachable (no goodbye came), or could not
+        connect to it at all (nothing listens there)."""
         self.metrics.inc("libproc/peers_lost")
         self._peer_ended(address, "peer_down")
 

@@ -33,7 +33,8 @@ class TransportEvents(Protocol):
         """Something arrived that is not a frame at all (wrong number of parts, …)."""
 
     def _on_peer_down(self, address: str) -> None:
-        """The peer at ``address`` died or became unreachable."""
+        """The peer at ``address`` died or became unreachable, or nothing listens there (a
+        connection to it was refused)."""
 
     def _on_writable(self, address: str) -> None:
         """A send that returned False may now be retried."""
@@ -49,7 +50,14 @@ class Transport(Protocol):
     async def start(self, events: TransportEvents, host: str, port: int) -> str: ...
 
     def send(self, address: str, frame: bytes) -> bool:
-        """Queue ``frame`` for ``address``; False when the peer cannot take it now."""
+        """Queue ``frame`` for ``address``; False when the peer cannot take it now (its queue
+        is full, or no connection to it is made yet): ``_on_writable`` follows once it can, or
+        ``_on_peer_down`` if it never will (a refused connection is the peer's end)."""
+        ...
+
+    def connecting(self, address: str) -> bool:
+        """Whether frames for ``address`` wait for a first connection (so a refused ``send``
+        is not back-pressure). Asked only after a refusal: it may cost more than a send."""
         ...
 
     def pause_reading(self) -> None: ...

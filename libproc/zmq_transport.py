@@ -6,12 +6,13 @@ who a frame claims to come from. We do not use ``zmq.asyncio``: reading ``zmq.EV
 socket's fd in an ``add_reader`` callback and draining with non-blocking calls costs markedly less
 per message (see ``bench/libproc_bench.py``).
 
-Peer failure comes from two places: a socket monitor on each DEALER reports
+Peer failure comes from three places: a socket monitor on each DEALER reports
 ``EVENT_DISCONNECTED`` as soon as the peer's process dies (the kernel resets the TCP connection),
-and ZMTP heartbeats (``heartbeat_interval`` / ``heartbeat_timeout``) turn a silent peer — a hung
-host, a cut network — into the same disconnection. A peer that stops cleanly is not reported
-here: its runtime's goodbye, read on our ROUTER after everything it sent, is its end (see
-``Runtime._say_goodbye``), and we forget our DEALER to it, monitor and all (``forget``).
+and ``EVENT_CLOSED`` when a connection attempt fails (nothing listens there: see
+``_MONITORED``); ZMTP heartbeats (``heartbeat_interval`` / ``heartbeat_timeout``) turn a silent
+peer — a hung host, a cut network — into a disconnection too. A peer that stops cleanly is not
+reported here: its runtime's goodbye, read on our ROUTER after everything it sent, is its end
+(see ``Runtime._say_goodbye``), and we forget our DEALER to it, monitor and all (``forget``).
 """
 
 from __future__ import annotations
@@ -64,24 +65,40 @@ class _Peer:
         self.address = address
         self.dealer = dealer
         self.monitor = monitor
-        self.blocked = False
-        self.connected = False  # a TCP connection was made at least once
+        # Nothing is handed to ZeroMQ before the first connection is made (see _MONITORED):
+        # until then the runtime keeps what it sends in its own queue, as for back-pressure.
+        self.blocked = True
+        self.connected = False  # a TCP connection was made at least once (and we saw it)
         self.end_passes = 0  # read passes its end has waited for (see _end_after_reading)
-        # Opened to an address whose goodbye we read (see _EXCUSED_EVENTS): 1 while its first
+        # Opened to an address whose goodbye we read (see _MONITORED): 1 while its first
         # connection's end is not news, 2 once it has ended and ZeroMQ reconnects.
         self.excuse = 0
 
 
+# What a DEALER's monitor reports. For each connection attempt that fails, libzmq 4.3 emits
+# EVENT_CONNECT_DELAYED (the non-blocking connect is under way), EVENT_CLOSED (its socket closed
+# without a connection: refused, unreachable, timed out) and EVENT_CONNECT_RETRIED (the next
+# attempt is scheduled); after a connection's end, EVENT_DISCONNECTED then EVENT_CONNECT_RETRIED.
+# So EVENT_CLOSED, and only it, says "a connection was tried and not made": nothing listens there
+# (now). That is the peer's end, as a refused connect is in libprocess: its linkers are told at
+# once rather than after link_timeout, and what waits for it is dropped, counted, rather than
+# kept for a reconnection to whatever comes up at the address later. That is also why a DEALER
+# takes no frames before its first connection (``_Peer.blocked``): they stay in the runtime's
+# queue, where dropping them is counted, and none is left inside ZeroMQ to reach a runtime that
+# comes up after the refusal. (A host that is there but silent, SYN dropped or hung, makes no
+# such event for minutes: link_timeout and heartbeats cover it.)
+#
 # A DEALER opened to an address just after we read its runtime's goodbye (a reply sent in that
 # read, say) can connect to that runtime, which waits for our answer before it closes: that
 # connection's end is not news (the goodbye was), and reported late, after a new runtime took
 # the address and we linked to it, it was taken for the new runtime's end (a false exited, and
 # what we had queued for it dropped). Such a DEALER's first disconnection is therefore not
 # reported: ZeroMQ reconnects, keeping what it holds, and the end is reported only if nothing
-# listens there any more (the connection attempt fails: EVENT_CLOSED). A new runtime that took
-# the address and was the first to be reached, then crashed, is reported that way too, a
-# reconnection interval later.
-_EXCUSED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+# listens there any more (the reconnection fails: EVENT_CLOSED). A new runtime that took the
+# address and was the first to be reached, then crashed, is reported that way too, a
+# reconnection interval later. The excuse covers a disconnection only: a first connection
+# attempt that fails is the end, as for any DEALER.
+_MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 _AFTER_GOODBYE_MAX = 10_000  # addresses remembered as having said goodbye (see forget)
 
 
@@ -250,8 +267,7 @@ class ZmqTransport:
         self._set_heartbeats(dealer)
         after_goodbye = address in self._after_goodbye
         self._after_goodbye.discard(address)
-        events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-        monitor = dealer.get_monitor_socket(_EXCUSED_EVENTS if after_goodbye else events)
+        monitor = dealer.get_monitor_socket(_MONITORED)
         host, _, port = address.rpartition(":")
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         dealer.connect(f"tcp://{host}:{port}")
@@ -261,15 +277,18 @@ class ZmqTransport:
         self._loop.add_reader(monitor.FD, self._on_monitor, peer, True)  # type: ignore[union-attr]
         # ZeroMQ's fd only signals a pipe going from empty to non-empty *after* a read found it
         # empty; without this first read, the first monitor event (the peer dying) never wakes
-        # the loop and the disconnection goes unnoticed.
-        self._on_monitor(peer)
+        # the loop and the disconnection goes unnoticed. It is the loop's next turn, not now:
+        # on loopback a refused connection can already be news, and an end is not to be
+        # reported from inside a send (the answer to a goodbye, say, whose peer is forgotten
+        # right after: the refusal is not news then).
+        self._loop.call_soon(self._on_monitor, peer, True)  # type: ignore[union-attr]
         return peer
 
     def send(self, address: str, frame: bytes) -> bool:
         if self._stopped:
             return True  # dropped: a stopped runtime opens no new connections
         peer = self._peers.get(address) or self._peer(address)
-        if peer.blocked:
+        if peer.blocked:  # (back-pressure, or no connection made yet)
             return False
         try:
             _send(peer.dealer, frame, _NOBLOCK)
@@ -290,10 +309,11 @@ class ZmqTransport:
 
     def _on_monitor(self, peer: _Peer, drain: bool = False) -> None:
         """Take in the DEALER's connection events; ``drain`` (called by the loop, not from
-        inside a send): read what the ROUTER holds before reporting the peer down."""
+        inside a send or a handler): read what the ROUTER holds before reporting the peer
+        down, and let the runtime send at once what waited for a first connection."""
         if peer.monitor.closed:
             return
-        down = False
+        down = opened = False
         while True:
             try:
                 msg = peer.monitor.recv_multipart(zmq.NOBLOCK)
@@ -303,7 +323,8 @@ class ZmqTransport:
                 break
             kind = parse_monitor_message(msg)["event"]
             if kind == zmq.EVENT_CONNECTED:
-                peer.connected = True
+                if not peer.connected:
+                    peer.connected = opened = True
                 if peer.excuse == 2:
                     peer.excuse = 0  # reconnected: to whatever listens there now
             elif kind == zmq.EVENT_DISCONNECTED:
@@ -311,13 +332,34 @@ class ZmqTransport:
                     peer.excuse = 2  # perhaps the runtime that said goodbye (see _Peer)
                 else:
                     down = True
-            elif kind == zmq.EVENT_CLOSED and peer.excuse == 2:
-                down = True  # the reconnection failed: nothing listens there
-        if down and self._peers.get(peer.address) is peer:
+            elif kind == zmq.EVENT_CLOSED:
+                # A connection attempt failed: nothing listens there (see _MONITORED). Also
+                # when a later event says ZeroMQ has since connected to a runtime that came up
+                # there: what we sent before was refused, and is not to reach it.
+                down = True
+        if self._peers.get(peer.address) is not peer:
+            return  # forgotten: its end is reported, or not news
+        if down:
             if drain:
                 self._end_after_reading(peer)
             else:
                 self._report_end(peer)
+        elif opened:
+            peer.blocked = False  # (the first connection: nothing was handed to ZeroMQ yet)
+            if drain:
+                self._events._on_writable(peer.address)  # type: ignore[union-attr]
+            else:  # (from ever_connected, inside whatever the caller is doing: not now)
+                self._loop.call_soon(self._writable, peer)  # type: ignore[union-attr]
+
+    def _writable(self, peer: _Peer) -> None:
+        if self._peers.get(peer.address) is peer:
+            self._events._on_writable(peer.address)  # type: ignore[union-attr]
+
+    def connecting(self, address: str) -> bool:
+        """Whether frames for ``address`` wait for a first connection to it (``send`` refuses
+        them until then, and that is not back-pressure)."""
+        peer = self._peers.get(address)
+        return peer is not None and not peer.connected
 
     def _end_after_reading(self, peer: _Peer) -> None:
         """What the peer sent before it went away (its last replies, the exited notices of a

@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import errno
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
+import pytest
 import zmq
-from lp_support import PEER, within
+from lp_support import PEER, port_free, raw_dealer, silent_listener, within
 
 import libproc
 from libproc import UPID, Clock, MemoryNetwork, Process, Runtime, ZmqOptions, handler
@@ -73,12 +75,20 @@ class Echo(Process):
 ONE_PER_FRAME = 80
 
 
-async def linked(tally: Tally, target: UPID) -> None:
-    """Link ``tally`` to ``target`` and wait for a round trip, so the link has reached it."""
-    await libproc.dispatch(tally.pid, "link", target)
+async def ping(tally: Tally, target: UPID) -> None:
     tally.ponged.clear()
     await libproc.dispatch(tally.pid, "send", target, "ping", None)
-    await within(tally.ponged.wait(), "the pong after the link")
+    await within(tally.ponged.wait(), "a pong")
+
+
+async def linked(tally: Tally, target: UPID) -> None:
+    """Link ``tally`` to ``target`` and wait for a round trip, so the link has reached it. A
+    round trip comes first, so that the link and the ping after it leave in frames of their
+    own: what waits for a first connection leaves together, and some peers here take frames
+    of 80 bytes at most."""
+    await ping(tally, target)
+    await libproc.dispatch(tally.pid, "link", target)
+    await ping(tally, target)
 
 
 async def flood_then_stop(tally: Tally, n: int, sender_rt: Runtime) -> UPID:
@@ -326,6 +336,7 @@ async def test_a_send_in_the_read_of_a_goodbye_leaves_the_next_runtime_there_rea
             await first.stop()
             await within(tally.ended.wait(), "the first incarnation's end")
         finally:
+            rt.__dict__.pop("_on_goodbye", None)  # (its next goodbye is not this test's)
             await first.stop()
         tally.ended.clear()
         second = await runtime_at(first.port)
@@ -385,6 +396,38 @@ async def test_a_goodbye_read_after_a_new_runtime_took_the_address() -> None:
         assert rt.metrics.get("libproc/peers_lost") == 1
 
 
+# Far beyond how long the tests below wait for exited: only the transport can end those waits in
+# time (a refused connection), never a link timeout.
+NEVER = 60.0
+PROMPTLY = 10.0
+
+
+async def test_a_link_after_a_goodbye_to_an_address_nobody_took_is_refused_at_once() -> None:
+    """After a goodbye, with nothing at that address any more, a new link there is refused
+    and reported at once: the DEALER opened after a goodbye excuses a first disconnection, not
+    a connection that is never made."""
+    async with Runtime(link_timeout=NEVER) as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        first = await start_outside_ephemeral_ports()
+        try:
+            before = first.spawn(Echo("svc"))
+            await linked(tally, before)
+        finally:
+            await first.stop()
+        await within(tally.ended.wait(), "the goodbye's exited")
+        tally.ended.clear()
+        assert first.address in rt.transport._after_goodbye
+        await eventually(lambda: port_free(first.port), "the port let go")
+        await libproc.dispatch(tally.pid, "link", before)
+        await within(tally.ended.wait(), "exited for a refused link", PROMPTLY)
+        await libproc.settle()
+        assert tally.seen == [("exited", before), ("exited", before)]
+        assert rt.metrics.get("libproc/peers_left") == 1
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert rt.metrics.get("libproc/link_timeouts") == 0
+
+
 async def test_a_goodbye_from_a_peer_never_linked_ends_only_that_peer(rt: Runtime) -> None:
     """A peer that only talked to us says goodbye: nothing of ours was linked to it, so no
     ``exited``; a link to another peer is untouched."""
@@ -414,21 +457,38 @@ def frame(*messages: list[Any]) -> bytes:
     return MAGIC + msgpack.packb(list(messages), use_bin_type=True)
 
 
-async def test_garbled_goodbyes_are_counted_and_dropped(rt: Runtime, dealer: zmq.Socket) -> None:
+@pytest.fixture
+def silent_peer(rt: Runtime) -> Iterator[tuple[zmq.Socket, str]]:
+    """A raw DEALER connected to ``rt``, and the address it claims: one where connections are
+    made and never answered, so that a link there is neither confirmed nor (as a refused
+    connection would be) ended at once."""
+    with silent_listener() as listener:
+        peer = "{}:{}".format(*listener.getsockname())
+        dealer = raw_dealer(rt.address, claim=peer)
+        try:
+            yield dealer, peer
+        finally:
+            dealer.close(linger=0)
+
+
+async def test_garbled_goodbyes_are_counted_and_dropped(
+    rt: Runtime, silent_peer: tuple[zmq.Socket, str]
+) -> None:
     """A goodbye with a body, one on a connection from another address, a misspelt one and an
     answer with a body are each counted, logged and dropped, like any bad message: the links
     to the peer stand until a well-formed goodbye comes."""
-    Clock.pause()  # nothing at PEER answers the link: it must not time out meanwhile
+    Clock.pause()  # the peer never answers the link: it must not time out meanwhile
+    dealer, peer = silent_peer
     tally = Tally()
     rt.spawn(tally)
-    ghost = UPID("ghost", "127.0.0.1", 1)
+    ghost = UPID.parse(f"ghost@{peer}")
     await libproc.dispatch(tally.pid, "link", ghost)
-    me = f"__anonymous__@{PEER}"
+    me = f"__anonymous__@{peer}"
     dealer.send(frame(["__anonymous__", me, "libproc/goodbye", "now"]))
-    dealer.send(frame(["__anonymous__", "__anonymous__@127.0.0.1:2", "libproc/goodbye", None]))
+    dealer.send(frame(["__anonymous__", f"__anonymous__@{PEER}", "libproc/goodbye", None]))
     dealer.send(frame(["__anonymous__", me, "libproc/goodbye!", None]))
     dealer.send(frame(["__anonymous__", me, "libproc/goodbye_read", 1]))
-    dealer.send(frame([tally.pid.id, f"ghost@{PEER}", "n", 1]))
+    dealer.send(frame([tally.pid.id, f"ghost@{peer}", "n", 1]))
     await eventually(lambda: tally.seen == [1], "the message after the bad ones")
     m = rt.metrics
     assert m.get("libproc/messages_dropped/bad_message") == 2

@@ -1,6 +1,7 @@
 """Links across runtimes: ``exited`` fires exactly once, whether the actor ends, never existed,
-or its whole host dies — including a real ``kill -9`` of another OS process — and a link to an
-address where nothing listens gives up after ``link_timeout`` of Clock time."""
+or its whole host dies — including a real ``kill -9`` of another OS process. A link to an
+address where nothing listens (the connection is refused) is reported at once; one to a host
+that accepts the connection but never answers gives up after ``link_timeout`` of Clock time."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 from typing import Any
 
-from lp_support import Linker, Recorder, link, within
+from lp_support import Linker, Recorder, link, quiet_port, silent_listener, within
 
 import libproc
 from libproc import UPID, Clock, Process, Runtime, handler, settle
+from tests.waiting import eventually, runtime_at
 
 
 class Echo(Process):
@@ -91,44 +92,116 @@ async def test_link_to_missing_actor_in_same_runtime(rt: Runtime) -> None:
     assert linker.exits == [ghost]
 
 
-def dead_address() -> tuple[str, int]:
-    """A loopback port where nothing listens (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()
-
-
-async def test_link_to_dead_address_times_out(rt: Runtime) -> None:
+async def test_link_to_a_host_that_never_answers_times_out(rt: Runtime) -> None:
+    """The connection is made (the kernel accepts it) but nothing answers, as from a hung
+    host: the link gives up after ``link_timeout`` of Clock time, not before."""
     Clock.pause()
-    linker = Linker()
-    rt.spawn(linker)
-    host, port = dead_address()
-    nowhere = UPID("master", host, port)
-    await link(linker, nowhere)
-    Clock.advance(rt.link_timeout - 0.001)
-    await settle()
-    assert linker.exits == []
-    Clock.advance(0.001)
-    await linker.wait_exited(1)
-    assert linker.exits == [nowhere]
-    assert rt.metrics.get("libproc/link_timeouts") == 1
-    # Nothing keeps reconnecting to an address that never answered.
-    assert nowhere.address not in rt._peers
-    assert nowhere.address not in rt.transport._peers
+    with silent_listener() as listener:
+        linker = Linker()
+        rt.spawn(linker)
+        host, port = listener.getsockname()
+        silent = UPID("master", host, port)
+        await link(linker, silent)
+        await eventually(lambda: rt.transport.ever_connected(silent.address), "a connection")
+        await settle()
+        Clock.advance(rt.link_timeout - 0.001)
+        await settle()
+        assert linker.exits == []
+        Clock.advance(0.001)
+        await linker.wait_exited(1)
+        assert linker.exits == [silent]
+        assert rt.metrics.get("libproc/link_timeouts") == 1
+        assert rt.metrics.get("libproc/peers_lost") == 0
 
 
 async def test_link_timeout_is_configurable(rt: Runtime) -> None:
     Clock.pause()
     runtime = await Runtime(link_timeout=30).start()
-    linker = Linker()
-    runtime.spawn(linker)
-    host, port = dead_address()
-    await link(linker, UPID("x", host, port))
-    Clock.advance(29.999)
-    await settle()
-    assert linker.exits == []
-    Clock.advance(0.001)
-    await linker.wait_exited(1)
+    with silent_listener() as listener:
+        linker = Linker()
+        runtime.spawn(linker)
+        host, port = listener.getsockname()
+        await link(linker, UPID("x", host, port))
+        Clock.advance(29.999)
+        await settle()
+        assert linker.exits == []
+        Clock.advance(0.001)
+        await linker.wait_exited(1)
+    await runtime.stop()
+
+
+# Far beyond how long the tests below wait for exited: only a refused connection can end those
+# waits in time, never a link timeout.
+NEVER = 60.0
+PROMPTLY = 10.0
+
+
+async def test_a_link_to_a_closed_port_reports_exited_at_once() -> None:
+    """Nothing listens at the address (a runtime that never came up, or went before we first
+    reached it): the connection is refused, and that is the end of every actor there, reported
+    at once as libprocess does, not after ``link_timeout``. Nothing keeps reconnecting."""
+    async with Runtime(link_timeout=NEVER) as rt:
+        linker = Linker()
+        rt.spawn(linker)
+        nowhere = UPID("master", "127.0.0.1", quiet_port())
+        await link(linker, nowhere)
+        await linker.wait_exited(1, timeout=PROMPTLY)
+        await settle()
+        assert linker.exits == [nowhere]
+        assert rt.metrics.get("libproc/link_timeouts") == 0
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert nowhere.address not in rt._peers
+        assert nowhere.address not in rt.transport._peers
+
+
+class EchoRecorder(Recorder):
+    """Records every message and answers each ``ping`` with a ``pong``."""
+
+    def unhandled(self, sender: UPID, name: str, body: Any) -> None:
+        super().unhandled(sender, name, body)
+        if name == "ping":
+            self.send(sender, "pong", body)
+
+
+async def test_messages_to_a_closed_port_are_dropped_and_a_runtime_there_later_is_new() -> None:
+    """What was sent to an address that refused us is dropped and counted, not kept for a
+    reconnection: a runtime that comes up there later never gets it. That runtime is a new peer:
+    linked to afresh, it answers, and its end is reported too."""
+    async with Runtime(link_timeout=NEVER) as rt:
+        linker = Linker()
+        rt.spawn(linker)
+        port = quiet_port()
+        there = UPID("echo", "127.0.0.1", port)
+
+        def send_early(proc: Linker) -> None:
+            for i in range(5):
+                proc.send(there, "early", i)
+            proc.link(there)
+
+        await libproc.dispatch(linker.pid, send_early)
+        first = rt.transport._peers.get(there.address)
+        await linker.wait_exited(1, timeout=PROMPTLY)
+        await settle()
+        assert rt.metrics.get("libproc/messages_dropped/peer_down") == 6  # the 5 and the link
+        assert first is None or first.dealer.closed  # (nothing left to reconnect with)
+
+        later = await runtime_at(port)
+        try:
+            echo = EchoRecorder("echo")
+            assert later.spawn(echo) == there
+            await link(linker, there)
+            await round_trip(linker, there)
+            assert [name for _, name, _ in echo.got] == ["ping"]
+            assert later.metrics.get("libproc/messages_dropped") == 0
+            await later.stop()
+            await linker.wait_exited(2, timeout=PROMPTLY)
+        finally:
+            await later.stop()
+        await settle()
+        assert linker.exits == [there, there]
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert rt.metrics.get("libproc/peers_left") == 1
+        assert rt.metrics.get("libproc/messages_dropped/peer_down") == 6
 
 
 async def test_unlinked_remote_exit_is_not_reported(rt: Runtime, rt2: Runtime) -> None:
