@@ -11,6 +11,9 @@ paused :class:`~libproc.Clock`, with failures that replay exactly:
   its actors' linkers are told first.
 * ``network.partition(a, b)`` silently drops frames both ways; after ``heartbeat_timeout`` of
   clock time each side declares the other down, as ZMTP heartbeats would. ``heal`` lifts it.
+* A frame for an address where no runtime is (it never came up, or it has stopped) is refused,
+  as a ZeroMQ connection there is: the sender's runtime hears of that peer's end at once, and
+  keeps what it sent in its queue, to be dropped and counted with it.
 """
 
 from __future__ import annotations
@@ -128,15 +131,17 @@ class MemoryNetwork:
 
     # ------------------------------------------------------------------ the wire
 
-    def _carry(self, source: str, address: str, frame: bytes) -> None:
+    def _carry(self, source: str, address: str, frame: bytes) -> bool:
+        """Carry ``frame``; False when nobody is at ``address`` (a refused connection)."""
         dest = self._hosts.get(address)
         if dest is None:
-            return  # nobody listens there: like a ZeroMQ connect that never succeeds
+            return False
         self._talked.setdefault(address, set()).add(source)
         if frozenset((source, address)) in self._cuts:
-            return
+            return True  # (lost in the cut, as in a network that has gone silent)
         self.in_flight += 1
         dest._loop.call_soon(self._arrive, dest, source, frame)
+        return True
 
     def _arrive(self, dest: MemoryTransport, source: str, frame: bytes) -> None:
         self.in_flight -= 1
@@ -176,6 +181,9 @@ class MemoryTransport:
         # the network's later news of their end is not news (as ZeroMQ's forget drops the
         # connection's events).
         self._forgotten: set[str] = set()
+        # Peers whose end the network has told us of, not yet taken in (the next loop turn
+        # does): one piece of news per peer, as one ZeroMQ connection's end is.
+        self._news: set[str] = set()
 
     def pending(self) -> int:
         return self.network.in_flight + len(self._held)
@@ -191,8 +199,17 @@ class MemoryTransport:
             return True
         if self._forgotten:
             self._forgotten.discard(address)
-        self.network._carry(self._address, address, frame)
-        return True
+        if self.network._carry(self._address, address, frame):
+            return True
+        # Nobody there: refused, as a ZeroMQ connection would be. The frame stays with the
+        # runtime (dropped and counted with the peer's end, reported next, in order).
+        self._peer_down_soon(address)
+        return False
+
+    def connecting(self, address: str) -> bool:
+        """Whether nobody is at ``address``: the one reason this transport refuses a frame
+        (it has no back-pressure of its own)."""
+        return address not in self.network._hosts
 
     def pause_reading(self) -> None:
         self._reading = False
@@ -221,8 +238,14 @@ class MemoryTransport:
         self._forgotten.add(address)
 
     def _peer_down_soon(self, address: str) -> None:
-        if not self._stopped:
-            self._loop.call_soon(self._peer_down, address)
+        if not self._stopped and address not in self._news:
+            self._news.add(address)
+            self._loop.call_soon(self._take_news, address)
+
+    def _take_news(self, address: str) -> None:
+        if address in self._news:
+            self._news.discard(address)
+            self._peer_down(address)
 
     def _peer_down(self, address: str) -> None:
         if not self._reading and not self._stopped:

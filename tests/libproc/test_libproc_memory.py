@@ -204,17 +204,37 @@ async def test_link_across_a_partition_times_out() -> None:
     assert linker.exits == [to]
 
 
-async def test_link_to_nowhere_on_the_network_times_out() -> None:
+async def test_a_link_to_nowhere_on_the_network_reports_exited_at_once() -> None:
+    """No runtime at the address: as a refused ZeroMQ connection, that is the end of every
+    actor there, reported at once (no Clock time passes), and what was sent there is dropped
+    and counted. A runtime that comes up there later is a new peer, reached afresh."""
     network = MemoryNetwork()
     (a,) = await hosts(network, 1)
     Clock.pause()
     linker = Linker()
     a.spawn(linker)
     ghost = UPID("ghost", "10.9.9.9", 1)
+    for i in range(3):
+        a.send(ghost, "early", i)
     await link(linker, ghost)
-    Clock.advance(a.link_timeout)
     await settle()
     assert linker.exits == [ghost]
+    assert a.metrics.get("libproc/link_timeouts") == 0
+    assert a.metrics.get("libproc/peers_lost") == 1
+    assert a.metrics.get("libproc/messages_dropped/peer_down") == 4  # the 3 and the link
+    assert a.metrics.get("libproc/send_blocked") == 0  # (refused, not back-pressure)
+
+    later = await Runtime("10.9.9.9", 1, transport=network).start()
+    rec = Recorder("ghost")
+    later.spawn(rec)
+    await link(linker, ghost)
+    a.send(ghost, "late", 1)
+    await settle()
+    assert rec.got == [(a.anonymous, "late", 1)]
+    await later.stop()
+    await settle()
+    assert linker.exits == [ghost, ghost]
+    assert a.metrics.get("libproc/peers_left") == 1
 
 
 async def test_forged_sender_is_dropped_on_memory_too() -> None:
