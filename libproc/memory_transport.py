@@ -182,7 +182,7 @@ class MemoryTransport:
         # connection's events).
         self._forgotten: set[str] = set()
         # Peers whose end the network has told us of, not yet taken in (the next loop turn
-        # does): one piece of news per peer, as one ZeroMQ connection's end is.
+        # does, or refresh): one piece of news per peer, as one ZeroMQ connection's end is.
         self._news: set[str] = set()
 
     def pending(self) -> int:
@@ -233,6 +233,10 @@ class MemoryTransport:
 
     def ever_connected(self, address: str) -> bool:
         return address in self.network._hosts
+
+    def refresh(self, address: str) -> None:
+        """Take in news of ``address``'s end that waits for the next loop turn, now."""
+        self._take_news(address)
 
     def forget(self, address: str, flush: bool = False) -> None:
         self._forgotten.add(address)

@@ -531,6 +531,12 @@ class Runtime:
             else:
                 target._linkers.add(proc._pid)  # type: ignore[arg-type]
             return
+        if not self._remote_links.get(pid.address):
+            # Nothing here is linked at that address yet: take in what the transport knows of
+            # it and has not reported, so that an end it has seen (a connection refused a
+            # moment ago) is not pinned on this link, made perhaps to a runtime that came up
+            # there since. (Its report tells no linker, so it cannot overtake their messages.)
+            self.transport.refresh(pid.address)
         linkers = self._remote_links.setdefault(pid.address, {}).setdefault(pid, set())
         linkers.add(proc._pid.id)  # type: ignore[union-attr]
         key = (proc._pid.id, pid)  # type: ignore[union-attr]

@@ -68,6 +68,10 @@ class Transport(Protocol):
         """Whether a connection to ``address`` was ever made; False for a dead address."""
         ...
 
+    def refresh(self, address: str) -> None:
+        """Take in what is known of the connection to ``address`` and not yet reported: an end
+        found (``_on_peer_down``) is reported now rather than on a later loop turn."""
+
     def forget(self, address: str, flush: bool = False) -> None:
         """Drop the connection to ``address`` (the peer is dead, or said goodbye), and report
         nothing more of it: a later end is only reported for a new connection. ``flush``: let

@@ -348,7 +348,7 @@ class ZmqTransport:
             peer.blocked = False  # (the first connection: nothing was handed to ZeroMQ yet)
             if drain:
                 self._events._on_writable(peer.address)  # type: ignore[union-attr]
-            else:  # (from ever_connected, inside whatever the caller is doing: not now)
+            else:  # (from refresh, inside whatever the caller is doing: not now)
                 self._loop.call_soon(self._writable, peer)  # type: ignore[union-attr]
 
     def _writable(self, peer: _Peer) -> None:
@@ -407,10 +407,16 @@ class ZmqTransport:
 
     def ever_connected(self, address: str) -> bool:
         """Whether a connection to ``address`` was ever made (it may be down now)."""
-        if self._peers.get(address) is not None:
-            self._on_monitor(self._peers[address])  # take in events not yet read
+        self.refresh(address)
         peer = self._peers.get(address)
         return peer is not None and peer.connected
+
+    def refresh(self, address: str) -> None:
+        """Take in the DEALER's events not read yet (the loop reads them a turn later, or more
+        when busy): an end among them is reported now, before anything that follows."""
+        peer = self._peers.get(address)
+        if peer is not None:
+            self._on_monitor(peer)
 
     def forget(self, address: str, flush: bool = False) -> None:
         """Close our DEALER to ``address`` with its monitor, whose events are then never read:

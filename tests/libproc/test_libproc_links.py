@@ -204,6 +204,51 @@ async def test_messages_to_a_closed_port_are_dropped_and_a_runtime_there_later_i
         assert rt.metrics.get("libproc/messages_dropped/peer_down") == 6
 
 
+async def test_a_refusal_not_taken_in_yet_is_not_pinned_on_a_link_made_since() -> None:
+    """A connection to an address is refused, and before our loop gets round to reading that
+    (busy elsewhere), a runtime comes up there and we link to it: the refusal is the end of
+    what we sent before, not of the new link, which must stand. (The monitor's reads are held
+    back by hand to make the loop that slow.)"""
+    async with Runtime(link_timeout=NEVER) as rt:
+        linker = Linker()
+        rt.spawn(linker)
+        port = quiet_port()
+        there = UPID("echo", "127.0.0.1", port)
+        transport = rt.transport
+        on_monitor = transport._on_monitor
+        held_back: list[Any] = []
+
+        def slow_loop(peer: Any, drain: bool = False) -> None:
+            if drain and (held_back[0] is peer if held_back else peer.address == there.address):
+                held_back[:1] = [peer]
+                return  # (the loop has not got round to it yet)
+            on_monitor(peer, drain)
+
+        transport._on_monitor = slow_loop  # type: ignore[method-assign]
+        later = None
+        try:
+            rt.send(there, "early", 1)
+            await eventually(lambda: held_back and held_back[0].monitor.poll(0), "a refusal")
+            later = await runtime_at(port)
+            echo = EchoRecorder("echo")
+            later.spawn(echo)
+            await link(linker, there)
+            transport.__dict__.pop("_on_monitor")
+            on_monitor(held_back[0], True)  # the loop gets round to the refusal
+            await round_trip(linker, there)
+            await settle()
+            assert linker.exits == []
+            assert [name for _, name, _ in echo.got] == ["ping"]
+            assert rt.metrics.get("libproc/messages_dropped/peer_down") == 1  # early
+            await later.stop()
+            await linker.wait_exited(1, timeout=PROMPTLY)
+            assert linker.exits == [there]
+        finally:
+            transport.__dict__.pop("_on_monitor", None)
+            if later is not None:
+                await later.stop()
+
+
 async def test_unlinked_remote_exit_is_not_reported(rt: Runtime, rt2: Runtime) -> None:
     linker = Linker()
     rt.spawn(linker)

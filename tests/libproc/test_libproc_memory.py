@@ -4,6 +4,7 @@ plus partitions that a paused Clock turns into exact, replayable failures."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -235,6 +236,35 @@ async def test_a_link_to_nowhere_on_the_network_reports_exited_at_once() -> None
     await settle()
     assert linker.exits == [ghost, ghost]
     assert a.metrics.get("libproc/peers_left") == 1
+
+
+async def test_a_refusal_not_taken_in_yet_is_not_pinned_on_a_link_made_since() -> None:
+    """The news of a refused frame waits for the next loop turn; a runtime that comes up at
+    that address before it, and is linked to, must not have that news pinned on the link."""
+    network = MemoryNetwork()
+    (a,) = await hosts(network, 1)
+    Clock.pause()
+    linker = Linker()
+    a.spawn(linker)
+    ghost = UPID("ghost", "10.9.9.9", 1)
+    a.send(ghost, "early", 1)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if ghost.address in a.transport._news:
+            break
+    assert ghost.address in a.transport._news  # refused, not taken in yet
+    later = await Runtime("10.9.9.9", 1, transport=network).start()  # (without yielding)
+    rec = Recorder("ghost")
+    later.spawn(rec)
+    await link(linker, ghost)
+    a.send(ghost, "late", 2)
+    await settle()
+    assert linker.exits == []
+    assert rec.got == [(a.anonymous, "late", 2)]
+    assert a.metrics.get("libproc/messages_dropped/peer_down") == 1  # early
+    await later.stop()
+    await settle()
+    assert linker.exits == [ghost]
 
 
 async def test_forged_sender_is_dropped_on_memory_too() -> None:
