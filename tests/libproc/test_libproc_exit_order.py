@@ -402,6 +402,71 @@ NEVER = 60.0
 PROMPTLY = 10.0
 
 
+async def test_a_new_runtime_first_reached_after_a_goodbye_is_reported_when_it_crashes() -> None:
+    """A cost of excusing the first disconnection of a DEALER opened after a goodbye: when its
+    first connection is to a new runtime that took the address, not to the one that said
+    goodbye, the new runtime's crash is that excused disconnection. It must still be reported:
+    ZeroMQ reconnects, is refused, and that is the end, a reconnection interval later."""
+    async with Runtime(link_timeout=NEVER) as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        first = await start_outside_ephemeral_ports()
+        try:
+            talker = first.spawn(Echo("svc"))
+            first.send(tally.pid, "n", 1, sender=talker)
+            await eventually(lambda: tally.seen == [1], "the talker's message")
+        finally:
+            await first.stop()
+        await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
+        second = await runtime_at(first.port)
+        try:
+            svc = second.spawn(Echo("svc"))
+            await linked(tally, svc)
+            assert rt.transport._peers[svc.address].excuse == 1  # (what this tests)
+            await second.transport.stop()  # a crash: the socket goes, without a goodbye
+            await within(tally.ended.wait(), "exited after the new runtime crashed", PROMPTLY)
+        finally:
+            await second.stop()
+        await libproc.settle()
+        assert tally.seen == [1, ("exited", svc)]
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert rt.metrics.get("libproc/link_timeouts") == 0
+
+
+async def test_a_link_made_in_the_read_of_a_goodbye_ends_when_that_runtime_has_gone() -> None:
+    """The other cost: a DEALER opened in the read of a goodbye reaches the runtime that said
+    it (which waits for our answer), so that runtime's going is the excused disconnection. A
+    link made through it is reported once ZeroMQ's reconnection is refused, not left to
+    ``link_timeout``. (Our answer is held back here, so that the runtime waits its whole linger
+    and the new DEALER surely reaches it.)"""
+    async with Runtime(link_timeout=NEVER) as rt:
+        tally, other = Tally(), Tally()
+        rt.spawn(tally)
+        rt.spawn(other)
+        first = await start_outside_ephemeral_ports()
+        try:
+            before = first.spawn(Echo("svc"))
+            await linked(tally, before)  # (so first waits for our answer)
+
+            def link_instead_of_answering(sender: UPID) -> None:
+                rt.metrics.inc("libproc/peers_left")
+                rt._peer_ended(sender.address, "peer_left", flush=True)
+                other.link(before)
+
+            rt._on_goodbye = link_instead_of_answering  # type: ignore[method-assign]
+            await first.stop()
+        finally:
+            await first.stop()
+        await within(tally.ended.wait(), "the goodbye's exited")
+        await within(other.ended.wait(), "exited once first has gone", PROMPTLY)
+        await libproc.settle()
+        # Our link reached first after its goodbye: it answered exited, and dropped that.
+        assert first.metrics.get("libproc/messages_dropped/stopped") == 1
+        assert other.seen == [("exited", before)]
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert rt.metrics.get("libproc/link_timeouts") == 0
+
+
 async def test_a_link_after_a_goodbye_to_an_address_nobody_took_is_refused_at_once() -> None:
     """After a goodbye, with nothing at that address any more, a new link there is refused
     and reported at once: the DEALER opened after a goodbye excuses a first disconnection, not
