@@ -26,6 +26,7 @@ kills exactly the pids it started, on success, failure or interrupt.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -462,6 +464,8 @@ class Cluster:
             regs = sum(c.ask("stats", reset=True)["registered"] for c in self.fw_procs)
             progress.show(f"{self._label()}: {regs}/{self.frameworks} frameworks registered")
             if regs >= self.frameworks:
+                for c in self.fw_procs:
+                    c.ask("freeze")  # (see bench.offers.worker.Freezer)
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {regs}/{self.frameworks} frameworks registered")
@@ -541,8 +545,7 @@ class Cluster:
 
     def window(self, seconds: float, progress: Progress, label: str) -> dict[str, Any]:
         assert self.master is not None and self.mproc is not None
-        for c in self.fw_procs:
-            c.ask("stats", reset=True)
+        f0 = [c.ask("stats", reset=True, gc=True) for c in self.fw_procs]
         m0 = self.master.ask("stats", keys=WINDOW_KEYS, gc=True)
         a0 = [c.ask("stats", gc=True) for c in self.agent_procs]
         cpu0 = self.mproc.cpu_times()
@@ -554,8 +557,8 @@ class Cluster:
         cpu1 = self.mproc.cpu_times()
         others1 = self._cpu()
         dt = time.perf_counter() - t0
-        fws = [c.ask("stats", reset=True) for c in self.fw_procs]
-        lat = [x for f in fws for x in f["latencies"]]
+        fws = [c.ask("stats", reset=True, latencies=True, gc=True) for c in self.fw_procs]
+        lat = [x for f in fws for x in array("d", base64.b64decode(f["latencies"]))]
         running = sum(f["running"] for f in fws)
         launched = sum(f["launched"] for f in fws)
         a, b = m0["metrics"], m1["metrics"]
@@ -592,6 +595,8 @@ class Cluster:
             ],
             "agents_gc_longest_ms": max(a["gc_longest_ms"] for a in a1),
             "agents_gc_s": sum(a["gc_s"] for a in a1) - sum(a["gc_s"] for a in a0),
+            "frameworks_gc_longest_ms": max(f["gc_longest_ms"] for f in fws),
+            "frameworks_gc_s": sum(f["gc_s"] for f in fws) - sum(f["gc_s"] for f in f0),
             "agents_cpu_util": (others1["agents"] - others0["agents"]) / dt,
             "frameworks_cpu_util": (others1["frameworks"] - others0["frameworks"]) / dt,
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import cProfile
 import gc
 import json
@@ -26,6 +27,7 @@ import os
 import resource
 import sys
 import time
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,8 @@ from mesa.task_state import TaskState, is_terminal
 
 BLAST = "bench.Blast"
 
-# How often the agent processes move what survived out of the cyclic collector's sight (see the
-# "freeze" command). 5,000 agents share one heap here, where each real agent has a small one of
+# How often the agent and framework processes move what survived out of the cyclic collector's
+# sight (see Freezer). 5,000 agents share one heap here, where each real agent has a small one of
 # its own: with thousands of tasks in flight the young generation filled with them between
 # freezes, and each young collection paused every agent of the process for ~50 ms, which is the
 # simulation's doing, not mesa's (it was the whole tail of the half-rate p99).
@@ -100,6 +102,39 @@ class GCWatch:
         }
         self.longest = 0.0
         return out
+
+
+class Freezer:
+    """The "freeze" command of the agent and framework processes.
+
+    A real agent or framework has a heap of its own, and a small one; thousands of agents, or a
+    hundred frameworks with their tasks in flight, in one heap make every full collection walk
+    all of them: pauses of up to a second (agents) and of 30-80 ms every few seconds (frameworks,
+    where each one held up the RUNNING updates the latency is measured by) were measured, which
+    says nothing about mesa. So once the cluster is up, and every ``FREEZE_EVERY`` seconds after,
+    the process moves what survived out of the cyclic collector's sight (reference counting still
+    frees it).
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def command(self) -> dict[str, Any]:
+        gc.collect()
+        gc.freeze()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep_freezing())
+        return {"frozen": gc.get_freeze_count()}
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    @staticmethod
+    async def _keep_freezing() -> None:
+        while True:
+            await asyncio.sleep(FREEZE_EVERY)
+            gc.freeze()
 
 
 class Profiler:
@@ -273,12 +308,7 @@ async def run_agents(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
 
     spawner: asyncio.Task[None] | None = None
-    freezer: asyncio.Task[None] | None = None
-
-    async def _keep_freezing() -> None:
-        while True:
-            await asyncio.sleep(FREEZE_EVERY)
-            gc.freeze()
+    freezer = Freezer()
 
     try:
         async for cmd in _commands():
@@ -286,17 +316,7 @@ async def run_agents(args: argparse.Namespace) -> None:
             if what in PROFILE_COMMANDS:
                 _emit(PROFILER.command(cmd))
             elif what == "freeze":
-                # A real agent has a heap of its own, and a small one; thousands of agents in
-                # one heap (with the bounded history each keeps of its executors and tasks)
-                # make every full collection walk all of them: pauses of up to a second were
-                # measured, which says nothing about mesa. So once every agent is registered,
-                # and every few seconds after, the simulation moves what survived out of the
-                # cyclic collector's sight (reference counting still frees it).
-                gc.collect()
-                gc.freeze()
-                if freezer is None:
-                    freezer = asyncio.get_running_loop().create_task(_keep_freezing())
-                _emit({"frozen": gc.get_freeze_count()})
+                _emit(freezer.command())
             elif what == "spawn":
                 if spawner is None:
                     spawner = asyncio.get_running_loop().create_task(spawn_all())
@@ -319,9 +339,9 @@ async def run_agents(args: argparse.Namespace) -> None:
             else:
                 _emit({"error": f"unknown command {what!r}"})
     finally:
-        for task in (spawner, freezer):
-            if task is not None:
-                task.cancel()
+        if spawner is not None:
+            spawner.cancel()
+        freezer.stop()
         await runtime.stop(timeout=2.0)
 
 
@@ -342,7 +362,7 @@ class Stats:
         self.running = 0
         self.finished = 0
         self.failed = 0
-        self.latencies: list[float] = []
+        self.latencies = array("d")  # seconds, accept -> RUNNING
         self.since = time.perf_counter()
 
 
@@ -491,6 +511,8 @@ async def run_frameworks(args: argparse.Namespace) -> None:
         scheds.append(sched)
         sched_of[id(driver)] = sched
     pacer = asyncio.get_running_loop().create_task(launcher.pace(sched_of))
+    gcw = GCWatch()
+    freezer = Freezer()
     _emit({"ready": True, "pid": os.getpid(), "address": runtime.address})
     try:
         async for cmd in _commands():
@@ -509,13 +531,20 @@ async def run_frameworks(args: argparse.Namespace) -> None:
                     "running": stats.running,
                     "finished": stats.finished,
                     "failed": stats.failed,
-                    "latencies": [round(x, 6) for x in stats.latencies],
                     "outstanding": sum(len(s.launched_at) for s in scheds),
                     "cpu_s": _cpu_seconds(),
+                    **(gcw.read() if cmd.get("gc") else {}),
                 }
+                if cmd.get("latencies"):
+                    # Raw doubles, not a JSON list: turning 20,000 floats into JSON held this
+                    # process for ~15 ms, and the RUNNING updates held up behind that, counted
+                    # in the next window, made a good part of its p99.
+                    out["latencies"] = base64.b64encode(stats.latencies.tobytes()).decode()
                 if cmd.get("reset"):
                     stats.reset()
                 _emit(out)
+            elif what == "freeze":
+                _emit(freezer.command())
             elif what == "rate":
                 rate = cmd.get("per_second")
                 launcher.rate = float(rate) if rate is not None else None
@@ -525,6 +554,7 @@ async def run_frameworks(args: argparse.Namespace) -> None:
                 _emit({"error": f"unknown command {what!r}"})
     finally:
         pacer.cancel()
+        freezer.stop()
         await runtime.stop(timeout=2.0)
 
 
