@@ -88,8 +88,22 @@ __all__ = ["Master", "MasterFlags"]
 
 _COMPLETED_TASKS = 1000  # per framework, as Mesos's --max_completed_tasks_per_framework
 _COMPLETED_FRAMEWORKS = 50
-_PING_SPREAD_MIN = 1000  # agents; a smaller cluster is pinged all at once
-_PING_SLICES = 10
+_PING_SLICE_MAX = 100  # agents pinged in one go
+_PING_STEP_MIN = 0.01  # seconds between two slices, at least
+
+
+def ping_plan(agents: int, interval: float) -> tuple[int, float]:
+    """How one round of pings is cut: ``(agents per slice, seconds between slices)``.
+
+    Mesos gives each agent a ping timer of its own, so pings (and their pongs) are spread over
+    the interval as the agents registered. One timer for the lot is cheaper but puts every ping
+    and pong in one burst, and whatever arrives meanwhile (launches, status updates) waits behind
+    it: ten slices of 5,000 agents held the master for tens of milliseconds twice a second. So a
+    round is cut in slices of at most ``_PING_SLICE_MAX`` agents, as long as that leaves at least
+    ``_PING_STEP_MIN`` between two slices (a timer per slice is then at most 100 a second).
+    """
+    slices = max(1, min(-(-agents // _PING_SLICE_MAX), int(interval / _PING_STEP_MIN)))
+    return max(1, -(-agents // slices)), interval / slices
 
 
 @dataclass
@@ -1185,14 +1199,12 @@ class Master(Process):
     def _ping_agents(self) -> None:
         """One tick for every agent: ping it, and give up on those silent too long.
 
-        A large cluster is pinged in slices spread over the interval (each agent still once per
-        interval), as Mesos's per-agent ping timers spread them: ten thousand pings, and their
-        pongs, in one burst hold up every launch and status update behind them.
+        A cluster is pinged in slices spread over the interval (each agent still once per
+        interval; see :func:`ping_plan`).
         """
         if not self._ping_slices:
             agents = list(self.agents.values())
-            n = _PING_SLICES if len(agents) >= _PING_SPREAD_MIN else 1
-            size = max(1, -(-len(agents) // n))
+            size, _ = ping_plan(len(agents), self.flags.agent_ping_interval)
             self._ping_slices = [agents[i : i + size] for i in range(0, len(agents), size)]
             if not self._ping_slices:
                 self._ping_slices = [[]]

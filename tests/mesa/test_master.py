@@ -7,6 +7,7 @@ acknowledged — and the master's bad-input handling can be driven with raw mess
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import libproc
-from libproc import Process, Runtime, handler
+from libproc import Clock, Process, Runtime, handler
 from mesa.actors.agent import Agent
-from mesa.actors.master import Master, MasterFlags
+from mesa.actors.master import Master, MasterFlags, ping_plan
 from mesa.info import AgentInfo, FrameworkInfo, TaskStatus
 from mesa.messages import (
     AcceptOffers,
@@ -368,3 +369,65 @@ async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path:
             assert master_rt.metrics.get("master/status_update_acks") == 6
         finally:
             await driver.stop()
+
+
+def test_a_ping_round_is_cut_in_small_slices_spread_over_the_interval() -> None:
+    assert ping_plan(0, 1.0) == (1, 1.0)
+    assert ping_plan(5, 1.0) == (5, 1.0)  # a small cluster: one slice
+    assert ping_plan(250, 1.0) == (84, 1.0 / 3)
+    size, step = ping_plan(10_000, 5.0)
+    assert (size, step) == (100, 0.05)
+    # 50,000 agents pinged every second: 100 slices a second at most, so 500 agents a slice.
+    size, step = ping_plan(50_000, 1.0)
+    assert (size, step) == (500, 0.01)
+
+
+class PingedAgent(Process):
+    """Registers, answers pings, and notes (on the paused Clock) when each ping came."""
+
+    def __init__(self, master: libproc.UPID, n: int) -> None:
+        super().__init__(f"agent{n}")
+        self.master = master
+        self.n = n
+        self.agent_id: str | None = None
+        self.pinged: list[float] = []
+
+    def initialize(self) -> None:
+        info = AgentInfo(hostname=f"pinged{self.n}", resources="cpus:1;mem:64", port=self.pid.port)
+        self.send(self.master, RegisterAgent.NAME, RegisterAgent(info))
+
+    @handler(AgentRegistered.NAME)
+    def registered(self, sender: libproc.UPID, msg: AgentRegistered) -> None:
+        self.agent_id = msg.agent_id
+
+    @handler(PingAgent.NAME)
+    def ping(self, sender: libproc.UPID, msg: PingAgent) -> None:
+        self.pinged.append(Clock.now())
+        self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
+
+
+async def test_every_agent_is_pinged_once_an_interval_in_slices() -> None:
+    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
+        Clock.pause()
+        try:
+            master = Master(MasterFlags(agent_ping_interval=1.0, offer_timeout=None))
+            master_rt.spawn(master)
+            agents = [PingedAgent(master.pid, n) for n in range(250)]
+            for agent in agents:
+                agent_rt.spawn(agent)
+            await eventually(lambda: all(a.agent_id for a in agents))
+            # The first round starts an interval after the master did; then a slice every
+            # third of a second: three rounds of three slices.
+            steps = [1.0] + [1.0 / 3 + 1e-6] * 8
+            pings = 0
+            for k, step in enumerate(steps):
+                Clock.advance(step)
+                pings += 82 if k % 3 == 2 else 84
+                await eventually(lambda n=pings: sum(len(a.pinged) for a in agents) == n)
+            # Every agent once a round, and no more than a slice (84) pinged at one instant.
+            assert [len(a.pinged) for a in agents] == [3] * len(agents)
+            by_time = Counter(t for a in agents for t in a.pinged)
+            assert sorted(by_time.values()) == [82] * 3 + [84] * 6
+            assert master_rt.metrics.get("master/agents_marked_unreachable") in (None, 0)
+        finally:
+            Clock.resume()
