@@ -19,7 +19,7 @@ import pytest
 from mesa.scheduler import SchedulerDriver
 from tests.e2e.cluster import Cluster, Node
 from tests.e2e.framework import Recorder, framework_info
-from tests.libproc.lp_support import quiet_port
+from tests.ports import quiet_port
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)

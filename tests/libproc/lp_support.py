@@ -113,32 +113,6 @@ def raw_dealer(address: str, claim: str = PEER) -> Any:
     return sock
 
 
-def quiet_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, where nothing listens.
-
-    A connection refused there is the subject of some tests; a port in the ephemeral range
-    could, rarely, be handed to our own outgoing connection as its source port, and on loopback
-    a connection to it would then reach itself (TCP self-connect) instead of being refused."""
-    import contextlib
-    import random
-    import socket
-
-    low = 32768
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free port below {low}")
-
-
 def silent_listener() -> Any:
     """A plain TCP socket listening on loopback that accepts connections (the kernel does, from
     its backlog) and never says a word: a ZeroMQ peer's connection to it is made, its ZMTP
@@ -149,16 +123,3 @@ def silent_listener() -> Any:
     s.bind(("127.0.0.1", 0))
     s.listen(16)
     return s
-
-
-def port_free(port: int) -> bool:
-    """Whether a listening socket could bind 127.0.0.1:``port`` now (nothing listens there)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

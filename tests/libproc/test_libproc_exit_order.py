@@ -14,21 +14,20 @@ whose queue never drains is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import random
 from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
-from lp_support import PEER, port_free, raw_dealer, silent_listener, within
+from lp_support import PEER, raw_dealer, silent_listener, within
 
 import libproc
 from libproc import UPID, Clock, MemoryNetwork, Process, Runtime, ZmqOptions, handler
 from libproc.wire import MAGIC
 from libproc.zmq_transport import ZmqTransport
+from tests.ports import port_free, quiet_ports
 from tests.waiting import eventually, runtime_at
 
 
@@ -218,18 +217,13 @@ async def start_outside_ephemeral_ports() -> Runtime:
     can, on loopback, be given that very port as its own source port and connect to itself
     (TCP self-connect); the port is then taken and the restart waits in vain. Source ports come
     from the ephemeral range, so a port below it cannot be taken that way."""
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
+    for port in quiet_ports():
         try:
             return await Runtime("127.0.0.1", port).start()
         except zmq.ZMQError as e:
             if e.errno != errno.EADDRINUSE:
                 raise
-    raise RuntimeError(f"no free port below {low}")
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime) -> None:

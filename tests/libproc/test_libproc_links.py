@@ -11,10 +11,11 @@ import os
 import signal
 from typing import Any
 
-from lp_support import Linker, Recorder, link, quiet_port, silent_listener, within
+from lp_support import Linker, Recorder, link, silent_listener, within
 
 import libproc
 from libproc import UPID, Clock, Process, Runtime, handler, settle
+from tests.ports import quiet_port
 from tests.waiting import eventually, runtime_at
 
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +37,7 @@ from mesa.messages import (
     StatusUpdateAcknowledgements,
     StatusUpdates,
 )
+from tests.ports import port_free
 from tests.waiting import eventually
 
 DEADLINE = 30.0  # generous upper bound for anything a test awaits; never a sleep
@@ -322,16 +322,6 @@ class Cluster:
 async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
     """Poll a condition with a deadline (for things no message announces, like a pid's end)."""
     await eventually(predicate, "condition", timeout)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def running(pid: int) -> bool:

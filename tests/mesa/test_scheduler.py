@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import signal
-import socket
 import sys
 import uuid
 from collections import defaultdict
@@ -61,6 +59,7 @@ from mesa.scheduler import (
     parse_master,
 )
 from mesa.task_state import is_terminal
+from tests.ports import quiet_port
 from tests.waiting import runtime_at
 
 REPO = Path(__file__).resolve().parents[2]
@@ -615,27 +614,8 @@ async def test_framework_messages_both_ways(cluster):
 # --------------------------------------------------------------------------------------------
 
 
-def port_outside_the_ephemeral_range() -> int:
-    """A free port that no outgoing connection can take while the master is down: a socket
-    reconnecting to a closed port in the ephemeral range may even connect to itself on it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 async def test_master_restart_disconnects_then_reregisters_with_the_same_id(cluster):
-    port = port_outside_the_ephemeral_range()
+    port = quiet_port()
     master = await cluster.start_master(port=port)
     sched = Recorder()
     driver = await cluster.registered(sched, master)
