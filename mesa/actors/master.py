@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from libproc import UPID, Process, Timer, handler, route
+from libproc import UPID, Clock, Process, Timer, handler, route
 from mesa.actors.allocator import Allocator
 from mesa.info import AgentInfo, FrameworkInfo, MasterInfo, Offer, TaskInfo, TaskStatus, new_id
 from mesa.messages import (
@@ -90,6 +90,7 @@ _COMPLETED_TASKS = 1000  # per framework, as Mesos's --max_completed_tasks_per_f
 _COMPLETED_FRAMEWORKS = 50
 _PING_SLICE_MAX = 100  # agents pinged in one go
 _PING_STEP_MIN = 0.01  # seconds between two slices, at least
+_PING_EARLY = 0.001  # seconds: a timer may fire up to the loop's resolution early
 
 
 def ping_plan(agents: int, interval: float) -> tuple[int, float]:
@@ -271,8 +272,10 @@ class Master(Process):
         self.offers: dict[str, _Offer] = {}
         self.allocator_pid: UPID | None = None
         self._ping_timer: Timer | None = None
-        self._ping_slices: list[list[_Agent]] = []  # what is left to ping of this round
+        # What is left to ping of this round, a slice at a time.
+        self._ping_slices: collections.deque[list[_Agent]] = collections.deque()
         self._ping_step = self.flags.agent_ping_interval
+        self._ping_due = 0.0  # when the next slice is due (Clock time)
 
     # ================================================================== lifecycle
 
@@ -295,6 +298,7 @@ class Master(Process):
         m.gauge("master/tasks_active", self._count_active_tasks)
         m.gauge("master/uptime_secs", lambda: time.time() - self.start_time)
         m.gauge("master/elected", lambda: 1)
+        self._ping_due = Clock.now() + self.flags.agent_ping_interval
         self._ping_timer = self.delay(self.flags.agent_ping_interval, self._ping_agents)
         self.log.info("master_started", pid=str(self.pid), master_id=self.master_id)
 
@@ -1200,25 +1204,38 @@ class Master(Process):
         """One tick for every agent: ping it, and give up on those silent too long.
 
         A cluster is pinged in slices spread over the interval (each agent still once per
-        interval; see :func:`ping_plan`).
+        interval; see :func:`ping_plan`). Each slice is due at a fixed time, counted from the
+        first round: a timer that fires late (the master was busy) pings every slice due by
+        now. Armed afresh from each late firing instead, with a hundred slices a round the
+        lateness added up, a round took several intervals, and agents gave the master up for
+        lost and registered again, which loaded it more.
         """
-        if not self._ping_slices:
-            agents = list(self.agents.values())
-            size, _ = ping_plan(len(agents), self.flags.agent_ping_interval)
-            self._ping_slices = [agents[i : i + size] for i in range(0, len(agents), size)]
-            if not self._ping_slices:
-                self._ping_slices = [[]]
-            self._ping_step = self.flags.agent_ping_interval / len(self._ping_slices)
+        now = Clock.now()
+        interval = self.flags.agent_ping_interval
         limit = self.flags.max_agent_ping_timeouts
-        for agent in self._ping_slices.pop(0):
-            if self.agents.get(agent.id) is not agent:
-                continue  # removed (or re-registered) since the round began
-            if agent.missed_pings >= limit:
-                self._mark_unreachable(agent)
-                continue
-            agent.missed_pings += 1
-            self.send(agent.pid, PingAgent.NAME, PingAgent(agent.connected))
-        self._ping_timer = self.delay(self._ping_step, self._ping_agents)
+        if now - self._ping_due > interval:
+            # More than a round behind (the master stalled): catching up would ping agents
+            # several times at once, each ping a missed one until it is answered, and give up
+            # on agents that did nothing wrong. Start afresh from now.
+            self._ping_due = now
+        while self._ping_due <= now + _PING_EARLY:
+            if not self._ping_slices:
+                agents = list(self.agents.values())
+                size, _ = ping_plan(len(agents), interval)
+                self._ping_slices = collections.deque(
+                    agents[i : i + size] for i in range(0, len(agents), size)
+                ) or collections.deque([[]])
+                self._ping_step = interval / len(self._ping_slices)
+            for agent in self._ping_slices.popleft():
+                if self.agents.get(agent.id) is not agent:
+                    continue  # removed (or re-registered) since the round began
+                if agent.missed_pings >= limit:
+                    self._mark_unreachable(agent)
+                    continue
+                agent.missed_pings += 1
+                self.send(agent.pid, PingAgent.NAME, PingAgent(agent.connected))
+            self._ping_due += self._ping_step
+        self._ping_timer = self.delay(max(0.0, self._ping_due - now), self._ping_agents)
 
     def _mark_unreachable(self, agent: _Agent) -> None:
         self.metrics.inc("master/agents_marked_unreachable")
