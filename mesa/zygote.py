@@ -206,6 +206,11 @@ class Zygote:
     take to import everything.
     """
 
+    # What the interpreter runs: ``python -m mesa.zygote``. A test may run a stand-in instead (a
+    # zygote with a start it can hold up), for a moment a real one passes through too fast to
+    # hit on purpose.
+    program: tuple[str, ...] = ("-m", "mesa.zygote")
+
     def __init__(
         self,
         env: Mapping[str, str] | None = None,
@@ -275,8 +280,7 @@ class Zygote:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "mesa.zygote",
+                *self.program,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=theirs,
                 env=self._env,
