@@ -407,11 +407,16 @@ class Containerizer(Process):
                 return
             except ZygoteLostSpawn:
                 # The zygote may have started the command before it died: kill whatever it
-                # started, and fail this launch rather than run the command a second time.
+                # started, and fail this launch rather than run the command a second time. The
+                # failure is reported once they are gone (_start_failed waits for the doomed).
                 self.metrics.inc("containerizer/zygote_errors")
-                for pid in await asyncio.to_thread(processes_of_container, container.id):
+                found = await asyncio.to_thread(
+                    processes_of_container, container.id, str(container.sandbox)
+                )
+                for pid in found:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
+                container.doomed.update(found)
                 raise
             except ZygoteError as e:  # nothing started: start it cold; a later launch restarts
                 self.metrics.inc("containerizer/zygote_errors")  # the zygote
@@ -978,15 +983,27 @@ def _check_not_destroyed(container: _Container) -> None:
         raise _DestroyedWhileStarting(started=container.pid is not None and not parked)
 
 
-def processes_of_container(container_id: str) -> list[int]:
-    """Every process whose environment names ``container_id`` (``MESA_CONTAINER_ID``): what a
-    zygote that died mid-start may have left, whose pid nobody heard. A slow scan, for that rare
-    case only."""
+def processes_of_container(container_id: str, sandbox: str | None = None) -> list[int]:
+    """Every process whose environment names ``container_id`` (``MESA_CONTAINER_ID``) or, given
+    ``sandbox``, whose working directory is that sandbox: what a zygote that died mid-start may
+    have left, whose pid nobody heard. A slow scan, for that rare case only.
+
+    The environment alone misses a child the zygote had not finished starting. The zygote waits
+    in vfork until its child has exec'd; killed meanwhile, it leaves a child that still has the
+    zygote's environment (shared memory, until the exec) and execs the command a moment later,
+    unseen. That child was born in its sandbox (the zygote goes there to start it), and stays
+    there until the command it becomes moves; by then its environment names the container."""
     marker = f"MESA_CONTAINER_ID={container_id}".encode()
+    home = os.path.realpath(sandbox) if sandbox is not None else None
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
+        if home is not None:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{name}/cwd") == home:
+                    found.append(int(name))
+                    continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
                 if marker in f.read().split(b"\0"):

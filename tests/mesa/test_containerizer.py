@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from mesa.messages import (
     DestroyContainer,
     LaunchContainer,
 )
+from mesa.zygote import Zygote
 
 
 class Owner(Process):
@@ -461,6 +463,43 @@ def _sleepers_in(root: Path) -> list[int]:
         if cwd.startswith(str(root)) and p.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(p.pid)
     return found
+
+
+async def test_a_child_the_dead_zygote_had_not_exec_d_yet_is_killed_before_the_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The zygote is killed while it waits in vfork for its child's exec. Until that exec the
+    child has the zygote's environment (no MESA_CONTAINER_ID), but it was born in its sandbox.
+    The launch fails, and the child is found and killed before the failure is reported. Missed,
+    it would exec the command a moment later: a task reported failed (and run again elsewhere
+    by its framework) that runs anyway, in a container nobody tracks. A real child is in that
+    state for microseconds (the burst test's scenario, looped, left such a task running in 6 of
+    120 rounds); the stand-in zygote (held_zygote.py) holds it there until it is let go, which
+    here it never is."""
+    monkeypatch.setattr(Zygote, "program", (str(Path(__file__).with_name("held_zygote.py")),))
+    rt = await Runtime("127.0.0.1", 0).start()
+    held: int | None = None
+    try:
+        owner = Owner()
+        rt.spawn(owner)
+        containerizer = Containerizer([RecordingIsolator()], kill_wait=5.0, zygotes=1)
+        bed = Bed(rt, owner, rt.spawn(containerizer), tmp_path, None)
+        sandbox = bed.launch("held", f"touch {tmp_path}/ran; exec sleep 60")
+        held = await read_pid(sandbox / "held.pid")
+        (zygote,) = containerizer.zygotes
+        assert zygote.pid is not None and psutil.Process(held).ppid() == zygote.pid
+        with open(f"/proc/{held}/environ", "rb") as f:
+            assert b"MESA_CONTAINER_ID=held" not in f.read().split(b"\0")  # not exec'd yet
+        os.kill(zygote.pid, signal.SIGKILL)
+        launched = await bed.launched("held")
+        assert launched.error is not None and launched.error.startswith("ZygoteLostSpawn: ")
+        assert not running(held)  # killed, and gone before the failure was reported
+        assert not (tmp_path / "ran").exists()
+    finally:
+        await rt.stop()
+        if held is not None:
+            with contextlib.suppress(OSError):
+                os.kill(held, signal.SIGKILL)
 
 
 class LimitingIsolator(Isolator):
