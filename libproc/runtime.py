@@ -784,9 +784,18 @@ class Runtime:
             queue.blocked = False
             self._flush(queue)
 
-    def _on_peer_down(self, address: str) -> None:
+    def _on_peer_down(self, address: str, after_goodbye: bool = False) -> None:
         """The transport saw the peer die or become unreachable (no goodbye came), or could not
-        connect to it at all (nothing listens there)."""
+        connect to it at all (nothing listens there).
+
+        ``after_goodbye``: the refused connection was opened after we read that address's
+        goodbye (a send in the goodbye's read, say), and nothing listened there yet. That is
+        no peer lost: the runtime we knew there said its goodbye, whose end was reported then.
+        What was sent there is dropped and counted all the same; and a link made there since
+        (to a runtime expected to come up) is refused, so its linkers hear ``exited``."""
+        if after_goodbye and not self._remote_links.get(address):
+            self._peer_ended(address, "peer_refused_after_goodbye")
+            return
         self.metrics.inc("libproc/peers_lost")
         self._peer_ended(address, "peer_down")
 

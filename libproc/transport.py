@@ -32,9 +32,10 @@ class TransportEvents(Protocol):
     def _on_bad_frame(self, kind: str, source: str, detail: str) -> None:
         """Something arrived that is not a frame at all (wrong number of parts, …)."""
 
-    def _on_peer_down(self, address: str) -> None:
+    def _on_peer_down(self, address: str, after_goodbye: bool = False) -> None:
         """The peer at ``address`` died or became unreachable, or nothing listens there (a
-        connection to it was refused)."""
+        connection to it was refused). ``after_goodbye``: refused before any connection was
+        made, on a connection opened after that address's goodbye was read."""
 
     def _on_writable(self, address: str) -> None:
         """A send that returned False may now be retried."""
