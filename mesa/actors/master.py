@@ -88,8 +88,8 @@ __all__ = ["Master", "MasterFlags"]
 
 _COMPLETED_TASKS = 1000  # per framework, as Mesos's --max_completed_tasks_per_framework
 _COMPLETED_FRAMEWORKS = 50
-_PING_SLICE_MAX = 100  # agents pinged in one go
-_PING_STEP_MIN = 0.01  # seconds between two slices, at least
+_PING_SLICE_MAX = 1000  # agents pinged in one go
+_PING_STEP_MIN = 0.05  # seconds between two slices, at least
 _PING_EARLY = 0.001  # seconds: a timer may fire up to the loop's resolution early
 
 
@@ -101,7 +101,9 @@ def ping_plan(agents: int, interval: float) -> tuple[int, float]:
     and pong in one burst, and whatever arrives meanwhile (launches, status updates) waits behind
     it: ten slices of 5,000 agents held the master for tens of milliseconds twice a second. So a
     round is cut in slices of at most ``_PING_SLICE_MAX`` agents, as long as that leaves at least
-    ``_PING_STEP_MIN`` between two slices (a timer per slice is then at most 100 a second).
+    ``_PING_STEP_MIN`` between two slices. Not much smaller: the pings of a slice and their
+    pongs travel in a few frames, and slices of 100 (a frame every 10 ms each way) cost the
+    master of 50,000 agents about a tenth more CPU per launch, and the launch rate as much.
     """
     slices = max(1, min(-(-agents // _PING_SLICE_MAX), int(interval / _PING_STEP_MIN)))
     return max(1, -(-agents // slices)), interval / slices

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import libproc
+import mesa.actors.master as master_module
 from libproc import Clock, Process, Runtime, handler
 from mesa.actors.agent import Agent
 from mesa.actors.master import Master, MasterFlags, ping_plan
@@ -371,15 +372,19 @@ async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path:
             await driver.stop()
 
 
-def test_a_ping_round_is_cut_in_small_slices_spread_over_the_interval() -> None:
+def test_a_ping_round_is_cut_in_slices_spread_over_the_interval() -> None:
     assert ping_plan(0, 1.0) == (1, 1.0)
-    assert ping_plan(5, 1.0) == (5, 1.0)  # a small cluster: one slice
-    assert ping_plan(250, 1.0) == (84, 1.0 / 3)
-    size, step = ping_plan(10_000, 5.0)
-    assert (size, step) == (100, 0.05)
-    # 50,000 agents pinged every second: 100 slices a second at most, so 500 agents a slice.
-    size, step = ping_plan(50_000, 1.0)
-    assert (size, step) == (500, 0.01)
+    assert ping_plan(250, 1.0) == (250, 1.0)  # a small cluster: one slice
+    assert ping_plan(10_000, 5.0) == (1000, 0.5)
+    assert ping_plan(50_000, 5.0) == (1000, 0.1)
+    # 50,000 agents pinged every second: 20 slices a second at most, so 2,500 agents a slice.
+    assert ping_plan(50_000, 1.0) == (2500, 0.05)
+
+
+@pytest.fixture
+def slices_of_100(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of at most 100 agents, so that 250 agents make three."""
+    monkeypatch.setattr(master_module, "_PING_SLICE_MAX", 100)
 
 
 class PingedAgent(Process):
@@ -406,7 +411,7 @@ class PingedAgent(Process):
         self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
 
 
-async def test_every_agent_is_pinged_once_an_interval_in_slices() -> None:
+async def test_every_agent_is_pinged_once_an_interval_in_slices(slices_of_100: None) -> None:
     async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
         Clock.pause()
         try:
@@ -433,7 +438,9 @@ async def test_every_agent_is_pinged_once_an_interval_in_slices() -> None:
             Clock.resume()
 
 
-async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice() -> None:
+async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
+    slices_of_100: None,
+) -> None:
     """Slices are due at fixed times: a timer that fires late pings what is due by now, so a
     busy master does not stretch its rounds (agents would take it for gone); and a master more
     than a round behind starts afresh rather than ping everyone several times at once."""
