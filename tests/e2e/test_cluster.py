@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from tests.e2e.cluster import Cluster, env
 from tests.e2e.framework import command_task, start_framework
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def _execute(master: str, *args: str) -> tuple[int, str]:

@@ -11,7 +11,6 @@ the agent as ``python -m mesa.node``, the framework's driver in the test, then t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from tests.ports import quiet_port
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_an_agent_and_a_framework_started_before_the_master_register(

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,6 @@ ISOLATIONS = [
 
 
 BOTH_MODES = pytest.mark.parametrize("command_tasks", ["executor", "direct"])
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def _poll(predicate: Any, what: str, timeout: float = 30.0) -> Any:
