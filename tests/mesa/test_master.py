@@ -7,6 +7,7 @@ acknowledged — and the master's bad-input handling can be driven with raw mess
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -411,7 +412,10 @@ class PingedAgent(Process):
         self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
 
 
-async def test_every_agent_is_pinged_once_an_interval_in_slices(slices_of_100: None) -> None:
+@contextlib.asynccontextmanager
+async def pinged_cluster() -> AsyncIterator[list[PingedAgent]]:
+    """A master pinging every second and 250 registered agents, on a paused Clock: the first
+    round is due a second after the master started, whenever the test advances to it."""
     async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
         Clock.pause()
         try:
@@ -421,21 +425,26 @@ async def test_every_agent_is_pinged_once_an_interval_in_slices(slices_of_100: N
             for agent in agents:
                 agent_rt.spawn(agent)
             await eventually(lambda: all(a.agent_id for a in agents))
-            # The first round starts an interval after the master did; then a slice every
-            # third of a second: three rounds of three slices.
-            steps = [1.0] + [1.0 / 3 + 1e-6] * 8
-            pings = 0
-            for k, step in enumerate(steps):
-                Clock.advance(step)
-                pings += 82 if k % 3 == 2 else 84
-                await eventually(lambda n=pings: sum(len(a.pinged) for a in agents) == n)
-            # Every agent once a round, and no more than a slice (84) pinged at one instant.
-            assert [len(a.pinged) for a in agents] == [3] * len(agents)
-            by_time = Counter(t for a in agents for t in a.pinged)
-            assert sorted(by_time.values()) == [82] * 3 + [84] * 6
+            yield agents
             assert master_rt.metrics.get("master/agents_marked_unreachable") in (None, 0)
         finally:
             Clock.resume()
+
+
+async def test_every_agent_is_pinged_once_an_interval_in_slices(slices_of_100: None) -> None:
+    async with pinged_cluster() as agents:
+        # The first round starts an interval after the master did; then a slice every
+        # third of a second: three rounds of three slices.
+        steps = [1.0] + [1.0 / 3 + 1e-6] * 8
+        pings = 0
+        for k, step in enumerate(steps):
+            Clock.advance(step)
+            pings += 82 if k % 3 == 2 else 84
+            await eventually(lambda n=pings: sum(len(a.pinged) for a in agents) == n)
+        # Every agent once a round, and no more than a slice (84) pinged at one instant.
+        assert [len(a.pinged) for a in agents] == [3] * len(agents)
+        by_time = Counter(t for a in agents for t in a.pinged)
+        assert sorted(by_time.values()) == [82] * 3 + [84] * 6
 
 
 async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
@@ -444,35 +453,24 @@ async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
     """Slices are due at fixed times: a timer that fires late pings what is due by now, so a
     busy master does not stretch its rounds (agents would take it for gone); and a master more
     than a round behind starts afresh rather than ping everyone several times at once."""
-    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
-        Clock.pause()
-        try:
-            master = Master(MasterFlags(agent_ping_interval=1.0, offer_timeout=None))
-            master_rt.spawn(master)
-            agents = [PingedAgent(master.pid, n) for n in range(250)]
-            for agent in agents:
-                agent_rt.spawn(agent)
-            await eventually(lambda: all(a.agent_id for a in agents))
+    async with pinged_cluster() as agents:
 
-            def pings() -> int:
-                return sum(len(a.pinged) for a in agents)
+        def pings() -> int:
+            return sum(len(a.pinged) for a in agents)
 
-            Clock.advance(1.0)  # the first slice (84)
-            await eventually(lambda: pings() == 84)
-            # Two thirds of a round late: the two slices due meanwhile and the next round's
-            # first are pinged now.
-            Clock.advance(1.0)
-            await eventually(lambda: pings() == 250 + 84)
-            assert max(len(a.pinged) for a in agents) == 2
-            # Then on time again: the next slice a third of a second later.
-            Clock.advance(1.0 / 3 + 1e-6)
-            await eventually(lambda: pings() == 250 + 168)
-            # Ten rounds late: one slice now, not ten rounds of pings at once.
-            Clock.advance(10.0)
-            await eventually(lambda: pings() >= 250 + 168 + 82)
-            await libproc.settle()
-            assert pings() == 250 + 168 + 82
-            assert max(len(a.pinged) for a in agents) == 2
-            assert master_rt.metrics.get("master/agents_marked_unreachable") in (None, 0)
-        finally:
-            Clock.resume()
+        Clock.advance(1.0)  # the first slice (84)
+        await eventually(lambda: pings() == 84)
+        # Two thirds of a round late: the two slices due meanwhile and the next round's
+        # first are pinged now.
+        Clock.advance(1.0)
+        await eventually(lambda: pings() == 250 + 84)
+        assert max(len(a.pinged) for a in agents) == 2
+        # Then on time again: the next slice a third of a second later.
+        Clock.advance(1.0 / 3 + 1e-6)
+        await eventually(lambda: pings() == 250 + 168)
+        # Ten rounds late: one slice now, not ten rounds of pings at once.
+        Clock.advance(10.0)
+        await eventually(lambda: pings() >= 250 + 168 + 82)
+        await libproc.settle()
+        assert pings() == 250 + 168 + 82
+        assert max(len(a.pinged) for a in agents) == 2
