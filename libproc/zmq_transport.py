@@ -59,16 +59,7 @@ class ZmqOptions:
 
 
 class _Peer:
-    __slots__ = (
-        "address",
-        "after_goodbye",
-        "blocked",
-        "connected",
-        "dealer",
-        "end_passes",
-        "excuse",
-        "monitor",
-    )
+    __slots__ = ("address", "blocked", "connected", "dealer", "end_passes", "excuse", "monitor")
 
     def __init__(self, address: str, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
         self.address = address
@@ -82,9 +73,6 @@ class _Peer:
         # Opened to an address whose goodbye we read (see _MONITORED): 1 while its first
         # connection's end is not news, 2 once it has ended and ZeroMQ reconnects.
         self.excuse = 0
-        # Refused before any connection, having been opened after the address's goodbye: not
-        # news of a runtime we know (the goodbye was the end of the one we did), see _report_end.
-        self.after_goodbye = False
 
 
 # What a DEALER's monitor reports. For each connection attempt that fails, libzmq 4.3 emits
@@ -349,8 +337,6 @@ class ZmqTransport:
                 # when a later event says ZeroMQ has since connected to a runtime that came up
                 # there: what we sent before was refused, and is not to reach it.
                 down = True
-                if peer.excuse == 1 and not peer.connected:
-                    peer.after_goodbye = True
         if self._peers.get(peer.address) is not peer:
             return  # forgotten: its end is reported, or not news
         if down:
@@ -417,7 +403,10 @@ class ZmqTransport:
     def _report_end(self, peer: _Peer) -> None:
         if self._peers.get(peer.address) is peer:
             self.forget(peer.address)
-            self._events._on_peer_down(peer.address, peer.after_goodbye)  # type: ignore[union-attr]
+            # Still excused and never connected: refused before it reached anything, having been
+            # opened after the address's goodbye (that was the end of the runtime we knew).
+            after_goodbye = peer.excuse == 1 and not peer.connected
+            self._events._on_peer_down(peer.address, after_goodbye)  # type: ignore[union-attr]
 
     def ever_connected(self, address: str) -> bool:
         """Whether a connection to ``address`` was ever made (it may be down now)."""
