@@ -106,7 +106,8 @@ def ping_plan(agents: int, interval: float) -> tuple[int, float]:
     master of 50,000 agents about a tenth more CPU per launch, and the launch rate as much.
     """
     slices = max(1, min(-(-agents // _PING_SLICE_MAX), int(interval / _PING_STEP_MIN)))
-    return max(1, -(-agents // slices)), interval / slices
+    size = max(1, -(-agents // slices))
+    return size, interval / max(1, -(-agents // size))  # (the slices that size makes)
 
 
 @dataclass
@@ -1223,11 +1224,10 @@ class Master(Process):
         while self._ping_due <= now + _PING_EARLY:
             if not self._ping_slices:
                 agents = list(self.agents.values())
-                size, _ = ping_plan(len(agents), interval)
+                size, self._ping_step = ping_plan(len(agents), interval)
                 self._ping_slices = collections.deque(
                     agents[i : i + size] for i in range(0, len(agents), size)
                 ) or collections.deque([[]])
-                self._ping_step = interval / len(self._ping_slices)
             for agent in self._ping_slices.popleft():
                 if self.agents.get(agent.id) is not agent:
                     continue  # removed (or re-registered) since the round began
