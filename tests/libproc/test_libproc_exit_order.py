@@ -245,6 +245,20 @@ async def start_outside_ephemeral_ports() -> Runtime:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+async def heard_from_then_gone(rt: Runtime, tally: Tally) -> int:
+    """A runtime below the ephemeral range sends ``tally`` one message and stops; returns its
+    port once ``rt`` has read its goodbye (so that a new runtime can take the address)."""
+    first = await start_outside_ephemeral_ports()
+    try:
+        talker = first.spawn(Echo("svc"))
+        first.send(tally.pid, "n", 1, sender=talker)
+        await eventually(lambda: tally.seen == [1], "the talker's message")
+    finally:
+        await first.stop()
+    await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
+    return first.port
+
+
 async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime) -> None:
     """After a peer's goodbye, a new runtime at the same address is a new peer: it can be
     linked to, and its own end is reported too."""
@@ -287,15 +301,7 @@ async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hea
     async with zmq_runtime(linger=linger) as rt:
         tally = Tally()
         rt.spawn(tally)
-        first = await start_outside_ephemeral_ports()
-        try:
-            talker = first.spawn(Echo("svc"))
-            first.send(tally.pid, "n", 1, sender=talker)
-            await eventually(lambda: tally.seen == [1], "the talker's message")
-        finally:
-            await first.stop()
-        await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
-        second = await runtime_at(first.port)
+        second = await runtime_at(await heard_from_then_gone(rt, tally))
         try:
             svc = second.spawn(Echo("svc"))
             await linked(tally, svc)
@@ -424,15 +430,7 @@ async def test_a_new_runtime_first_reached_after_a_goodbye_is_reported_when_it_c
     async with Runtime(link_timeout=NEVER) as rt:
         tally = Tally()
         rt.spawn(tally)
-        first = await start_outside_ephemeral_ports()
-        try:
-            talker = first.spawn(Echo("svc"))
-            first.send(tally.pid, "n", 1, sender=talker)
-            await eventually(lambda: tally.seen == [1], "the talker's message")
-        finally:
-            await first.stop()
-        await eventually(lambda: rt.metrics.get("libproc/peers_left") == 1, "the goodbye read")
-        second = await runtime_at(first.port)
+        second = await runtime_at(await heard_from_then_gone(rt, tally))
         try:
             svc = second.spawn(Echo("svc"))
             await linked(tally, svc)
