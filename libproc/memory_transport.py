@@ -13,7 +13,9 @@ paused :class:`~libproc.Clock`, with failures that replay exactly:
   clock time each side declares the other down, as ZMTP heartbeats would. ``heal`` lifts it.
 * A frame for an address where no runtime is (it never came up, or it has stopped) is refused,
   as a ZeroMQ connection there is: the sender's runtime hears of that peer's end at once, and
-  keeps what it sent in its queue, to be dropped and counted with it.
+  keeps what it sent in its queue, to be dropped and counted with it. As over ZeroMQ, the first
+  refusal at an address since its runtime's goodbye was read is reported as coming after that
+  goodbye (no peer lost: the runtime we knew there said it was going).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from libproc.clock import Clock, Timer
 from libproc.transport import TransportEvents
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
+
+# Addresses a transport remembers as having said goodbye (see MemoryTransport.forget), bounded as
+# ZmqTransport's are: forgetting one only makes a later refusal there count as a peer lost.
+_AFTER_GOODBYE_MAX = 10_000
 
 
 class MemoryNetwork:
@@ -174,16 +180,22 @@ class MemoryTransport:
         self._address = ""
         self._reading = True
         self._stopped = False
-        # Frames that came while reading was paused, in order; (peer, None) for the news of
-        # a peer's end, which waits behind what it sent (as ZmqTransport's does).
-        self._held: collections.deque[tuple[str, bytes | None]] = collections.deque()
+        # Frames that came while reading was paused, in order: (peer, frame) for a frame, and
+        # (peer, after_goodbye) for the news of a peer's end, which waits behind what it sent
+        # (as ZmqTransport's does).
+        self._held: collections.deque[tuple[str, bytes | bool]] = collections.deque()
         # Peers forgotten (ended, or said goodbye) since we last sent to or heard from them:
         # the network's later news of their end is not news (as ZeroMQ's forget drops the
         # connection's events).
         self._forgotten: set[str] = set()
         # Peers whose end the network has told us of, not yet taken in (the next loop turn
-        # does, or refresh): one piece of news per peer, as one ZeroMQ connection's end is.
-        self._news: set[str] = set()
+        # does, or refresh): one piece of news per peer, as one ZeroMQ connection's end is;
+        # the value says whether it is a refusal after the peer's goodbye (see send).
+        self._news: dict[str, bool] = {}
+        # Addresses that said goodbye (forgotten with flush) and were not sent to since: a
+        # frame refused there is, as ZmqTransport's DEALER opened after a goodbye and refused
+        # before any connection, no peer lost (Runtime._on_peer_down's after_goodbye).
+        self._after_goodbye: set[str] = set()
 
     def pending(self) -> int:
         return self.network.in_flight + len(self._held)
@@ -199,11 +211,16 @@ class MemoryTransport:
             return True
         if self._forgotten:
             self._forgotten.discard(address)
+        # Only the first send since the goodbye is "after" it, as only the first DEALER opened
+        # since is over ZeroMQ: once that one's end is reported, a later refusal is news again.
+        after_goodbye = address in self._after_goodbye
+        if after_goodbye:
+            self._after_goodbye.discard(address)
         if self.network._carry(self._address, address, frame):
             return True
         # Nobody there: refused, as a ZeroMQ connection would be. The frame stays with the
         # runtime (dropped and counted with the peer's end, reported next, in order).
-        self._peer_down_soon(address)
+        self._peer_down_soon(address, after_goodbye)
         return False
 
     def connecting(self, address: str) -> bool:
@@ -224,8 +241,8 @@ class MemoryTransport:
         try:
             while held and self._reading:
                 source, frame = held.popleft()
-                if frame is None:
-                    self._peer_down(source)
+                if isinstance(frame, bool):  # (the news of an end, see _held)
+                    self._peer_down(source, frame)
                 else:
                     events._on_frame(source, frame)  # type: ignore[union-attr]
         finally:
@@ -239,25 +256,40 @@ class MemoryTransport:
         self._take_news(address)
 
     def forget(self, address: str, flush: bool = False) -> None:
+        """Report nothing more of ``address`` until we send to it or hear from it again.
+        ``flush`` (the answer to its goodbye was just sent): remember that it said goodbye, so
+        that a refusal there before anything else is sent is not taken for a peer lost."""
         self._forgotten.add(address)
+        if flush:
+            if len(self._after_goodbye) >= _AFTER_GOODBYE_MAX:
+                self._after_goodbye.clear()
+            self._after_goodbye.add(address)
 
-    def _peer_down_soon(self, address: str) -> None:
-        if not self._stopped and address not in self._news:
-            self._news.add(address)
-            self._loop.call_soon(self._take_news, address)
+    def _peer_down_soon(self, address: str, after_goodbye: bool = False) -> None:
+        """Take in the news of ``address``'s end on the next loop turn. News already waiting
+        there stands for this end too (one per peer); a refusal after the goodbye makes it one
+        (what waited can only be the network's news of the runtime that said goodbye, not news
+        until this send made the address news again)."""
+        if self._stopped:
+            return
+        if address in self._news:
+            self._news[address] = self._news[address] or after_goodbye
+            return
+        self._news[address] = after_goodbye
+        self._loop.call_soon(self._take_news, address)
 
     def _take_news(self, address: str) -> None:
-        if address in self._news:
-            self._news.discard(address)
-            self._peer_down(address)
+        after_goodbye = self._news.pop(address, None)
+        if after_goodbye is not None:
+            self._peer_down(address, after_goodbye)
 
-    def _peer_down(self, address: str) -> None:
+    def _peer_down(self, address: str, after_goodbye: bool = False) -> None:
         if not self._reading and not self._stopped:
-            self._held.append((address, None))
+            self._held.append((address, after_goodbye))
         elif address in self._forgotten:
             self._forgotten.discard(address)
         elif not self._stopped:
-            self._events._on_peer_down(address)  # type: ignore[union-attr]
+            self._events._on_peer_down(address, after_goodbye)  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         if self._stopped:

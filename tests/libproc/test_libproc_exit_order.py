@@ -643,6 +643,48 @@ async def test_on_a_memory_network_a_goodbye_is_the_end_reported_once() -> None:
         assert rt.metrics.get("libproc/peers_lost") == 1
 
 
+async def said_goodbye(net: MemoryNetwork, tally: Tally) -> UPID:
+    """A runtime on ``net`` that ``tally`` is linked to stops cleanly; returns its actor once
+    ``tally`` has read its goodbye (and been told ``exited``). Nothing listens there then."""
+    peer_rt = await Runtime(transport=net).start()
+    try:
+        peer = peer_rt.spawn(Echo("svc"))
+        await linked(tally, peer)
+    finally:
+        await peer_rt.stop()  # (it waits for our answer to its goodbye: we linked to it)
+    await within(tally.ended.wait(), "the goodbye's exited")
+    tally.ended.clear()
+    await libproc.settle()  # (the network's own news of its end: not news)
+    return peer
+
+
+async def test_on_a_memory_network_a_send_refused_after_a_goodbye_is_no_peer_lost() -> None:
+    """As over ZeroMQ (a DEALER opened after a goodbye and refused before any connection): a
+    send to an address whose runtime said goodbye and is gone is refused, and that is no peer
+    lost, the runtime we knew there having said it was going. What was sent is still dropped
+    and counted; and a link made there still hears ``exited`` (a link's refusal is a peer lost,
+    as over ZeroMQ: it was made to a runtime expected to be there)."""
+    net = MemoryNetwork()
+    async with Runtime(transport=net) as rt:
+        tally = Tally()
+        rt.spawn(tally)
+        gone = await said_goodbye(net, tally)
+        await libproc.dispatch(tally.pid, "send", gone, "ping", "late")
+        await libproc.settle()
+        assert rt.metrics.get("libproc/messages_dropped/peer_down") == 1
+        assert rt.metrics.get("libproc/peers_lost") == 0
+        assert tally.seen == [("exited", gone)]
+
+        linked_gone = await said_goodbye(net, tally)
+        await libproc.dispatch(tally.pid, "link", linked_gone)
+        await within(tally.ended.wait(), "exited for a link refused after the goodbye")
+        await libproc.settle()
+        assert rt.metrics.get("libproc/messages_dropped/peer_down") == 2  # (and the link)
+        assert rt.metrics.get("libproc/peers_lost") == 1
+        assert rt.metrics.get("libproc/peers_left") == 2
+        assert tally.exits() == [("exited", gone), ("exited", linked_gone), ("exited", linked_gone)]
+
+
 async def test_on_a_memory_network_a_peer_s_end_waits_while_reading_is_paused() -> None:
     """The in-memory transport holds frames while its runtime is not reading (back-pressure);
     the news of a peer's end must wait behind them too."""
@@ -654,9 +696,9 @@ async def test_on_a_memory_network_a_peer_s_end_waits_while_reading_is_paused() 
         told = asyncio.Event()  # the network has told rt of the peer's end
         peer_down = rt.transport._peer_down
 
-        def spy(address: str) -> None:
+        def spy(address: str, after_goodbye: bool = False) -> None:
             told.set()
-            peer_down(address)
+            peer_down(address, after_goodbye)
 
         rt.transport._peer_down = spy  # type: ignore[method-assign]
         for crash in (False, True):
