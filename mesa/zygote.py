@@ -27,11 +27,12 @@ of msgpack maps (msgpack frames itself; JSON lines were a sixth of the zygote's 
     starts the program with ``posix_spawn`` (vfork + exec) in a session of its own. With ``gate``
     it starts behind the shell gate of :mod:`mesa.spawn` and does not run a line of its own until
     the gate opens.
-  - Without: the zygote forks a command executor. The child makes itself a session leader and,
-    with ``gate``, **waits on a gate** before doing anything else; then it makes and enters the
-    sandbox, opens its log files, takes the container's environment, builds its own event loop,
-    ZeroMQ context and libproc runtime, and runs :func:`mesa.command_executor.main` — the very
-    code a cold start runs.
+  - Without: the zygote forks a command executor. The child makes and enters the sandbox first
+    (where a scan finds it if the zygote dies before its pid is told, as it finds an exec child
+    born there), makes itself a session leader and, with ``gate``, **waits on a gate** before
+    doing anything more; then it opens its log files, takes the container's environment, builds
+    its own event loop, ZeroMQ context and libproc runtime, and runs
+    :func:`mesa.command_executor.main` — the very code a cold start runs.
 
   Either way the zygote answers ``{"op": "spawned", "id", "pid"}``.
 * The containerizer runs every isolator's ``isolate(cid, pid)`` (a cgroup takes the pid while the
@@ -675,27 +676,38 @@ def _preload() -> None:
 
 
 def _child(req: dict[str, Any], gate: int | None) -> None:
-    """In the forked child: wait at the gate (if any), become the command executor, never
-    return."""
+    """In the forked child: enter the sandbox, wait at the gate (if any), become the command
+    executor, never return.
+
+    The sandbox comes first. A fork's ``/proc/<pid>/environ`` is the zygote's for good (a change
+    to ``os.environ`` does not show there), so its working directory is the one thing by which
+    the agent's scan finds a child whose pid it never heard of, the zygote having died mid-spawn
+    (``processes_of_container``): a child still outside its sandbox would run on unseen. An
+    exec child is born there (``posix_spawn``'s cwd); this one goes there before it does
+    anything else."""
     code = 127
     try:
+        paths = _enter_sandbox(req)
         os.setsid()  # the container: a session of its own, as start_new_session gives
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if gate is not None:
-            # Parked: nothing runs until the isolators hold this pid.
+            # Parked: nothing more runs until the isolators hold this pid.
             word = b""
             with contextlib.suppress(OSError):
                 word = os.read(gate, 1)
             if word != b"g":
                 os._exit(125)
-        if req.get("mkdir"):
-            _make_dir(req["cwd"])
+        entered = paths is not None
+        if paths is None:  # (see _enter_sandbox: done again here, to fail where it always did)
+            if req.get("mkdir"):
+                _make_dir(req["cwd"])
+            paths = req["stdout"], req["stderr"]
         devnull = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        out = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        err = os.open(paths[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
@@ -704,7 +716,8 @@ def _child(req: dict[str, Any], gate: int | None) -> None:
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
-        os.chdir(req["cwd"])
+        if not entered:
+            os.chdir(req["cwd"])  # (a failure goes to the container's stderr, now open)
         env = _environment(req)  # from the zygote's environment: read it before clearing
         os.environ.clear()
         os.environ.update(env)
@@ -724,6 +737,30 @@ def _child(req: dict[str, Any], gate: int | None) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _enter_sandbox(req: dict[str, Any]) -> tuple[str, str] | None:
+    """Make (if asked) and enter the child's sandbox, ``req["cwd"]``. Returns the paths of its
+    ``stdout`` and ``stderr`` as they are to be opened from there (a relative one is the
+    zygote's: from the directory the child has just left).
+
+    None if anything failed, with nothing changed but perhaps the sandbox made: ``_child`` then
+    does it all again where it did before the sandbox came first (after the gate, the mkdir
+    before the log files are opened, the chdir once they are fds 1 and 2), so that a failure is
+    reported as it always was, a chdir's in the container's own stderr, not the zygote's."""
+    try:
+        stdout, stderr = _from_here(req["stdout"]), _from_here(req["stderr"])
+        if req.get("mkdir"):
+            _make_dir(req["cwd"])
+        os.chdir(req["cwd"])
+    except Exception:
+        return None
+    return stdout, stderr
+
+
+def _from_here(path: str) -> str:
+    """``path`` from the working directory we are in, whichever we go to next."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 @functools.cache

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import select
 import shlex
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +25,7 @@ import psutil
 import pytest
 
 import mesa.zygote as zygote_module
-from mesa.actors.containerizer import source_root
+from mesa.actors.containerizer import processes_of_container, source_root
 from mesa.info import CommandInfo
 from mesa.zygote import Zygote, ZygoteError, command_executor_command, is_command_executor
 from tests.waiting import eventually
@@ -82,7 +84,8 @@ async def test_a_child_waits_at_the_gate_then_runs_in_its_sandbox(
     child = await zygote.spawn("c1", **_spawn_args(tmp_path, MESA_MARK="x"))
     proc = psutil.Process(child.pid)
     assert proc.ppid() == zygote.pid
-    # Parked: it has made itself a session leader (its container) and done nothing else yet.
+    # Parked: it has entered its sandbox, made itself a session leader (its container), and done
+    # nothing else yet.
     await eventually(lambda: os.getsid(child.pid) == child.pid, "child leads its session", 10)
     assert not (tmp_path / "stderr").exists()
     assert child.returncode is None
@@ -101,6 +104,94 @@ async def test_abort_kills_a_parked_child(zygote: Zygote, tmp_path: Path) -> Non
     status = await asyncio.wait_for(child.wait(), 30)
     assert status in (-9, 125)  # killed at the gate (or it saw the gate close first)
     assert not (tmp_path / "stderr").exists()
+
+
+async def test_a_parked_child_waits_in_its_sandbox_where_a_scan_finds_it(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """A zygote that dies while its child waits at the gate leaves a child whose pid the agent
+    may never hear: the scan for what a lost spawn started finds it by its working directory
+    (a fork's environment in /proc is the zygote's). So it makes and enters its sandbox before
+    it parks; before, it parked outside it, and the sandbox was not even made."""
+    sandbox = tmp_path / "sandbox"
+    child = await zygote.spawn("c-parked", **_spawn_args(sandbox), make_cwd=True)
+    await eventually(
+        lambda: processes_of_container("c-parked", str(sandbox)) == [child.pid],
+        "the parked child found in its sandbox",
+        10,
+    )
+    assert not (sandbox / "stderr").exists()  # (still parked: its log files come after)
+    child.abort()
+    assert await asyncio.wait_for(child.wait(), 30) in (-9, 125)
+
+
+# A forked command executor (mesa.zygote._child, ungated as under posix isolation) held at the
+# first thing it does other than making and entering its sandbox: each of the steps that could
+# come next says "held" on stdout and waits for stdin to close. Run as `python -c` with this
+# checkout on PYTHONPATH, the request as its argument.
+_HELD_CHILD = """
+import json, os, signal, sys
+import mesa.zygote
+
+read, write, leave = os.read, os.write, os._exit
+
+def held(*args, **kwargs):
+    write(1, b"held\\n")
+    read(0, 1)
+    leave(125)
+
+for module, name in (
+    (os, "setsid"), (os, "open"), (os, "read"), (os, "dup2"), (os, "closerange"),
+    (signal, "set_wakeup_fd"), (signal, "signal"),
+):
+    setattr(module, name, held)
+mesa.zygote._child(json.loads(sys.argv[1]), None)
+"""
+
+
+def test_a_forked_child_is_in_its_sandbox_before_it_does_anything_else(tmp_path: Path) -> None:
+    """An ungated child goes straight on to be the executor; lost with its zygote before the
+    agent heard its pid, only its working directory tells the scan whose it is. It must be
+    found from its first step: before, it entered its sandbox only after its session, signals,
+    log files and closing of fds, and a child lost in between ran on unseen."""
+    sandbox = tmp_path / "sandbox"
+    req = {
+        "cwd": str(sandbox),
+        "mkdir": True,
+        "stdout": str(sandbox / "stdout"),
+        "stderr": str(sandbox / "stderr"),
+        "env_set": {"MESA_CONTAINER_ID": "c-held"},
+        "env_unset": [],
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HELD_CHILD, json.dumps(req)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == b"held\n"
+        assert processes_of_container("c-held", str(sandbox)) == [child.pid]
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        assert child.wait(30) == 125
+    assert not (sandbox / "stderr").exists()
+
+
+async def test_a_sandbox_the_child_cannot_enter_is_reported_in_its_own_stderr(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """The child enters its sandbox first, but a failure to is still reported where it was when
+    that came last: in the container's stderr (open by then), the child exiting 127."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    args = {**_spawn_args(tmp_path), "cwd": str(not_a_dir)}
+    child = await zygote.spawn("c-nowhere", **args, gated=False)
+    assert await asyncio.wait_for(child.wait(), 30) == 127
+    assert "NotADirectoryError" in (tmp_path / "stderr").read_text()
 
 
 async def test_the_same_container_cannot_be_spawned_twice(zygote: Zygote, tmp_path: Path) -> None:
