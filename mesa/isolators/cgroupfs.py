@@ -320,6 +320,14 @@ class _CgroupDir:
         self._dir = os.fspath(path)
         self._path = path if isinstance(path, Path) else None
         self._procs = self._dir + "/cgroup.procs"
+        self._written: dict[str, str] = {}  # what this object last wrote to each file
+
+    def moved_to(self, path: str) -> None:
+        """The directory was renamed to ``path`` (a spare cgroup changing hands): the object
+        follows it, and still knows what it wrote there."""
+        self._dir = path
+        self._path = None
+        self._procs = path + "/cgroup.procs"
 
     @property
     def dir(self) -> str:
@@ -344,7 +352,17 @@ class _CgroupDir:
         make_dir(self._dir)
 
     def write(self, name: str, value: object) -> None:
-        write_file(os.path.join(self._dir, name), value, create=self._create_files)
+        text = str(value)
+        self._written.pop(name, None)  # (unknown if the write fails)
+        write_file(os.path.join(self._dir, name), text, create=self._create_files)
+        self._written[name] = text
+
+    def set(self, name: str, value: object) -> None:
+        """:meth:`write` a setting (a limit), unless this object last wrote the same value
+        there: a spare cgroup that held a container of the same size has it already."""
+        text = str(value)
+        if self._written.get(name) != text:
+            self.write(name, text)
 
     def procs(self) -> list[int]:
         try:
@@ -382,6 +400,10 @@ class V1Cgroup(_CgroupDir):
 
     def __repr__(self) -> str:
         return f"V1Cgroup({self.subsystem}:{self._dir})"
+
+    def moved_to(self, path: str) -> None:
+        super().moved_to(path)
+        self._controller = None  # (cgroupspy's node holds the old path)
 
     @property
     def controller(self) -> Any:

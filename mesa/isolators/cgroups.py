@@ -32,6 +32,20 @@ controller. :meth:`CgroupsIsolator.choose` says which and why; the agent logs it
   process, thaw (a frozen fork bomb cannot fork faster than it is killed). v2: ``cgroup.kill``.
   The resolver adds it when another cgroups isolator is in use but ``cgroups/pids`` is not:
   ``cgroups/pids`` makes destroy airtight itself (``pids.max`` 0, then SIGKILL).
+
+**Spare cgroups (v1).** ``mkdir`` and ``rmdir`` of a cgroup are the dearest part of a short
+container: the kernel allocates and later frees (after an RCU grace period, on its workqueues)
+per-CPU state in every hierarchy, and a memory cgroup lingers as a "dying" one while page cache
+is charged to it. So a container's cgroups, once empty, are renamed ``spare-<n>`` (a ``rename``
+within the parent, which v1 allows) and the next container's are renamed from a spare, up to
+``cgroups_spares`` kept per isolator. A spare is handed over as good as new: the limits are
+written as for a new cgroup and the counters reported as usage are zeroed (``cpuacct.usage``,
+``memory.max_usage_in_bytes``, ``memory.failcnt``). A cgroup whose counters cannot be zeroed
+is removed instead of kept: one that refused a fork (``pids.events``), was under a CFS quota
+(``cpu.stat``), had its soft limit changed, or is charged more than ``SPARE_MAX_CHARGE``; so is
+one that still has a member. A limit is written only where the spare does not have it already
+(its objects remember what they wrote: ``set``), so a container of the same size as the last
+costs no write. v2 renames no cgroup, so there every container's cgroups are made and removed.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -72,6 +87,11 @@ _MB = 1024 * 1024
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _FREEZE_WAIT = 0.1  # how long to wait for FROZEN before killing anyway (a task stalled
 # in an OOM wait may never freeze; SIGKILL reaches it regardless)
+SPARE_PREFIX = "spare-"  # a kept cgroup's name until the next container takes it (container ids
+# are UUIDs, so no container is ever called this)
+SPARE_MAX_CHARGE = 1 << 20  # memory a kept memory cgroup may still be charged with: the slab
+# and page cache an exited command leaves (a few hundred KiB for ``true``), which the next
+# container's limit reclaims like its own; more (a tmpfs file it wrote, say) and it is removed
 
 
 class _Groups(NamedTuple):
@@ -108,6 +128,10 @@ class CgroupsIsolator(Isolator):
         # cleanup: hooks run several times per container and would otherwise rebuild them.
         self._groups: dict[str, _Groups] = {}
         self._bases: dict[str, str] | None = None
+        # The kept cgroups (see "Spare cgroups" above): each one's name and its objects, which
+        # follow it to the next container and remember the limits written there.
+        self._spares: list[tuple[str, _Groups]] = []
+        self._spare_names = itertools.count(1)
         if version is None:
             version, why = self.choose(self.mounts)
             if version is None:
@@ -185,6 +209,18 @@ class CgroupsIsolator(Isolator):
         return groups
 
     def _build(self, container_id: str) -> _Groups:
+        bases = self._base_paths()
+        if self.version == 2:
+            cg = V2Cgroup(bases[""] + container_id)
+            return _Groups({}, [cg], cg)
+        v1: dict[str, V1Cgroup] = {}
+        distinct: dict[str, V1Cgroup] = {}  # by hierarchy: co-mounted subsystems share one
+        for s, base in bases.items():
+            v1[s] = group = V1Cgroup(s, base + container_id)
+            distinct.setdefault(base, group)
+        return _Groups(v1, list(distinct.values()), None)
+
+    def _base_paths(self) -> dict[str, str]:
         if self._bases is None:
             # ``<mount>/<root>/`` per subsystem (v2: under "") as strings, made once: the
             # container paths are then one concatenation each.
@@ -196,15 +232,7 @@ class CgroupsIsolator(Isolator):
                 self._bases = {
                     s: os.path.join(self.mounts.v1[s], rel, "") for s in self.v1_subsystems
                 }
-        if self.version == 2:
-            cg = V2Cgroup(self._bases[""] + container_id)
-            return _Groups({}, [cg], cg)
-        v1: dict[str, V1Cgroup] = {}
-        distinct: dict[str, V1Cgroup] = {}  # by hierarchy: co-mounted subsystems share one
-        for s, base in self._bases.items():
-            v1[s] = group = V1Cgroup(s, base + container_id)
-            distinct.setdefault(base, group)
-        return _Groups(v1, list(distinct.values()), None)
+        return self._bases
 
     def _v1(self, container_id: str) -> dict[str, V1Cgroup]:
         """Per v1 subsystem (co-mounted ones get one object each, on the same directory, so
@@ -240,6 +268,11 @@ class CgroupsIsolator(Isolator):
                 orphans.update(p.name for p in root.iterdir() if p.is_dir())
         orphans -= live
         orphans -= self._known
+        for name in sorted(n for n in orphans if n.startswith(SPARE_PREFIX)):
+            # A spare the last agent kept: removed, unless something moved into it since (then
+            # it is swept as any orphan is).
+            if self._remove_spare(name):
+                orphans.discard(name)
         for container_id in sorted(orphans):
             self._known.add(container_id)
             await settled(self.kill(container_id))
@@ -251,10 +284,23 @@ class CgroupsIsolator(Isolator):
             self.log.info("orphan_cgroups_removed", count=len(orphans), root=self.options.root)
 
     def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
-        for cg in self._distinct(container_id):
-            cg.create()
+        self._make(container_id)
         self._apply(container_id, config.resources, initial=True)
         return self._birthplace(container_id)
+
+    def _make(self, container_id: str) -> None:
+        """The container's cgroups: a spare renamed to it when one is kept, else new ones."""
+        while self._spares:
+            spare, groups = self._spares.pop()
+            if self._rename(spare, container_id, groups):
+                if container_id in self._known:
+                    self._groups[container_id] = groups
+                self._renew(container_id)
+                self.metrics.inc(f"isolator/{self.name}/cgroups_reused")
+                return
+            self._remove_spare(spare)
+        for cg in self._distinct(container_id):
+            cg.create()
 
     def _birthplace(self, container_id: str) -> LaunchInfo | None:
         """v1: the cgroups the executor can be started in (see :class:`LaunchInfo`); v2 has no
@@ -288,6 +334,9 @@ class CgroupsIsolator(Isolator):
     def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         """Remove the container's cgroups, once they are empty (killing stragglers meanwhile):
         at once when they are, as they nearly always are; else a coroutine that waits."""
+        if self._keep_as_spare(container_id):
+            self._groups.pop(container_id, None)
+            return None
         # Usually the containerizer has already seen the container empty: try rmdir first,
         # which the kernel refuses (EBUSY) while a process is inside, so reading cgroup.procs
         # beforehand would only confirm what it checks anyway.
@@ -332,11 +381,80 @@ class CgroupsIsolator(Isolator):
 
     async def teardown(self) -> None:
         self._groups.clear()
+        while self._spares:
+            self._remove_spare(self._spares.pop()[0])
         for mount, root in self._roots():
             cgroupfs.remove_tree_upwards(root, mount)
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         """Write the limits ``resources`` imply. Subclasses override."""
+        return None
+
+    # ------------------------------------------------------------------ spares
+
+    def _keep_as_spare(self, container_id: str) -> bool:
+        """Rename the ended container's cgroups to a spare name, if they can be handed to the
+        next container as good as new; False leaves them, under the container's name, to be
+        removed."""
+        if self.version != 1 or len(self._spares) >= self.options.cgroups_spares:
+            return False
+        try:
+            # rmdir would refuse a cgroup with a member; rename does not, so look (in every
+            # hierarchy: a member may have moved itself out of the one the containerizer asked).
+            if any(cg.procs() for cg in self._distinct(container_id)):
+                return False
+            if not self._reusable(container_id):
+                return False
+        except (OSError, ValueError):
+            return False
+        spare = f"{SPARE_PREFIX}{next(self._spare_names)}"
+        groups = self._groups_of(container_id)
+        if not self._rename(container_id, spare, groups):
+            return False
+        self._spares.append((spare, groups))
+        return True
+
+    def _rename(self, old: str, new: str, groups: _Groups) -> bool:
+        """Rename cgroup ``old`` to ``new`` in each of this isolator's hierarchies, and its
+        objects with it; all or none (one that failed undoes the others, as far as the kernel
+        lets it)."""
+        bases = self._base_paths()
+        done: list[str] = []
+        for base in dict.fromkeys(bases.values()):
+            try:
+                os.rename(base + old, base + new)
+            except OSError as e:
+                self.log.warning("cgroup_rename_failed", path=base + old, to=new, error=repr(e))
+                for undo in reversed(done):
+                    with contextlib.suppress(OSError):
+                        os.rename(undo + new, undo + old)
+                return False
+            done.append(base)
+        for subsystem, cg in groups.v1.items():
+            cg.moved_to(bases[subsystem] + new)
+        return True
+
+    def _remove_spare(self, name: str) -> bool:
+        """rmdir a spare in every hierarchy; whether none is left."""
+        gone = True
+        for base in dict.fromkeys(self._base_paths().values()):
+            try:
+                os.rmdir(base + name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.log.warning("spare_cgroup_remove_failed", path=base + name, error=repr(e))
+                gone = False
+        return gone
+
+    def _reusable(self, container_id: str) -> bool:
+        """Whether the ended container's cgroups can be zeroed for another (they are empty).
+        Subclasses say no where a counter the kernel never resets is not zero."""
+        return True
+
+    def _renew(self, container_id: str) -> None:
+        """Zero the counters a spare's last container left, now that it is ``container_id``'s
+        (before its limits are written)."""
         return None
 
 
@@ -393,10 +511,10 @@ class CgroupsCpuIsolator(CgroupsIsolator):
         quota = max(1000, int(period * cpus))
         if self.version == 1:
             cpu = self._v1(container_id)["cpu"]
-            cpu.write("cpu.shares", shares)
+            cpu.set("cpu.shares", shares)
             if self.options.cgroups_enable_cfs:
-                cpu.write("cpu.cfs_period_us", period)
-                cpu.write("cpu.cfs_quota_us", quota)
+                cpu.set("cpu.cfs_period_us", period)
+                cpu.set("cpu.cfs_quota_us", quota)
         else:
             cg = self._v2(container_id)
             cg.write("cpu.weight", cpu_weight(shares))
@@ -406,6 +524,15 @@ class CgroupsCpuIsolator(CgroupsIsolator):
                 cg.write("cpu.max", f"max {period}")
         self.log.debug("cpu_limits", container_id=container_id, cpus=cpus, shares=shares)
 
+    def _reusable(self, container_id: str) -> bool:
+        # v1's cpu.stat (CFS periods, throttling) cannot be zeroed; without a quota it stays 0.
+        return not self.options.cgroups_enable_cfs
+
+    def _renew(self, container_id: str) -> None:
+        # Zeroes cpuacct.usage and its per-CPU, user and system parts. (Not cpuacct.stat, which
+        # never goes below what it last showed: usage reads the _user and _sys files.)
+        self._v1(container_id)["cpuacct"].write("cpuacct.usage", 0)
+
     async def usage(self, container_id: str) -> dict[str, float]:
         out: dict[str, float] = {}
         if container_id in self._cpus:
@@ -413,11 +540,15 @@ class CgroupsCpuIsolator(CgroupsIsolator):
         with contextlib.suppress(OSError, ValueError):
             if self.version == 1:
                 groups = self._v1(container_id)
-                acct = groups["cpuacct"].controller
-                ticks = acct.acct_stat
-                out["cpus_user_time_secs"] = ticks.get("user", 0) / _CLK_TCK
-                out["cpus_system_time_secs"] = ticks.get("system", 0) / _CLK_TCK
-                out["cpus_time_secs"] = acct.usage / 1e9
+                acct = groups["cpuacct"]
+                try:
+                    out["cpus_user_time_secs"] = int(acct.read("cpuacct.usage_user")) / 1e9
+                    out["cpus_system_time_secs"] = int(acct.read("cpuacct.usage_sys")) / 1e9
+                except FileNotFoundError:  # (kernels before 4.7)
+                    ticks = acct.controller.acct_stat
+                    out["cpus_user_time_secs"] = ticks.get("user", 0) / _CLK_TCK
+                    out["cpus_system_time_secs"] = ticks.get("system", 0) / _CLK_TCK
+                out["cpus_time_secs"] = int(acct.read("cpuacct.usage")) / 1e9
                 stat = groups["cpu"].controller.stat
                 out["cpus_nr_periods"] = stat.get("nr_periods", 0)
                 out["cpus_nr_throttled"] = stat.get("nr_throttled", 0)
@@ -457,6 +588,8 @@ class CgroupsMemIsolator(CgroupsIsolator):
         self._swap: bool | None = None
         # Whether the machine has swap at all (/proc/swaps), refreshed by the poller.
         self._swap_on: bool | None = None
+        self._memsw_set = False  # whether any cgroup of ours got a memory+swap limit (v1)
+        self._softened: set[str] = set()  # containers whose soft limit an update set (v1)
 
     def _memory(self, container_id: str) -> Any:
         """cgroupspy's typed memory controller (statistics)."""
@@ -487,18 +620,18 @@ class CgroupsMemIsolator(CgroupsIsolator):
                         memory = self._v1(container_id)["memory"]
                         if self._has_swap(memory):
                             memory.write("memory.memsw.limit_in_bytes", limit)
+                            self._memsw_set = True
                     else:
                         cg = self._v2(container_id)
                         if self._has_swap(cg):
                             cg.write("memory.swap.max", 0)
 
     def prepare(self, container_id: str, config: ContainerConfig) -> LaunchInfo | None:
-        for cg in self._distinct(container_id):
-            cg.create()
+        self._make(container_id)
         if self.version == 1:
             # Stall at the limit instead of killing: we end the container, and say why. (The
             # OOM eventfd is registered by the poller, for containers that live that long.)
-            self._v1(container_id)["memory"].write("memory.oom_control", 1)
+            self._v1(container_id)["memory"].set("memory.oom_control", 1)
         else:
             cg = self._v2(container_id)
             cg.write("memory.oom.group", 1)
@@ -517,6 +650,7 @@ class CgroupsMemIsolator(CgroupsIsolator):
             # Never shrink the hard limit under a running container: it could OOM on the spot.
             if self.version == 1:
                 self._v1(container_id)["memory"].write("memory.soft_limit_in_bytes", limit)
+                self._softened.add(container_id)
             return
         self._limit[container_id] = limit
         if self.version == 1:
@@ -524,14 +658,16 @@ class CgroupsMemIsolator(CgroupsIsolator):
             memsw = self._limits_swap(memory)
             # memsw must stay >= limit: raise it first when raising, set it last when new.
             if not initial and memsw:
-                memory.write("memory.memsw.limit_in_bytes", limit)
-            memory.write("memory.limit_in_bytes", limit)
+                memory.set("memory.memsw.limit_in_bytes", limit)
+            memory.set("memory.limit_in_bytes", limit)
             if not initial:
                 # (A new cgroup's soft limit is "none", which under a hard limit of the same
                 # size means the same thing: the write would only cost a syscall.)
                 memory.write("memory.soft_limit_in_bytes", limit)
+                self._softened.add(container_id)
             if initial and memsw:
-                memory.write("memory.memsw.limit_in_bytes", limit)
+                memory.set("memory.memsw.limit_in_bytes", limit)
+            self._memsw_set |= memsw
         else:
             self._v2(container_id).write("memory.max", limit)
         self.log.debug("memory_limit", container_id=container_id, bytes=limit)
@@ -676,10 +812,33 @@ class CgroupsMemIsolator(CgroupsIsolator):
                     out["mem_limit_bytes"] = limit
         return out
 
+    def _reusable(self, container_id: str) -> bool:
+        if self.version != 1 or container_id in self._softened:
+            return False  # (a soft limit would outlive it, unseen by the next container's limit)
+        # (No need to look at oom_control: with the OOM killer off, as prepare set it, oom_kill
+        # stays 0, and under_oom is 1 only while a member waits at the limit. Having been at
+        # the limit shows in failcnt and max_usage_in_bytes, which _renew zeroes.)
+        memory = self._v1(container_id)["memory"]
+        return int(memory.read("memory.usage_in_bytes")) <= SPARE_MAX_CHARGE
+
+    def _renew(self, container_id: str) -> None:
+        memory = self._v1(container_id)["memory"]
+        memory.write("memory.max_usage_in_bytes", 0)
+        memory.write("memory.failcnt", 0)
+        if self._memsw_set:
+            # memsw must stay >= the limit, which may now go down or up: out of the way first
+            # (_apply sets it again when it limits swap).
+            memory.write("memory.memsw.limit_in_bytes", -1)
+            memory.write("memory.memsw.max_usage_in_bytes", 0)
+            memory.write("memory.memsw.failcnt", 0)
+
     def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         self._stop_listening(container_id)
         self._limit.pop(container_id, None)
-        return super().cleanup(container_id)
+        try:
+            return super().cleanup(container_id)
+        finally:
+            self._softened.discard(container_id)
 
     async def teardown(self) -> None:
         for container_id in list(self._eventfds):
@@ -762,7 +921,15 @@ class CgroupsPidsIsolator(CgroupsIsolator):
             limit = self.options.cgroups_max_pids
         if not initial and limit is None:
             return
-        self._cgroup(container_id).write("pids.max", "max" if limit is None else limit)
+        self._cgroup(container_id).set("pids.max", "max" if limit is None else limit)
+
+    def _reusable(self, container_id: str) -> bool:
+        # pids.events counts refused forks for good; a spare must show the next container 0.
+        events = self._cgroup(container_id).read("pids.events")
+        return all(
+            key != "max" or value.strip() == "0"
+            for key, _, value in (line.partition(" ") for line in events.splitlines())
+        )
 
     async def usage(self, container_id: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -791,6 +958,9 @@ class CgroupsFreezerIsolator(CgroupsIsolator):
     name = "cgroups/freezer"
     v1_subsystems = ("freezer",)
     v2_controllers = ()
+
+    def _reusable(self, container_id: str) -> bool:
+        return self._v1(container_id)["freezer"].freezer_state() == "THAWED"
 
     async def kill(self, container_id: str) -> None:
         if self.version == 2:

@@ -16,6 +16,7 @@ from libproc import Runtime
 from mesa.isolators import cgroupfs
 from mesa.isolators.base import Isolator
 from mesa.isolators.cgroupfs import Mounts
+from mesa.isolators.cgroups import SPARE_PREFIX
 
 
 def need_cgroups(*classes: type) -> Mounts:
@@ -62,14 +63,26 @@ def unique_root(mounts: Mounts | None = None, required: bool = True) -> Iterator
 
 
 def leftover_cgroups(root: str, mounts: Mounts | None = None) -> list[Path]:
-    """Every directory still under ``<hierarchy>/<root>`` (the root itself excluded)."""
+    """What containers left under ``<hierarchy>/<root>``: every directory there (the root
+    itself excluded) but the empty spares an agent keeps for its next containers."""
     mounts = mounts if mounts is not None else cgroupfs.mounts()
     out: list[Path] = []
     for point in {*mounts.v1.values(), *([mounts.v2] if mounts.v2 else [])}:
         top = point / root
         if top.is_dir():
-            out.extend(Path(d) for d, _, _ in os.walk(top) if Path(d) != top)
+            out.extend(
+                Path(d) for d, _, _ in os.walk(top) if Path(d) != top and not _empty_spare(Path(d))
+            )
     return out
+
+
+def _empty_spare(path: Path) -> bool:
+    if not path.name.startswith(SPARE_PREFIX):
+        return False
+    try:
+        return (path / "cgroup.procs").read_text() == ""
+    except FileNotFoundError:
+        return True  # (taken or removed since the walk)
 
 
 class Bed:

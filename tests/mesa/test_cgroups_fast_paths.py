@@ -137,6 +137,7 @@ async def test_objects_are_cached_from_prepare_to_cleanup(bed: Bed, tmp_path: Pa
     (cg.path / "pids.max").unlink()  # a fake tree's files would keep rmdir from working
     await bed.call(pids, "_run_cleanup", "c1")
     assert "c1" not in pids._groups and not cg.path.exists()
+    assert pids._spares == []  # (v2 renames no cgroup: none is kept)
     assert await bed.call(pids, "pids", "c1") == set()
     assert pids._groups == {}
 
@@ -365,6 +366,7 @@ async def test_cleanup_of_a_busy_cgroup_still_empties_it(bed: Bed, blocked: list
         await bed.call(freezer, "_run_cleanup", "c1")
         assert proc.wait(timeout=5) is not None
         assert not path.exists() and freezer._groups == {}
+        assert freezer._spares == []  # (one with a member is never kept)
 
 
 async def test_recover_sweeps_orphans_it_never_cached(bed: Bed, blocked: list[Any]):
@@ -385,3 +387,209 @@ async def test_recover_sweeps_orphans_it_never_cached(bed: Bed, blocked: list[An
         assert not path.exists() and second._groups == {}
         first._known.discard("old")  # it is gone; the first isolator must not try again
         first._groups.clear()
+
+
+# ------------------------------------------------------------------------------- spares
+
+# Burns a little CPU and touches 8 MB once told to (a line on stdin), then exits.
+BURNER = """
+import sys
+sys.stdin.readline()
+block = b"x" * (8 << 20)
+n = 0
+for i in range(300_000):
+    n += i
+"""
+
+
+def v1_or_skip(*classes: type) -> Mounts:
+    mounts = need_cgroups(*classes)
+    if any(c.choose(mounts)[0] != 1 for c in classes):  # type: ignore[attr-defined]
+        pytest.skip("spares are kept on v1 hierarchies only")
+    return mounts
+
+
+def inodes(isolator: Any, cid: str) -> list[int]:
+    return [p.stat().st_ino for p in isolator.cgroup_paths(cid)]
+
+
+async def run_in(bed: Bed, isolators: list[Any], cid: str, script: str) -> None:
+    """Run ``script`` in container ``cid``'s cgroups until it exits."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    try:
+        for isolator in isolators:
+            await bed.call(isolator, "isolate", cid, proc.pid)
+        proc.communicate(b"go\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def test_the_next_container_gets_an_ended_ones_cgroups_zeroed(bed: Bed, tmp_path: Path):
+    """The cgroups of a container that ended empty are renamed to a spare, and the next
+    container's are that spare renamed again (the same directories: the same inodes), with its
+    own limits written and the usage the last one left zeroed."""
+    mounts = v1_or_skip(CgroupsCpuIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        isolators = [
+            bed.add(cls(options, mounts=mounts))
+            for cls in (CgroupsCpuIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
+        ]
+        cpu, mem, pids = isolators
+        for isolator in isolators:
+            await bed.call(isolator, "recover", set())
+            await bed.call(
+                isolator, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:0.5;mem:64;pids:50")
+            )
+        await run_in(bed, isolators, "c1", BURNER)
+        used_cpu = await bed.call(cpu, "usage", "c1")
+        used_mem = await bed.call(mem, "usage", "c1")
+        assert used_cpu["cpus_time_secs"] > 0.01 and used_cpu["cpus_user_time_secs"] > 0
+        assert used_mem["mem_max_bytes"] >= 8 * MB
+        first = {id(i): inodes(i, "c1") for i in isolators}
+        for isolator in isolators:
+            await bed.call(isolator, "_run_cleanup", "c1")
+            assert not any(p.exists() for p in isolator.cgroup_paths("c1"))
+            assert len(isolator._spares) == 1
+
+        for isolator in isolators:
+            await bed.call(
+                isolator, "_run_prepare", "c2", config(tmp_path, "c2", "cpus:1;mem:32;pids:20")
+            )
+            assert inodes(isolator, "c2") == first[id(isolator)]
+            assert isolator._spares == []
+            assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_reused") == 1
+        cpu_dir = mounts.v1["cpu"] / root / "c2"
+        mem_dir = mounts.v1["memory"] / root / "c2"
+        assert (cpu_dir / "cpu.shares").read_text().strip() == "1024"
+        assert (mem_dir / "memory.limit_in_bytes").read_text().strip() == str(32 * MB)
+        assert "oom_kill_disable 1" in (mem_dir / "memory.oom_control").read_text()
+        assert (mounts.v1["pids"] / root / "c2" / "pids.max").read_text().strip() == "20"
+        fresh_cpu = await bed.call(cpu, "usage", "c2")
+        fresh_mem = await bed.call(mem, "usage", "c2")
+        assert fresh_cpu["cpus_time_secs"] == 0 and fresh_cpu["cpus_user_time_secs"] == 0
+        assert fresh_cpu["cpus_system_time_secs"] == 0
+        assert fresh_mem["mem_max_bytes"] <= cgroups_module.SPARE_MAX_CHARGE
+        assert (mem_dir / "memory.failcnt").read_text().strip() == "0"
+        assert await bed.call(mem, "check", "c2") is None
+        # And it works as a new one would: counts what the next command uses.
+        await run_in(bed, isolators, "c2", BURNER)
+        assert (await bed.call(cpu, "usage", "c2"))["cpus_time_secs"] > 0.01
+        assert (await bed.call(mem, "usage", "c2"))["mem_max_bytes"] >= 8 * MB
+        # A kill writes pids.max 0: a spare of the same size still gets its limits back.
+        await bed.call(pids, "kill", "c2")
+        assert (mounts.v1["pids"] / root / "c2" / "pids.max").read_text().strip() == "0"
+        for isolator in isolators:
+            await bed.call(isolator, "_run_cleanup", "c2")
+            await bed.call(
+                isolator, "_run_prepare", "c3", config(tmp_path, "c3", "cpus:1;mem:32;pids:20")
+            )
+            assert inodes(isolator, "c3") == first[id(isolator)]
+        assert (mounts.v1["pids"] / root / "c3" / "pids.max").read_text().strip() == "20"
+        assert (mounts.v1["cpu"] / root / "c3" / "cpu.shares").read_text().strip() == "1024"
+        limit = mounts.v1["memory"] / root / "c3" / "memory.limit_in_bytes"
+        assert limit.read_text().strip() == str(32 * MB)
+        for isolator in isolators:
+            await bed.call(isolator, "_run_cleanup", "c3")
+            await bed.call(isolator, "teardown")
+            assert isolator._spares == []
+        assert not leftover_dirs(mounts, root)
+
+
+def leftover_dirs(mounts: Mounts, root: str) -> list[Path]:
+    """Every cgroup under the root, spares included."""
+    return [p for point in set(mounts.v1.values()) for p in (point / root).glob("*") if p.is_dir()]
+
+
+async def test_a_cgroup_whose_counters_cannot_be_zeroed_is_removed_not_kept(
+    bed: Bed, tmp_path: Path
+):
+    """pids.events counts refused forks for good, and a soft limit set by an update would outlive
+    the container: such cgroups are removed, and the next container's are new."""
+    mounts = v1_or_skip(CgroupsMemIsolator, CgroupsPidsIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        mem = bed.add(CgroupsMemIsolator(options, mounts=mounts))
+        pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+        for isolator in (mem, pids):
+            await bed.call(isolator, "recover", set())
+            await bed.call(isolator, "_run_prepare", "c1", config(tmp_path, "c1", "mem:64;pids:1"))
+        await run_in(bed, [mem, pids], "c1", "import os, sys; sys.stdin.readline(); os.fork()")
+        assert (await bed.call(pids, "usage", "c1"))["pids_fork_failures"] >= 1
+        await bed.call(mem, "update", "c1", Resources.parse("mem:32"))  # lower: a soft limit
+        assert (
+            mounts.v1["memory"] / root / "c1" / "memory.soft_limit_in_bytes"
+        ).read_text().strip() == str(32 * MB)
+        gone = {id(i): inodes(i, "c1") for i in (mem, pids)}
+        for isolator in (mem, pids):
+            await bed.call(isolator, "_run_cleanup", "c1")
+            assert isolator._spares == []
+            assert not any(p.exists() for p in isolator.cgroup_paths("c1"))
+        for isolator in (mem, pids):
+            await bed.call(isolator, "_run_prepare", "c2", config(tmp_path, "c2", "mem:64;pids:10"))
+            assert inodes(isolator, "c2") != gone[id(isolator)]
+            assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_reused") == 0
+        assert (mounts.v1["pids"] / root / "c2" / "pids.events").read_text().split() == ["max", "0"]
+        for isolator in (mem, pids):
+            await bed.call(isolator, "_run_cleanup", "c2")
+            await bed.call(isolator, "teardown")
+        assert not leftover_dirs(mounts, root)
+
+
+async def test_spares_are_kept_up_to_the_limit_and_none_with_zero(bed: Bed, tmp_path: Path):
+    mounts = v1_or_skip(CgroupsPidsIsolator)
+    for keep in (0, 1):
+        with unique_root(mounts) as root:
+            options = IsolationOptions(cgroups_root=root, cgroups_spares=keep)
+            pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+            await bed.call(pids, "recover", set())
+            for cid in ("c1", "c2"):
+                await bed.call(pids, "_run_prepare", cid, config(tmp_path, cid, "pids:10"))
+            for cid in ("c1", "c2"):
+                await bed.call(pids, "_run_cleanup", cid)
+            assert len(pids._spares) == keep
+            assert len(leftover_dirs(mounts, root)) == keep
+            await bed.call(pids, "teardown")
+
+
+async def test_recover_removes_the_spares_a_previous_agent_kept(bed: Bed, tmp_path: Path):
+    mounts = v1_or_skip(CgroupsCpuIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        first = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
+        await bed.call(first, "recover", set())
+        await bed.call(first, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:1"))
+        await bed.call(first, "_run_cleanup", "c1")
+        assert len(first._spares) == 1 and len(leftover_dirs(mounts, root)) == 2  # cpu, cpuacct
+        second = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
+        await bed.call(second, "recover", set())
+        assert not leftover_dirs(mounts, root)
+        assert bed.rt.metrics.get("isolator/cgroups/cpu/orphans_removed") == 0
+        first._spares.clear()  # (gone: the first one must not take it)
+
+
+async def test_a_spare_that_cannot_be_renamed_everywhere_is_dropped(bed: Bed, tmp_path: Path):
+    """A spare missing from one hierarchy (taken away behind the agent's back): renaming it for
+    the next container fails half-way, is undone, the spare is removed, and the container gets
+    new cgroups."""
+    mounts = v1_or_skip(CgroupsCpuIsolator)
+    if mounts.v1["cpu"] == mounts.v1["cpuacct"]:
+        pytest.skip("needs cpu and cpuacct in separate hierarchies")
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        cpu = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
+        await bed.call(cpu, "recover", set())
+        await bed.call(cpu, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:1"))
+        await bed.call(cpu, "_run_cleanup", "c1")
+        ((spare, _),) = cpu._spares
+        (mounts.v1["cpuacct"] / root / spare).rmdir()
+        await bed.call(cpu, "_run_prepare", "c2", config(tmp_path, "c2", "cpus:0.5"))
+        assert all(p.is_dir() for p in cpu.cgroup_paths("c2"))
+        assert (mounts.v1["cpu"] / root / "c2" / "cpu.shares").read_text().strip() == "512"
+        assert not (mounts.v1["cpu"] / root / spare).exists()
+        assert bed.rt.metrics.get("isolator/cgroups/cpu/cgroups_reused") == 0
+        await bed.call(cpu, "_run_cleanup", "c2")
+        await bed.call(cpu, "teardown")
+        assert not leftover_dirs(mounts, root)
