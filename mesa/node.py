@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--cgroups-spares",
         type=flags.non_negative_int,
-        default=16,
+        default=64,
         help="emptied cgroups each cgroups isolator keeps (renamed) for the next containers, "
         "instead of rmdir and mkdir for each (v1 only; 0: none kept)",
     )

@@ -103,7 +103,7 @@ class IsolationOptions:
     cgroups_max_pids: int | None = 4096
     # How many emptied cgroups each cgroups isolator keeps for the next containers, instead of
     # removing them (v1; see mesa.isolators.cgroups). 0: every container's are made afresh.
-    cgroups_spares: int = 16
+    cgroups_spares: int = 64
     enforce_container_disk_quota: bool = False
     container_disk_watch_interval: float = 15.0
     # How often pollers look (posix/mem's rss, cgroups v2 memory.events, v1's safety net).
