@@ -329,6 +329,43 @@ async def test_disk_quota_is_enforced_when_asked(cluster: Cluster):
 # --------------------------------------------------------------------------- usage
 
 
+async def test_the_next_task_gets_an_ended_tasks_cgroups_with_its_usage_zeroed(
+    cluster: Cluster, root: str
+):
+    """Through a real agent: a task that ended leaves its cgroups as spares, and the next task
+    runs in them (the same directories), with its own limits and none of the last one's usage."""
+    mounts = need_cgroups(CgroupsCpuIsolator, CgroupsMemIsolator, CgroupsPidsIsolator)
+    if CgroupsMemIsolator.choose(mounts)[0] != 1:
+        pytest.skip("spares are kept on v1 hierarchies only")
+    master = await start(cluster, "cgroups/cpu,cgroups/mem,cgroups/pids", cgroups_root=root)
+    burner = f"{PY} -c \"b = b'x' * (16 << 20); n = sum(range(10_000_000))\""
+    first = new_task_id("first")
+    master.run_task(framework(), task(first, burner, "cpus:0.5;mem:64"))
+    await master.wait_state(first, TaskState.TASK_FINISHED)
+    metrics = cluster.agent_rt.metrics
+    # The spare is kept once the container's cleanup has run (right after the report).
+    await wait_until(lambda: len(list((mounts.v1["memory"] / root).glob("spare-*"))) == 1)
+    (spare,) = (mounts.v1["memory"] / root).glob("spare-*")
+    inode = spare.stat().st_ino
+
+    second = new_task_id("second")
+    master.run_task(framework(), task(second, "exec sleep 60", "cpus:0.25;mem:48"))
+    await master.wait_state(second, TaskState.TASK_RUNNING)
+    cid = (await container_of(cluster, second))["container_id"]
+    assert cgroup_dir(mounts, "memory", root, cid).stat().st_ino == inode
+    assert metrics.get("isolator/cgroups/mem/cgroups_reused") == 1
+    assert metrics.get("isolator/cgroups/cpu/cgroups_reused") == 1
+    assert (cgroup_dir(mounts, "cpu", root, cid) / "cpu.shares").read_text().strip() == "256"
+    stats = (await container_of(cluster, second))["statistics"]
+    assert stats["mem_limit_bytes"] == 48 * MB
+    # The first task touched 16 MB and ran for a while; none of it shows in the second's.
+    assert stats["mem_max_bytes"] < 8 * MB
+    assert stats["cpus_user_time_secs"] + stats["cpus_system_time_secs"] < 0.2
+    master.kill("fw-1", second, grace=0.1)
+    await master.wait_state(second, TaskState.TASK_KILLED)
+    await wait_until(lambda: leftover_cgroups(root, mounts) == [])
+
+
 @pytest.mark.parametrize("isolation", ["default", "posix/cpu,posix/mem,disk/du"])
 async def test_usage_moves_when_the_task_works(cluster: Cluster, root: str, isolation: str):
     # The default is whatever this machine offers (cgroups here, posix elsewhere).
