@@ -42,8 +42,12 @@ within the parent, which v1 allows) and the next container's are renamed from a 
 written as for a new cgroup and the counters reported as usage are zeroed (``cpuacct.usage``,
 ``memory.max_usage_in_bytes``, ``memory.failcnt``). A cgroup whose counters cannot be zeroed
 is removed instead of kept: one that refused a fork (``pids.events``), was under a CFS quota
-(``cpu.stat``), had its soft limit changed, or is charged more than ``SPARE_MAX_CHARGE``; so is
-one that still has a member. A limit is written only where the spare does not have it already
+(``cpu.stat``), saw an OOM kill (``oom_control``: a machine-wide one counts there too), had its
+soft limit changed, or is charged more than ``SPARE_MAX_CHARGE``; so is one that still has a
+member or a child cgroup (which rmdir would refuse and rename would hand over), and one this
+isolator did not make (an earlier agent's, met in ``recover``: its settings are not known). A
+container without ``cpus`` or ``mem`` gets the kernel's defaults written, as a new cgroup has
+them. A limit is written only where the spare does not have it already
 (its objects remember what they wrote: ``set``), so a container of the same size as the last
 costs no write. v2 renames no cgroup, so there every container's cgroups are made and removed.
 """
@@ -132,6 +136,9 @@ class CgroupsIsolator(Isolator):
         # follow it to the next container and remember the limits written there.
         self._spares: list[tuple[str, _Groups]] = []
         self._spare_names = itertools.count(1)
+        # The containers whose cgroups this isolator made or handed over, and so knows every
+        # setting of: only those may become spares (not an earlier agent's, met in recover).
+        self._made: set[str] = set()
         if version is None:
             version, why = self.choose(self.mounts)
             if version is None:
@@ -290,6 +297,7 @@ class CgroupsIsolator(Isolator):
 
     def _make(self, container_id: str) -> None:
         """The container's cgroups: a spare renamed to it when one is kept, else new ones."""
+        self._made.add(container_id)
         while self._spares:
             spare, groups = self._spares.pop()
             if self._rename(spare, container_id, groups):
@@ -298,6 +306,10 @@ class CgroupsIsolator(Isolator):
                 self._renew(container_id)
                 self.metrics.inc(f"isolator/{self.name}/cgroups_reused")
                 return
+            if any(os.path.lexists(b + container_id) for b in self._base_paths().values()):
+                # The name is taken (a cgroup an earlier removal left): not the spare's fault.
+                self._spares.append((spare, groups))
+                break
             self._remove_spare(spare)
         for cg in self._distinct(container_id):
             cg.create()
@@ -336,7 +348,9 @@ class CgroupsIsolator(Isolator):
         at once when they are, as they nearly always are; else a coroutine that waits."""
         if self._keep_as_spare(container_id):
             self._groups.pop(container_id, None)
+            self._made.discard(container_id)
             return None
+        self._made.discard(container_id)
         # Usually the containerizer has already seen the container empty: try rmdir first,
         # which the kernel refuses (EBUSY) while a process is inside, so reading cgroup.procs
         # beforehand would only confirm what it checks anyway.
@@ -396,13 +410,20 @@ class CgroupsIsolator(Isolator):
         """Rename the ended container's cgroups to a spare name, if they can be handed to the
         next container as good as new; False leaves them, under the container's name, to be
         removed."""
-        if self.version != 1 or len(self._spares) >= self.options.cgroups_spares:
+        if (
+            self.version != 1
+            or len(self._spares) >= self.options.cgroups_spares
+            or container_id not in self._made
+        ):
             return False
         try:
-            # rmdir would refuse a cgroup with a member; rename does not, so look (in every
-            # hierarchy: a member may have moved itself out of the one the containerizer asked).
-            if any(cg.procs() for cg in self._distinct(container_id)):
-                return False
+            # rmdir would refuse a cgroup with a member or a child cgroup (a member may make
+            # one); rename would not, and would hand them to the next container. So look, in
+            # every hierarchy: a member may have moved itself out of the one the containerizer
+            # asked. (A cgroup directory's link count is 2 plus its subdirectories.)
+            for cg in self._distinct(container_id):
+                if os.stat(cg.dir).st_nlink != 2 or cg.procs():
+                    return False
             if not self._reusable(container_id):
                 return False
         except (OSError, ValueError):
@@ -500,9 +521,13 @@ class CgroupsCpuIsolator(CgroupsIsolator):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._cpus: dict[str, float] = {}
+        self._split_usage: bool | None = None  # whether cpuacct has usage_user and usage_sys
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         if "cpus" not in resources.names():
+            if initial and self.version == 1:
+                # The kernel's default, as a new cgroup has it (a spare may hold another).
+                self._v1(container_id)["cpu"].set("cpu.shares", 1024)
             return
         cpus = max(MIN_CPUS, resources.scalar("cpus"))
         self._cpus[container_id] = cpus
@@ -526,11 +551,19 @@ class CgroupsCpuIsolator(CgroupsIsolator):
 
     def _reusable(self, container_id: str) -> bool:
         # v1's cpu.stat (CFS periods, throttling) cannot be zeroed; without a quota it stays 0.
-        return not self.options.cgroups_enable_cfs
+        # Before Linux 4.7 there is no cpuacct.usage_user to read usage from (see usage).
+        if self.options.cgroups_enable_cfs:
+            return False
+        if self._split_usage is None:
+            self._split_usage = os.path.exists(
+                self._v1(container_id)["cpuacct"].file("cpuacct.usage_user")
+            )
+        return self._split_usage
 
     def _renew(self, container_id: str) -> None:
         # Zeroes cpuacct.usage and its per-CPU, user and system parts. (Not cpuacct.stat, which
-        # never goes below what it last showed: usage reads the _user and _sys files.)
+        # never goes below what it last showed: usage splits the total by the _user and _sys
+        # files instead.)
         self._v1(container_id)["cpuacct"].write("cpuacct.usage", 0)
 
     async def usage(self, container_id: str) -> dict[str, float]:
@@ -541,14 +574,22 @@ class CgroupsCpuIsolator(CgroupsIsolator):
             if self.version == 1:
                 groups = self._v1(container_id)
                 acct = groups["cpuacct"]
+                total = int(acct.read("cpuacct.usage"))
+                out["cpus_time_secs"] = total / 1e9
                 try:
-                    out["cpus_user_time_secs"] = int(acct.read("cpuacct.usage_user")) / 1e9
-                    out["cpus_system_time_secs"] = int(acct.read("cpuacct.usage_sys")) / 1e9
-                except FileNotFoundError:  # (kernels before 4.7)
+                    # The user/system split is sampled at ticks, the total is exact: split the
+                    # total in the sampled proportion, as the kernel's cpuacct.stat does (which
+                    # cannot be read here: it never goes below what it last showed, and a
+                    # spare's was its last container's).
+                    user = int(acct.read("cpuacct.usage_user"))
+                    system = int(acct.read("cpuacct.usage_sys"))
+                    user_ns = total * user // (user + system) if system else total
+                    out["cpus_user_time_secs"] = user_ns / 1e9
+                    out["cpus_system_time_secs"] = (total - user_ns) / 1e9
+                except FileNotFoundError:  # (kernels before 4.7: never a spare, see _reusable)
                     ticks = acct.controller.acct_stat
                     out["cpus_user_time_secs"] = ticks.get("user", 0) / _CLK_TCK
                     out["cpus_system_time_secs"] = ticks.get("system", 0) / _CLK_TCK
-                out["cpus_time_secs"] = int(acct.read("cpuacct.usage")) / 1e9
                 stat = groups["cpu"].controller.stat
                 out["cpus_nr_periods"] = stat.get("nr_periods", 0)
                 out["cpus_nr_throttled"] = stat.get("nr_throttled", 0)
@@ -643,6 +684,13 @@ class CgroupsMemIsolator(CgroupsIsolator):
 
     def _apply(self, container_id: str, resources: Resources, initial: bool) -> None:
         if "mem" not in resources.names():
+            if initial and self.version == 1:
+                # No limit, as a new cgroup has none (a spare may hold another's). memsw first
+                # where it was ever set: it must stay at or above the limit.
+                memory = self._v1(container_id)["memory"]
+                if self._memsw_set:
+                    memory.set("memory.memsw.limit_in_bytes", -1)
+                memory.set("memory.limit_in_bytes", -1)
             return
         limit = max(MIN_MEMORY_BYTES, int(resources.scalar("mem") * _MB))
         current = self._limit.get(container_id)
@@ -815,10 +863,13 @@ class CgroupsMemIsolator(CgroupsIsolator):
     def _reusable(self, container_id: str) -> bool:
         if self.version != 1 or container_id in self._softened:
             return False  # (a soft limit would outlive it, unseen by the next container's limit)
-        # (No need to look at oom_control: with the OOM killer off, as prepare set it, oom_kill
-        # stays 0, and under_oom is 1 only while a member waits at the limit. Having been at
-        # the limit shows in failcnt and max_usage_in_bytes, which _renew zeroes.)
         memory = self._v1(container_id)["memory"]
+        # oom_kill counts for good, and check() would see it in every later container. With
+        # the cgroup's own OOM killer off it stays 0, but a machine-wide OOM kill of a member
+        # counts there too.
+        oom = memory.read_keyed("memory.oom_control")
+        if oom.get("under_oom") or oom.get("oom_kill"):
+            return False
         return int(memory.read("memory.usage_in_bytes")) <= SPARE_MAX_CHARGE
 
     def _renew(self, container_id: str) -> None:

@@ -593,3 +593,76 @@ async def test_a_spare_that_cannot_be_renamed_everywhere_is_dropped(bed: Bed, tm
         await bed.call(cpu, "_run_cleanup", "c2")
         await bed.call(cpu, "teardown")
         assert not leftover_dirs(mounts, root)
+
+
+async def test_a_cgroup_that_saw_an_oom_kill_or_holds_a_child_cgroup_is_not_kept(
+    bed: Bed, tmp_path: Path
+):
+    """oom_kill counts for good (a machine-wide OOM kill of a member counts there too), and a
+    child cgroup a member made would go with a rename to the next container: neither is kept."""
+    mounts = v1_or_skip(CgroupsMemIsolator, CgroupsPidsIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root, kill_wait=0.2)
+        mem = bed.add(CgroupsMemIsolator(options, mounts=mounts))
+        pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+        for isolator in (mem, pids):
+            await bed.call(isolator, "recover", set())
+            await bed.call(isolator, "_run_prepare", "c1", config(tmp_path, "c1", "mem:32;pids:99"))
+        mem_dir = mounts.v1["memory"] / root / "c1"
+        # The kernel's OOM killer on, as the machine's is: it kills the hog and counts the kill.
+        (mem_dir / "memory.oom_control").write_text("0")
+        await run_in(bed, [mem], "c1", "import sys; sys.stdin.readline(); b = b'x' * (64 << 20)")
+        assert "oom_kill 1" in (mem_dir / "memory.oom_control").read_text()
+        child = mounts.v1["pids"] / root / "c1" / "sub"
+        child.mkdir()
+        try:
+            await bed.call(mem, "_run_cleanup", "c1")
+            assert mem._spares == [] and not mem_dir.exists()  # removed (it is empty)
+            await bed.call(pids, "_run_cleanup", "c1")
+            # Not kept; and rmdir is refused while the child is there, as before spares.
+            assert pids._spares == [] and child.parent.exists()
+        finally:
+            child.rmdir()
+
+
+async def test_an_earlier_agents_container_cgroups_are_not_kept_as_spares(bed: Bed, tmp_path: Path):
+    """Its settings are not known (a soft limit, a quota, a memory+swap limit an older agent
+    set): recover removes them."""
+    mounts = v1_or_skip(CgroupsCpuIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        first = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
+        await bed.call(first, "recover", set())
+        await bed.call(first, "_run_prepare", "old", config(tmp_path, "old", "cpus:1"))
+        first._known.discard("old")  # (the first agent died: it will not clean up)
+        first._groups.clear()
+        second = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
+        await bed.call(second, "recover", set())
+        assert second._spares == [] and not leftover_dirs(mounts, root)
+        assert bed.rt.metrics.get("isolator/cgroups/cpu/orphans_removed") == 1
+
+
+async def test_a_container_without_cpus_or_mem_gets_the_kernels_defaults_in_a_spare(
+    bed: Bed, tmp_path: Path
+):
+    mounts = v1_or_skip(CgroupsCpuIsolator, CgroupsMemIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        isolators = [
+            bed.add(cls(options, mounts=mounts)) for cls in (CgroupsCpuIsolator, CgroupsMemIsolator)
+        ]
+        for isolator in isolators:
+            await bed.call(isolator, "recover", set())
+            await bed.call(
+                isolator, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:0.5;mem:64")
+            )
+        for isolator in isolators:
+            await bed.call(isolator, "_run_cleanup", "c1")
+            await bed.call(isolator, "_run_prepare", "c2", config(tmp_path, "c2", "disk:10"))
+            assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_reused") == 1
+        assert (mounts.v1["cpu"] / root / "c2" / "cpu.shares").read_text().strip() == "1024"
+        limit = int((mounts.v1["memory"] / root / "c2" / "memory.limit_in_bytes").read_text())
+        assert limit > 1 << 62  # none
+        for isolator in isolators:
+            await bed.call(isolator, "_run_cleanup", "c2")
+            await bed.call(isolator, "teardown")
