@@ -666,3 +666,22 @@ async def test_a_container_without_cpus_or_mem_gets_the_kernels_defaults_in_a_sp
         for isolator in isolators:
             await bed.call(isolator, "_run_cleanup", "c2")
             await bed.call(isolator, "teardown")
+
+
+async def test_the_freezer_keeps_a_thawed_cgroup_and_removes_a_frozen_one(bed: Bed, tmp_path: Path):
+    mounts = v1_or_skip(CgroupsFreezerIsolator)
+    with unique_root(mounts) as root:
+        options = IsolationOptions(cgroups_root=root)
+        freezer = bed.add(CgroupsFreezerIsolator(options, mounts=mounts))
+        await bed.call(freezer, "recover", set())
+        for cid in ("c1", "c2"):
+            await bed.call(freezer, "_run_prepare", cid, config(tmp_path, cid, "cpus:1"))
+        (mounts.v1["freezer"] / root / "c2" / "freezer.state").write_text("FROZEN")
+        await bed.call(freezer, "_run_cleanup", "c1")  # thawed: kept
+        await bed.call(freezer, "_run_cleanup", "c2")  # frozen: removed
+        assert len(freezer._spares) == 1 and len(leftover_dirs(mounts, root)) == 1
+        await bed.call(freezer, "_run_prepare", "c3", config(tmp_path, "c3", "cpus:1"))
+        assert bed.rt.metrics.get("isolator/cgroups/freezer/cgroups_reused") == 1
+        await bed.call(freezer, "_run_cleanup", "c3")
+        await bed.call(freezer, "teardown")
+        assert not leftover_dirs(mounts, root)
