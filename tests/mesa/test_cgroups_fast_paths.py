@@ -409,6 +409,13 @@ def v1_or_skip(*classes: type) -> Mounts:
     return mounts
 
 
+async def recovered(bed: Bed, cls: type, mounts: Mounts, root: str, **options: Any) -> Any:
+    """An isolator of ``cls`` under ``root`` on the runtime, started as an agent starts it."""
+    isolator = bed.add(cls(IsolationOptions(cgroups_root=root, **options), mounts=mounts))
+    await bed.call(isolator, "recover", set())
+    return isolator
+
+
 def inodes(isolator: Any, cid: str) -> list[int]:
     return [p.stat().st_ino for p in isolator.cgroup_paths(cid)]
 
@@ -557,14 +564,11 @@ async def test_spares_are_kept_up_to_the_limit_and_none_with_zero(bed: Bed, tmp_
 async def test_recover_removes_the_spares_a_previous_agent_kept(bed: Bed, tmp_path: Path):
     mounts = v1_or_skip(CgroupsCpuIsolator)
     with unique_root(mounts) as root:
-        options = IsolationOptions(cgroups_root=root)
-        first = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
-        await bed.call(first, "recover", set())
+        first = await recovered(bed, CgroupsCpuIsolator, mounts, root)
         await bed.call(first, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:1"))
         await bed.call(first, "_run_cleanup", "c1")
         assert len(first._spares) == 1 and len(leftover_dirs(mounts, root)) == 2  # cpu, cpuacct
-        second = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
-        await bed.call(second, "recover", set())
+        await recovered(bed, CgroupsCpuIsolator, mounts, root)  # a new agent's
         assert not leftover_dirs(mounts, root)
         assert bed.rt.metrics.get("isolator/cgroups/cpu/orphans_removed") == 0
         first._spares.clear()  # (gone: the first one must not take it)
@@ -578,9 +582,7 @@ async def test_a_spare_that_cannot_be_renamed_everywhere_is_dropped(bed: Bed, tm
     if mounts.v1["cpu"] == mounts.v1["cpuacct"]:
         pytest.skip("needs cpu and cpuacct in separate hierarchies")
     with unique_root(mounts) as root:
-        options = IsolationOptions(cgroups_root=root)
-        cpu = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
-        await bed.call(cpu, "recover", set())
+        cpu = await recovered(bed, CgroupsCpuIsolator, mounts, root)
         await bed.call(cpu, "_run_prepare", "c1", config(tmp_path, "c1", "cpus:1"))
         await bed.call(cpu, "_run_cleanup", "c1")
         ((spare, _),) = cpu._spares
@@ -630,14 +632,11 @@ async def test_an_earlier_agents_container_cgroups_are_not_kept_as_spares(bed: B
     set): recover removes them."""
     mounts = v1_or_skip(CgroupsCpuIsolator)
     with unique_root(mounts) as root:
-        options = IsolationOptions(cgroups_root=root)
-        first = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
-        await bed.call(first, "recover", set())
+        first = await recovered(bed, CgroupsCpuIsolator, mounts, root)
         await bed.call(first, "_run_prepare", "old", config(tmp_path, "old", "cpus:1"))
         first._known.discard("old")  # (the first agent died: it will not clean up)
         first._groups.clear()
-        second = bed.add(CgroupsCpuIsolator(options, mounts=mounts))
-        await bed.call(second, "recover", set())
+        second = await recovered(bed, CgroupsCpuIsolator, mounts, root)
         assert second._spares == [] and not leftover_dirs(mounts, root)
         assert bed.rt.metrics.get("isolator/cgroups/cpu/orphans_removed") == 1
 
@@ -671,9 +670,7 @@ async def test_a_container_without_cpus_or_mem_gets_the_kernels_defaults_in_a_sp
 async def test_the_freezer_keeps_a_thawed_cgroup_and_removes_a_frozen_one(bed: Bed, tmp_path: Path):
     mounts = v1_or_skip(CgroupsFreezerIsolator)
     with unique_root(mounts) as root:
-        options = IsolationOptions(cgroups_root=root)
-        freezer = bed.add(CgroupsFreezerIsolator(options, mounts=mounts))
-        await bed.call(freezer, "recover", set())
+        freezer = await recovered(bed, CgroupsFreezerIsolator, mounts, root)
         for cid in ("c1", "c2"):
             await bed.call(freezer, "_run_prepare", cid, config(tmp_path, cid, "cpus:1"))
         (mounts.v1["freezer"] / root / "c2" / "freezer.state").write_text("FROZEN")

@@ -367,6 +367,7 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
             "--cgroups-root=mesa/here",
             "--cgroups-enable-cfs",
             "--cgroups-max-pids=100",
+            "--cgroups-spares=0",
             "--enforce-container-disk-quota",
             "--container-disk-watch-interval=2.5",
         ]
@@ -381,10 +382,13 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
         cgroups_root="mesa/here",
         cgroups_enable_cfs=True,
         cgroups_max_pids=100,
+        cgroups_spares=0,
         enforce_container_disk_quota=True,
         container_disk_watch_interval=2.5,
     )
     assert os.path.isdir(tmp_path)
+    with pytest.raises(SystemExit):  # (argparse: "must not be negative", on stderr)
+        build_parser().parse_args(["--role=agent", "--master=h:1", "--cgroups-spares=-1"])
 
 
 async def test_a_container_s_processes_are_its_session_and_its_descendants(tmp_path: Path) -> None:
