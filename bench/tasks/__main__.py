@@ -17,6 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__)
     p.add_argument("--tasks", type=int, default=d.true_tasks, help="how many `true` tasks")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=d.true_runs,
+        help="batches of `true` tasks timed, for mesa and each baseline (the median is reported)",
+    )
     p.add_argument("--sleep-tasks", type=int, default=d.sleep_tasks, help="how many sleep tasks")
     p.add_argument("--sleep", type=float, default=d.sleep_seconds, help="seconds each one sleeps")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs)
@@ -40,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.tasks, args.latency_runs, args.cores) < 1 or args.sleep_tasks < 0:
+    if min(args.tasks, args.runs, args.latency_runs, args.cores) < 1 or args.sleep_tasks < 0:
         print("counts must be positive", file=sys.stderr)
         return 2
     cfg = Config(
         true_tasks=args.tasks,
+        true_runs=args.runs,
         sleep_tasks=args.sleep_tasks,
         sleep_seconds=args.sleep,
         latency_runs=args.latency_runs,

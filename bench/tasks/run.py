@@ -19,7 +19,10 @@ Figures, per isolation mode (posix always; cgroups when the agent has ``--isolat
 
 * ``true``: N tasks running ``true``; wall time from the first launch to the last
   ``TASK_FINISHED`` the framework sees. The limit is ``xargs -P <cores>`` running the same
-  ``sh -c true`` N times in the same run.
+  ``sh -c true`` N times in the same run. Each is the median of ``true_runs`` batches (3; the
+  per-task figures are the median batch's), mesa's on one warm cluster, Ray's and Dask's on
+  the one cluster each started: a batch of a thousand takes about a second, and single
+  seconds on a shared VM vary by a third.
 * ``sleep``: M tasks running ``sleep S`` in ``slots`` concurrent task slots; the ideal is
   ``M x S / slots``, and ``xargs -P slots`` is measured too.
 * under cgroups, a second limit: the same ``sh -c true`` N times, ``-P <cores>``, each in fresh
@@ -83,6 +86,7 @@ class Config:
     """Everything that shapes a run; recorded in the JSON."""
 
     true_tasks: int = 1000
+    true_runs: int = 3  # batches of true_tasks timed, for mesa and every baseline (median)
     sleep_tasks: int = 200
     sleep_seconds: float = 0.5
     latency_runs: int = 5
@@ -461,6 +465,72 @@ async def _latency(driver: SchedulerDriver, fw: Batch, runs: int, timeout: float
     return out
 
 
+async def _measure_true(
+    cluster: LocalCluster, driver: SchedulerDriver, fw: Batch, cfg: Config, run: int
+) -> dict[str, Any]:
+    """One timed batch of ``true`` tasks, with the CPU each process spent on it and what went
+    over the wire per task."""
+    cpu0 = [n.cpu_seconds() for n in cluster.nodes]
+    zygote0, framework0 = cluster.agent.zygote_cpu_seconds(), time.process_time()
+    m0 = await asyncio.to_thread(cluster.agent.metrics)
+    master0 = await asyncio.to_thread(cluster.master.metrics)
+    t0 = time.perf_counter()
+    out = await _run_batch(driver, fw, f"true{run}", "true", cfg.true_tasks, cfg.phase_timeout)
+    cluster.agent.remember()
+    elapsed = time.perf_counter() - t0
+    cpu1 = [n.cpu_seconds() for n in cluster.nodes]
+    zygote1, framework1 = cluster.agent.zygote_cpu_seconds(), time.process_time()
+    master1 = await asyncio.to_thread(cluster.master.metrics)
+    key = "containerizer/zygote_executor_cpu_seconds"
+    forked = "containerizer/zygote_executors_forked"
+    exited = "containerizer/zygote_executors_exited"
+    # An executor's CPU is counted when it exits, a moment after its task's last update.
+    deadline = time.monotonic() + 10.0
+    while True:
+        m1 = await asyncio.to_thread(cluster.agent.metrics)
+        done = m1.get(exited, 0.0) - m0.get(exited, 0.0)
+        if done >= m1.get(forked, 0.0) - m0.get(forked, 0.0) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    out["cpu_s"] = {
+        "master": cpu1[0] - cpu0[0],
+        "agent": cpu1[1] - cpu0[1],
+        "zygote": zygote1 - zygote0,
+        # This process: the framework (the scheduler SDK) and the bench around it.
+        "framework": framework1 - framework0,
+        # Forked executors and the tasks they ran (absent when executors start cold).
+        "executors": m1.get(key, 0.0) - m0.get(key, 0.0),
+        "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
+        "wall": elapsed,
+    }
+
+    def per_task(before: dict[str, float], after: dict[str, float], name: str) -> float:
+        return (after.get(name, 0.0) - before.get(name, 0.0)) / cfg.true_tasks
+
+    # What the agent put on the wire per task: libproc messages (less those delivered in
+    # its own process), and the frames (one send each) they were coalesced into; fewer
+    # means the bursts were bigger. Not known if either snapshot did not come.
+    if m0 and m1 and cfg.true_tasks:
+        out["agent_wire_per_task"] = {
+            "messages_sent": per_task(m0, m1, "libproc/messages_sent")
+            - per_task(m0, m1, "libproc/messages_local"),
+            "frames_sent": per_task(m0, m1, "libproc/frames_sent"),
+        }
+
+    # What the master handled per task: how many messages came in, in how many frames, and
+    # how many allocation cycles and offers the tasks took. The master's CPU per task
+    # follows these, and they change with how the agent's updates are batched.
+    if master0 and master1 and cfg.true_tasks:
+        out["master_per_task"] = {
+            "messages_received": per_task(master0, master1, "libproc/messages_received")
+            - per_task(master0, master1, "libproc/messages_local"),
+            "frames_received": per_task(master0, master1, "libproc/frames_received"),
+            "allocation_cycles": per_task(master0, master1, "allocator/cycles"),
+            "offers": per_task(master0, master1, "master/offers_sent"),
+        }
+    return out
+
+
 async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str, Any]:
     """One isolation mode: a fresh cluster, then true, sleep and latency, then a clean stop."""
     cluster = LocalCluster(cfg, isolation, work_dir)
@@ -477,66 +547,14 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
         # Warm up: one small batch (first executors, first connections), not timed.
         await _run_batch(driver, fw, "warm", "true", min(cfg.slots, 20), cfg.phase_timeout)
 
-        cpu0 = [n.cpu_seconds() for n in cluster.nodes]
-        zygote0, framework0 = cluster.agent.zygote_cpu_seconds(), time.process_time()
-        m0 = await asyncio.to_thread(cluster.agent.metrics)
-        master0 = await asyncio.to_thread(cluster.master.metrics)
-        t0 = time.perf_counter()
-        result["true"] = await _run_batch(
-            driver, fw, "true", "true", cfg.true_tasks, cfg.phase_timeout
-        )
-        cluster.agent.remember()
-        elapsed = time.perf_counter() - t0
-        cpu1 = [n.cpu_seconds() for n in cluster.nodes]
-        zygote1, framework1 = cluster.agent.zygote_cpu_seconds(), time.process_time()
-        master1 = await asyncio.to_thread(cluster.master.metrics)
-        key = "containerizer/zygote_executor_cpu_seconds"
-        forked = "containerizer/zygote_executors_forked"
-        exited = "containerizer/zygote_executors_exited"
-        # An executor's CPU is counted when it exits, a moment after its task's last update.
-        deadline = time.monotonic() + 10.0
-        while True:
-            m1 = await asyncio.to_thread(cluster.agent.metrics)
-            done = m1.get(exited, 0.0) - m0.get(exited, 0.0)
-            if done >= m1.get(forked, 0.0) - m0.get(forked, 0.0) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        result["true"]["cpu_s"] = {
-            "master": cpu1[0] - cpu0[0],
-            "agent": cpu1[1] - cpu0[1],
-            "zygote": zygote1 - zygote0,
-            # This process: the framework (the scheduler SDK) and the bench around it.
-            "framework": framework1 - framework0,
-            # Forked executors and the tasks they ran (absent when executors start cold).
-            "executors": m1.get(key, 0.0) - m0.get(key, 0.0),
-            "executors_forked": m1.get(forked, 0.0) - m0.get(forked, 0.0),
-            "wall": elapsed,
-        }
-
-        def per_task(before: dict[str, float], after: dict[str, float], name: str) -> float:
-            return (after.get(name, 0.0) - before.get(name, 0.0)) / cfg.true_tasks
-
-        # What the agent put on the wire per task: libproc messages (less those delivered in
-        # its own process), and the frames (one send each) they were coalesced into; fewer
-        # means the bursts were bigger. Not known if either snapshot did not come.
-        if m0 and m1 and cfg.true_tasks:
-            result["true"]["agent_wire_per_task"] = {
-                "messages_sent": per_task(m0, m1, "libproc/messages_sent")
-                - per_task(m0, m1, "libproc/messages_local"),
-                "frames_sent": per_task(m0, m1, "libproc/frames_sent"),
-            }
-
-        # What the master handled per task: how many messages came in, in how many frames, and
-        # how many allocation cycles and offers the tasks took. The master's CPU per task
-        # follows these, and they change with how the agent's updates are batched.
-        if master0 and master1 and cfg.true_tasks:
-            result["true"]["master_per_task"] = {
-                "messages_received": per_task(master0, master1, "libproc/messages_received")
-                - per_task(master0, master1, "libproc/messages_local"),
-                "frames_received": per_task(master0, master1, "libproc/frames_received"),
-                "allocation_cycles": per_task(master0, master1, "allocator/cycles"),
-                "offers": per_task(master0, master1, "master/offers_sent"),
-            }
+        runs = [await _measure_true(cluster, driver, fw, cfg, n) for n in range(cfg.true_runs)]
+        ordered = sorted(runs, key=lambda r: r["seconds"])
+        result["true"] = dict(ordered[(len(ordered) - 1) // 2])
+        result["true"]["seconds"] = statistics.median(r["seconds"] for r in runs)
+        result["true"]["per_s"] = cfg.true_tasks / result["true"]["seconds"]
+        result["true"]["runs_s"] = [r["seconds"] for r in runs]
+        result["true"]["failed"] = sum(r["failed"] for r in runs)
+        result["true"]["failures"] = [f for r in runs for f in r["failures"]][:5]
 
         if cfg.sleep_tasks:
             result["sleep"] = await _run_batch(
@@ -634,7 +652,10 @@ def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
     skipped: list[str] = []
 
     # The limits first, on a quiet machine.
-    base["xargs_true"] = run_baseline("xargs", "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout)
+    repeat = f"--repeat={cfg.true_runs}"
+    base["xargs_true"] = run_baseline(
+        "xargs", "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout, repeat
+    )
     emit(f"xargs -P{cfg.cores}: {cfg.true_tasks} x true in {base['xargs_true']['seconds']:.3f}s")
     if cfg.sleep_tasks:
         base["xargs_sleep"] = run_baseline(
@@ -653,6 +674,7 @@ def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
             cfg.phase_timeout,
             f"--task-cpus={cfg.task_cpus}",
             f"--task-mem={cfg.task_mem}",
+            repeat,
         )
         if "skipped" in r:
             skipped.append(r["skipped"])
@@ -668,7 +690,7 @@ def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
         if kind not in cfg.baselines:
             continue
         try:
-            r = run_baseline(kind, "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout)
+            r = run_baseline(kind, "true", cfg.true_tasks, cfg.cores, cfg.phase_timeout, repeat)
         except RuntimeError as e:
             r = {"skipped": f"{kind} failed: {str(e)[-300:]}"}
         if "skipped" in r:
@@ -758,7 +780,8 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
     base = report["baselines"]
     limit_s = base["xargs_true"]["seconds"]
     n = cfg.true_tasks
-    rows = [("what", "seconds", "tasks/s", "x xargs limit")]
+    median = f" (median of {cfg.true_runs})" if cfg.true_runs > 1 else ""
+    rows = [(f"what{median}", "seconds", "tasks/s", "x xargs limit")]
 
     def rate_row(name: str, seconds: float) -> None:
         rows.append((name, f"{seconds:.3f}", f"{n / seconds:,.0f}", f"{limit_s / seconds:.2f}"))

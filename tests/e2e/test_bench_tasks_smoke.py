@@ -30,6 +30,7 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
             "-m",
             "bench.tasks",
             "--tasks=12",
+            "--runs=3",
             "--sleep-tasks=4",
             "--sleep=0.1",
             "--latency-runs=2",
@@ -48,11 +49,17 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     base = report["baselines"]
     assert base["xargs_true"]["ok"] and base["xargs_true"]["seconds"] > 0
+    # Three timed batches each, the median reported.
+    assert len(base["xargs_true"]["runs_s"]) == 3
+    assert base["xargs_true"]["seconds"] == sorted(base["xargs_true"]["runs_s"])[1]
     assert base["xargs_sleep"]["seconds"] > 0
     assert base["fork_exec_latency_s"] > 0
     (mesa,) = report["mesa"]
     assert mesa["isolation"] == "posix"
     assert mesa["true"]["tasks"] == 12 and mesa["true"]["failed"] == 0
+    assert len(mesa["true"]["runs_s"]) == 3
+    assert mesa["true"]["seconds"] == sorted(mesa["true"]["runs_s"])[1]
+    assert "median of 3" in proc.stdout
     assert mesa["sleep"]["failed"] == 0 and mesa["sleep"]["over_ideal"] > 0
     assert len(mesa["latency_s"]["runs"]) == 2
     assert all(math.isfinite(x) and x > 0 for x in mesa["latency_s"]["runs"])
