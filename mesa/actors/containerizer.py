@@ -411,11 +411,8 @@ class Containerizer(Process):
                 # failure is reported once they are gone (_start_failed waits for the doomed).
                 self.metrics.inc("containerizer/zygote_errors")
                 found = await asyncio.to_thread(
-                    processes_of_container, container.id, str(container.sandbox)
+                    kill_processes_of_container, container.id, str(container.sandbox)
                 )
-                for pid in found:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
                 container.doomed.update(found)
                 raise
             except ZygoteError as e:  # nothing started: start it cold; a later launch restarts
@@ -1011,6 +1008,24 @@ def processes_of_container(container_id: str, sandbox: str | None = None) -> lis
         except OSError:
             continue
     return [pid for pid in found if pid not in (os.getpid(), 1)]
+
+
+def kill_processes_of_container(
+    container_id: str, sandbox: str | None = None, rounds: int = 20
+) -> set[int]:
+    """SIGKILL every process :func:`processes_of_container` finds, and look again until a look
+    finds none alive: one it found may have forked between the look and the kill, and the child
+    carries the same environment and working directory. Returns every pid killed."""
+    killed: set[int] = set()
+    for _ in range(rounds):
+        found = [pid for pid in processes_of_container(container_id, sandbox) if pid not in killed]
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(found)
+    return killed
 
 
 def default_zygotes() -> int:

@@ -537,3 +537,50 @@ async def test_left_counts_a_session_member_whose_parent_left_the_session(
             if pid:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+
+
+# Forks a sleeper about every millisecond, for as long as it lives; each child inherits its
+# environment and working directory, which is all a lost spawn's scan can go by.
+FORKER = """
+import os, sys, time
+sys.stdin.readline()
+while True:
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(0.001)
+"""
+
+
+async def test_what_a_lost_spawn_left_is_killed_even_as_it_forks(tmp_path: Path) -> None:
+    """A process found by the scan may fork between the scan and the kill: the sweep looks
+    again until a look finds nothing new, so no child it forked meanwhile survives."""
+    from mesa.actors.containerizer import kill_processes_of_container
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    env = {**os.environ, "MESA_CONTAINER_ID": "c-forks"}
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKER], cwd=sandbox, env=env, stdin=subprocess.PIPE
+    )
+    try:
+        forker.stdin.write(b"go\n")  # type: ignore[union-attr]
+        forker.stdin.flush()  # type: ignore[union-attr]
+        await eventually(
+            lambda: len(processes_of_container("c-forks", str(sandbox))) >= 20, "forks made"
+        )
+        killed = await asyncio.to_thread(kill_processes_of_container, "c-forks", str(sandbox))
+        assert forker.pid in killed
+        forker.wait(timeout=10)
+
+        def alive() -> list[int]:
+            return [p for p in processes_of_container("c-forks", str(sandbox)) if not _zombie(p)]
+
+        await eventually(lambda: alive() == [], "every fork gone")
+    finally:
+        with contextlib.suppress(OSError):
+            forker.kill()
+        forker.wait()
+        for pid in processes_of_container("c-forks", str(sandbox)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
