@@ -148,6 +148,11 @@ class CgroupsIsolator(Isolator):
             self.why = f"cgroups v{version} (forced)"
         self.version = version
 
+    def initialize(self) -> None:
+        # What an operator asks of spares: how many are kept now (and, counted as they happen,
+        # cgroups_reused).
+        self.metrics.gauge(f"isolator/{self.name}/cgroups_spare", lambda: len(self._spares))
+
     # ------------------------------------------------------------------ choosing v1 or v2
 
     @classmethod

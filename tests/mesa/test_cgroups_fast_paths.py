@@ -460,6 +460,7 @@ async def test_the_next_container_gets_an_ended_ones_cgroups_zeroed(bed: Bed, tm
             await bed.call(isolator, "_run_cleanup", "c1")
             assert not any(p.exists() for p in isolator.cgroup_paths("c1"))
             assert len(isolator._spares) == 1
+            assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_spare") == 1
 
         for isolator in isolators:
             await bed.call(
@@ -468,6 +469,7 @@ async def test_the_next_container_gets_an_ended_ones_cgroups_zeroed(bed: Bed, tm
             assert inodes(isolator, "c2") == first[id(isolator)]
             assert isolator._spares == []
             assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_reused") == 1
+            assert bed.rt.metrics.get(f"isolator/{isolator.name}/cgroups_spare") == 0
         cpu_dir = mounts.v1["cpu"] / root / "c2"
         mem_dir = mounts.v1["memory"] / root / "c2"
         assert (cpu_dir / "cpu.shares").read_text().strip() == "1024"
