@@ -54,12 +54,10 @@ class Transport(Protocol):
         """Queue ``frame`` for ``address``; False when the peer cannot take it now (its queue
         is full, or no connection to it is made yet): ``_on_writable`` follows once it can, or
         ``_on_peer_down`` if it never will (a refused connection is the peer's end)."""
-        ...
 
     def connecting(self, address: str) -> bool:
         """Whether frames for ``address`` wait for a first connection (so a refused ``send``
         is not back-pressure). Asked only after a refusal: it may cost more than a send."""
-        ...
 
     def pause_reading(self) -> None: ...
 
@@ -67,7 +65,6 @@ class Transport(Protocol):
 
     def ever_connected(self, address: str) -> bool:
         """Whether a connection to ``address`` was ever made; False for a dead address."""
-        ...
 
     def refresh(self, address: str) -> None:
         """Take in what is known of the connection to ``address`` and not yet reported: an end
@@ -82,4 +79,3 @@ class Transport(Protocol):
 
     def pending(self) -> int:
         """Frames on their way that ``settle`` should wait for (0 where they are invisible)."""
-        ...
