@@ -14,8 +14,9 @@ whose queue never drains is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgpack
@@ -259,6 +260,19 @@ async def heard_from_then_gone(rt: Runtime, tally: Tally) -> int:
     return first.port
 
 
+@contextlib.asynccontextmanager
+async def successor_linked(rt: Runtime, tally: Tally) -> AsyncIterator[tuple[Runtime, UPID]]:
+    """After :func:`heard_from_then_gone`: a new runtime at that address, its service ``svc``
+    linked by ``tally``; the runtime is stopped on the way out."""
+    second = await runtime_at(await heard_from_then_gone(rt, tally))
+    try:
+        svc = second.spawn(Echo("svc"))
+        await linked(tally, svc)
+        yield second, svc
+    finally:
+        await second.stop()
+
+
 async def test_a_peer_restarted_at_the_same_address_is_linked_afresh(rt: Runtime) -> None:
     """After a peer's goodbye, a new runtime at the same address is a new peer: it can be
     linked to, and its own end is reported too."""
@@ -301,10 +315,7 @@ async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hea
     async with zmq_runtime(linger=linger) as rt:
         tally = Tally()
         rt.spawn(tally)
-        second = await runtime_at(await heard_from_then_gone(rt, tally))
-        try:
-            svc = second.spawn(Echo("svc"))
-            await linked(tally, svc)
+        async with successor_linked(rt, tally) as (_, svc):
             # Round trips for as long as the old connection could come back (its linger time
             # and a reconnection interval, twice over): each is answered, and the link stands.
             loop = asyncio.get_running_loop()
@@ -323,8 +334,6 @@ async def test_a_peer_that_did_not_wait_for_our_answer_and_restarted_at_once_hea
                         fut.cancel()
                 assert not tally.ended.is_set(), f"{tally.seen} after {rounds} round trips"
                 rounds += 1
-        finally:
-            await second.stop()
         await libproc.settle()
         assert tally.seen == [1, ("exited", svc)]
         assert rt.metrics.get("libproc/peers_lost") == 0
@@ -430,15 +439,10 @@ async def test_a_new_runtime_first_reached_after_a_goodbye_is_reported_when_it_c
     async with Runtime(link_timeout=NEVER) as rt:
         tally = Tally()
         rt.spawn(tally)
-        second = await runtime_at(await heard_from_then_gone(rt, tally))
-        try:
-            svc = second.spawn(Echo("svc"))
-            await linked(tally, svc)
+        async with successor_linked(rt, tally) as (second, svc):
             assert rt.transport._peers[svc.address].excuse == 1  # (what this tests)
             await second.transport.stop()  # a crash: the socket goes, without a goodbye
             await within(tally.ended.wait(), "exited after the new runtime crashed", PROMPTLY)
-        finally:
-            await second.stop()
         await libproc.settle()
         assert tally.seen == [1, ("exited", svc)]
         assert rt.metrics.get("libproc/peers_lost") == 1

@@ -44,6 +44,16 @@ async def hosts(network: MemoryNetwork, n: int, **kw: Any) -> list[Runtime]:
     ]
 
 
+async def linker_on(network: MemoryNetwork) -> tuple[Runtime, Linker]:
+    """A runtime on ``network`` with a :class:`Linker` spawned, the Clock paused (so a link
+    timeout could never be what ends a link)."""
+    (a,) = await hosts(network, 1)
+    Clock.pause()
+    linker = Linker()
+    a.spawn(linker)
+    return a, linker
+
+
 async def test_many_runtimes_talk_like_over_zeromq() -> None:
     network = MemoryNetwork()
     rts = await hosts(network, 5)
@@ -210,11 +220,8 @@ async def test_a_link_to_nowhere_on_the_network_reports_exited_at_once() -> None
     actor there, reported at once (no Clock time passes), and what was sent there is dropped
     and counted. A runtime that comes up there later is a new peer, reached afresh."""
     network = MemoryNetwork()
-    (a,) = await hosts(network, 1)
-    Clock.pause()
-    linker = Linker()
-    a.spawn(linker)
-    ghost = UPID("ghost", "10.9.9.9", 1)
+    a, linker = await linker_on(network)
+    ghost = UPID("ghost", "10.9.9.9", 1)  # (nothing runs at that address)
     for i in range(3):
         a.send(ghost, "early", i)
     await link(linker, ghost)
@@ -242,11 +249,8 @@ async def test_a_refusal_not_taken_in_yet_is_not_pinned_on_a_link_made_since() -
     """The news of a refused frame waits for the next loop turn; a runtime that comes up at
     that address before it, and is linked to, must not have that news pinned on the link."""
     network = MemoryNetwork()
-    (a,) = await hosts(network, 1)
-    Clock.pause()
-    linker = Linker()
-    a.spawn(linker)
-    ghost = UPID("ghost", "10.9.9.9", 1)
+    a, linker = await linker_on(network)
+    ghost = UPID("ghost", "10.9.9.9", 1)  # (nothing runs at that address)
     a.send(ghost, "early", 1)
     for _ in range(100):
         await asyncio.sleep(0)

@@ -284,21 +284,19 @@ async def test_the_tasks_of_one_accept_reach_the_agent_in_one_message(setup: Set
         await driver.stop()
 
 
-class BurstAgent(Process):
-    """An agent that answers a RunTasks with one StatusUpdates for all its tasks (RUNNING, or
-    what ``then`` says once those are acknowledged), as a real agent's streams do when its
-    tasks start and end together; records the acknowledgements it gets."""
+class MiniAgent(Process):
+    """Registers with ``resources`` under ``hostname`` and answers pings: what the master needs
+    of an agent to keep it. Subclasses add what a test looks at."""
 
-    def __init__(self, master: libproc.UPID) -> None:
-        super().__init__("agent")
+    def __init__(self, master: libproc.UPID, name: str, hostname: str, resources: str) -> None:
+        super().__init__(name)
         self.master = master
-        self.acks: list[tuple[str, list[str]]] = []  # (message name, task ids)
-        self.tasks: list[str] = []
+        self.hostname = hostname
+        self.resources = resources
         self.agent_id: str | None = None
-        self.framework_id = ""
 
     def initialize(self) -> None:
-        info = AgentInfo(hostname="burst", resources="cpus:4;mem:512", port=self.pid.port)
+        info = AgentInfo(hostname=self.hostname, resources=self.resources, port=self.pid.port)
         self.send(self.master, RegisterAgent.NAME, RegisterAgent(info))
 
     @handler(AgentRegistered.NAME)
@@ -307,7 +305,23 @@ class BurstAgent(Process):
 
     @handler(PingAgent.NAME)
     def ping(self, sender: libproc.UPID, msg: PingAgent) -> None:
+        self.pinged()
         self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
+
+    def pinged(self) -> None:
+        """A ping came (before the pong goes)."""
+
+
+class BurstAgent(MiniAgent):
+    """An agent that answers a RunTasks with one StatusUpdates for all its tasks (RUNNING, or
+    what ``then`` says once those are acknowledged), as a real agent's streams do when its
+    tasks start and end together; records the acknowledgements it gets."""
+
+    def __init__(self, master: libproc.UPID) -> None:
+        super().__init__(master, "agent", "burst", "cpus:4;mem:512")
+        self.acks: list[tuple[str, list[str]]] = []  # (message name, task ids)
+        self.tasks: list[str] = []
+        self.framework_id = ""
 
     @handler(RunTasks.NAME)
     def run(self, sender: libproc.UPID, msg: RunTasks) -> None:
@@ -388,28 +402,15 @@ def slices_of_100(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(master_module, "_PING_SLICE_MAX", 100)
 
 
-class PingedAgent(Process):
+class PingedAgent(MiniAgent):
     """Registers, answers pings, and notes (on the paused Clock) when each ping came."""
 
     def __init__(self, master: libproc.UPID, n: int) -> None:
-        super().__init__(f"agent{n}")
-        self.master = master
-        self.n = n
-        self.agent_id: str | None = None
-        self.pinged: list[float] = []
+        super().__init__(master, f"agent{n}", f"pinged{n}", "cpus:1;mem:64")
+        self.pings: list[float] = []
 
-    def initialize(self) -> None:
-        info = AgentInfo(hostname=f"pinged{self.n}", resources="cpus:1;mem:64", port=self.pid.port)
-        self.send(self.master, RegisterAgent.NAME, RegisterAgent(info))
-
-    @handler(AgentRegistered.NAME)
-    def registered(self, sender: libproc.UPID, msg: AgentRegistered) -> None:
-        self.agent_id = msg.agent_id
-
-    @handler(PingAgent.NAME)
-    def ping(self, sender: libproc.UPID, msg: PingAgent) -> None:
-        self.pinged.append(Clock.now())
-        self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
+    def pinged(self) -> None:
+        self.pings.append(Clock.now())
 
 
 @contextlib.asynccontextmanager
@@ -440,10 +441,10 @@ async def test_every_agent_is_pinged_once_an_interval_in_slices(slices_of_100: N
         for k, step in enumerate(steps):
             Clock.advance(step)
             pings += 82 if k % 3 == 2 else 84
-            await eventually(lambda n=pings: sum(len(a.pinged) for a in agents) == n)
+            await eventually(lambda n=pings: sum(len(a.pings) for a in agents) == n)
         # Every agent once a round, and no more than a slice (84) pinged at one instant.
-        assert [len(a.pinged) for a in agents] == [3] * len(agents)
-        by_time = Counter(t for a in agents for t in a.pinged)
+        assert [len(a.pings) for a in agents] == [3] * len(agents)
+        by_time = Counter(t for a in agents for t in a.pings)
         assert sorted(by_time.values()) == [82] * 3 + [84] * 6
 
 
@@ -456,7 +457,7 @@ async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
     async with pinged_cluster() as agents:
 
         def pings() -> int:
-            return sum(len(a.pinged) for a in agents)
+            return sum(len(a.pings) for a in agents)
 
         Clock.advance(1.0)  # the first slice (84)
         await eventually(lambda: pings() == 84)
@@ -464,7 +465,7 @@ async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
         # first are pinged now.
         Clock.advance(1.0)
         await eventually(lambda: pings() == 250 + 84)
-        assert max(len(a.pinged) for a in agents) == 2
+        assert max(len(a.pings) for a in agents) == 2
         # Then on time again: the next slice a third of a second later.
         Clock.advance(1.0 / 3 + 1e-6)
         await eventually(lambda: pings() == 250 + 168)
@@ -473,4 +474,4 @@ async def test_a_late_ping_timer_catches_up_without_pinging_anyone_twice(
         await eventually(lambda: pings() >= 250 + 168 + 82)
         await libproc.settle()
         assert pings() == 250 + 168 + 82
-        assert max(len(a.pinged) for a in agents) == 2
+        assert max(len(a.pings) for a in agents) == 2
