@@ -351,11 +351,11 @@ class CgroupsIsolator(Isolator):
     def cleanup(self, container_id: str) -> MaybeAwaitable[None]:
         """Remove the container's cgroups, once they are empty (killing stragglers meanwhile):
         at once when they are, as they nearly always are; else a coroutine that waits."""
-        if self._keep_as_spare(container_id):
-            self._groups.pop(container_id, None)
-            self._made.discard(container_id)
-            return None
+        kept = self._keep_as_spare(container_id)
         self._made.discard(container_id)
+        if kept:
+            self._groups.pop(container_id, None)
+            return None
         # Usually the containerizer has already seen the container empty: try rmdir first,
         # which the kernel refuses (EBUSY) while a process is inside, so reading cgroup.procs
         # beforehand would only confirm what it checks anyway.
