@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Mounts",
+    "Parent",
     "V1Cgroup",
     "V2Cgroup",
     "kill_and_remove",
@@ -140,10 +141,11 @@ def own_v1_cgroups(cgroup: str = "/proc/self/cgroup", mountinfo: str = MOUNTINFO
     return homes
 
 
-def read_file(path: str) -> str:
+def read_file(path: str, dir_fd: int | None = None) -> str:
     """The whole of a (small, kernel-made) file, with plain syscalls: no buffered text layer,
-    which costs more than the read itself for cgroup files."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    which costs more than the read itself for cgroup files. ``path`` is relative to
+    ``dir_fd`` when one is given (see :class:`Parent`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, _READ_CHUNK)
         if data:  # seq files may hand out less than asked: read on to EOF
@@ -157,19 +159,20 @@ def read_file(path: str) -> str:
     return data.decode()
 
 
-def write_file(path: str, value: object, create: bool = False) -> None:
-    """Write ``str(value)`` to ``path`` with plain syscalls (a cgroup file takes its value in
-    one ``write``; the loop only guards a short one). ``O_TRUNC`` costs next to nothing on
-    cgroupfs and keeps a regular file standing in for one (a test's fake tree) exact;
-    ``create`` also makes a missing file there, as ``open(path, "w")`` would."""
+def write_file(path: str, value: object, create: bool = False, dir_fd: int | None = None) -> None:
+    """Write ``str(value)`` to ``path`` (relative to ``dir_fd`` when given) with plain syscalls
+    (a cgroup file takes its value in one ``write``; the loop only guards a short one).
+    ``O_TRUNC`` costs next to nothing on cgroupfs and keeps a regular file standing in for one
+    (a test's fake tree) exact; ``create`` also makes a missing file there, as
+    ``open(path, "w")`` would."""
     data = str(value).encode()
     flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         if not create:
             raise
-        fd = os.open(path, flags | os.O_CREAT, 0o644)
+        fd = os.open(path, flags | os.O_CREAT, 0o644, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
@@ -310,24 +313,57 @@ def _kill_pids(pids: list[int] | set[int]) -> int:
     return killed
 
 
+class Parent:
+    """A directory of cgroups (an agent's root in one hierarchy), held open.
+
+    Every path the kernel resolves is walked one component at a time, and on cgroupfs each
+    step is dear (a dentry revalidation and a permission check on kernfs):
+    ``/sys/fs/cgroup/memory/mesa/agent-…/<id>/cgroup.procs`` is seven of them. A profile of a
+    busy agent under cgroups had a tenth of its CPU in those walks. Reached from an ``O_PATH``
+    descriptor of the root, a container's file is two steps away and the container itself one
+    (for ``rename``, ``stat``, ``mkdir`` and ``rmdir``). The descriptor names the directory
+    itself, not its path, so it is opened after the root is made and closed before it is
+    removed (:meth:`close`); from then on its cgroup objects go by their whole paths.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path.rstrip("/")
+        self.fd: int | None = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class _CgroupDir:
     """What a v1 and a v2 cgroup share: a directory, its files, its members. Paths are kept as
-    strings (the per-task path uses them), a ``Path`` made only when asked for."""
+    strings (the per-task path uses them), a ``Path`` made only when asked for. Given the
+    :class:`Parent` it is in, its files are reached from the parent's descriptor."""
 
     _create_files = False  # whether a write may create a missing file (v2's fake test trees)
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, parent: Parent | None = None) -> None:
+        self._parent = parent
         self._dir = os.fspath(path)
+        self._name = os.path.basename(self._dir)
         self._path = path if isinstance(path, Path) else None
-        self._procs = self._dir + "/cgroup.procs"
         self._written: dict[str, str] = {}  # what this object last wrote to each file
+
+    def _at(self, name: str = "") -> tuple[str, int | None]:
+        """``(path, dir_fd)`` of the file ``name`` (of the directory itself for ""): from the
+        parent's descriptor while it is open, else the whole path."""
+        parent = self._parent
+        if parent is not None and (fd := parent.fd) is not None:
+            return (self._name + "/" + name if name else self._name), fd
+        return (self._dir + "/" + name if name else self._dir), None
 
     def moved_to(self, path: str) -> None:
         """The directory was renamed to ``path`` (a spare cgroup changing hands): the object
         follows it, and still knows what it wrote there."""
         self._dir = path
+        self._name = os.path.basename(path)
         self._path = None
-        self._procs = path + "/cgroup.procs"
 
     @property
     def dir(self) -> str:
@@ -349,12 +385,27 @@ class _CgroupDir:
         return os.path.isdir(self._dir)
 
     def create(self) -> None:
-        make_dir(self._dir)
+        path, fd = self._at()
+        if fd is None:
+            make_dir(path)
+            return
+        try:
+            os.mkdir(path, dir_fd=fd)
+        except FileExistsError:
+            if not os.path.isdir(self._dir):
+                raise
+
+    def subdirs(self) -> int:
+        """How many cgroups this one has under it: a directory's link count is 2 plus its
+        subdirectories."""
+        path, fd = self._at()
+        return os.stat(path, dir_fd=fd).st_nlink - 2
 
     def write(self, name: str, value: object) -> None:
         text = str(value)
         self._written.pop(name, None)  # (unknown if the write fails)
-        write_file(os.path.join(self._dir, name), text, create=self._create_files)
+        path, fd = self._at(name)
+        write_file(path, text, create=self._create_files, dir_fd=fd)
         self._written[name] = text
 
     def set(self, name: str, value: object) -> None:
@@ -366,16 +417,18 @@ class _CgroupDir:
 
     def procs(self) -> list[int]:
         try:
-            return _parse_pids(read_file(self._procs))
+            return _parse_pids(read_file(*self._at("cgroup.procs")))
         except FileNotFoundError:
             return []
 
     def add(self, pid: int) -> None:
-        write_file(self._procs, pid, create=self._create_files)
+        path, fd = self._at("cgroup.procs")
+        write_file(path, pid, create=self._create_files, dir_fd=fd)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self._dir)
+            path, fd = self._at()
+            os.rmdir(path, dir_fd=fd)
 
 
 class V1Cgroup(_CgroupDir):
@@ -393,8 +446,8 @@ class V1Cgroup(_CgroupDir):
         "memory": "MemoryController",
     }
 
-    def __init__(self, subsystem: str, path: Path | str) -> None:
-        super().__init__(path)
+    def __init__(self, subsystem: str, path: Path | str, parent: Parent | None = None) -> None:
+        super().__init__(path, parent)
         self.subsystem = subsystem
         self._controller: Any = None
 
@@ -419,11 +472,11 @@ class V1Cgroup(_CgroupDir):
 
     def read(self, name: str) -> str:
         """A file's content, stripped (as cgroupspy's ``get_property`` returns it)."""
-        return read_file(os.path.join(self._dir, name)).strip()
+        return read_file(*self._at(name)).strip()
 
     def read_keyed(self, name: str) -> dict[str, int]:
         """A keyed file (``memory.oom_control``); ValueError when it is not one."""
-        return parse_keyed(read_file(os.path.join(self._dir, name)), strict=True)
+        return parse_keyed(read_file(*self._at(name)), strict=True)
 
     def sweep(self) -> int:
         """SIGKILL every process in the cgroup once; returns how many were signalled."""
@@ -455,7 +508,7 @@ class V2Cgroup(_CgroupDir):
         return f"V2Cgroup({self._dir})"
 
     def read(self, name: str) -> str:
-        return read_file(os.path.join(self._dir, name))
+        return read_file(*self._at(name))
 
     def read_int(self, name: str) -> int | None:
         """An integer file, with ``max`` as None."""

@@ -132,6 +132,8 @@ class CgroupsIsolator(Isolator):
         # cleanup: hooks run several times per container and would otherwise rebuild them.
         self._groups: dict[str, _Groups] = {}
         self._bases: dict[str, str] | None = None
+        # Each base held open (see cgroupfs.Parent), once it exists; closed at teardown.
+        self._parents: dict[str, cgroupfs.Parent] = {}
         # The kept cgroups (see "Spare cgroups" above): each one's name and its objects, which
         # follow it to the next container and remember the limits written there.
         self._spares: list[tuple[str, _Groups]] = []
@@ -223,14 +225,33 @@ class CgroupsIsolator(Isolator):
     def _build(self, container_id: str) -> _Groups:
         bases = self._base_paths()
         if self.version == 2:
-            cg = V2Cgroup(bases[""] + container_id)
+            base = bases[""]
+            cg = V2Cgroup(base + container_id, self._parent(base))
             return _Groups({}, [cg], cg)
         v1: dict[str, V1Cgroup] = {}
         distinct: dict[str, V1Cgroup] = {}  # by hierarchy: co-mounted subsystems share one
         for s, base in bases.items():
-            v1[s] = group = V1Cgroup(s, base + container_id)
+            v1[s] = group = V1Cgroup(s, base + container_id, self._parent(base))
             distinct.setdefault(base, group)
         return _Groups(v1, list(distinct.values()), None)
+
+    def _parent(self, base: str) -> cgroupfs.Parent | None:
+        """The base directory held open, once it exists (``recover`` makes it); before, None:
+        cgroups are then reached by their whole paths."""
+        parent = self._parents.get(base)
+        if parent is None:
+            try:
+                parent = self._parents[base] = cgroupfs.Parent(base)
+            except OSError:
+                return None
+        return parent
+
+    def _base_at(self, base: str) -> tuple[str, int | None]:
+        """``(prefix, dir_fd)`` to reach a cgroup under ``base`` by ``prefix + name``."""
+        parent = self._parent(base)
+        if parent is None or parent.fd is None:
+            return base, None
+        return "", parent.fd
 
     def _base_paths(self) -> dict[str, str]:
         if self._bases is None:
@@ -402,6 +423,9 @@ class CgroupsIsolator(Isolator):
         self._groups.clear()
         while self._spares:
             self._remove_spare(self._spares.pop()[0])
+        for parent in self._parents.values():
+            parent.close()
+        self._parents.clear()
         for mount, root in self._roots():
             cgroupfs.remove_tree_upwards(root, mount)
 
@@ -427,7 +451,7 @@ class CgroupsIsolator(Isolator):
             # every hierarchy: a member may have moved itself out of the one the containerizer
             # asked. (A cgroup directory's link count is 2 plus its subdirectories.)
             for cg in self._distinct(container_id):
-                if os.stat(cg.dir).st_nlink != 2 or cg.procs():
+                if cg.subdirs() or cg.procs():
                     return False
             if not self._reusable(container_id):
                 return False
@@ -445,17 +469,18 @@ class CgroupsIsolator(Isolator):
         objects with it; all or none (one that failed undoes the others, as far as the kernel
         lets it)."""
         bases = self._base_paths()
-        done: list[str] = []
+        done: list[tuple[str, int | None]] = []
         for base in dict.fromkeys(bases.values()):
+            prefix, fd = self._base_at(base)
             try:
-                os.rename(base + old, base + new)
+                os.rename(prefix + old, prefix + new, src_dir_fd=fd, dst_dir_fd=fd)
             except OSError as e:
                 self.log.warning("cgroup_rename_failed", path=base + old, to=new, error=repr(e))
-                for undo in reversed(done):
+                for undo, undo_fd in reversed(done):
                     with contextlib.suppress(OSError):
-                        os.rename(undo + new, undo + old)
+                        os.rename(undo + new, undo + old, src_dir_fd=undo_fd, dst_dir_fd=undo_fd)
                 return False
-            done.append(base)
+            done.append((prefix, fd))
         for subsystem, cg in groups.v1.items():
             cg.moved_to(bases[subsystem] + new)
         return True
@@ -464,8 +489,9 @@ class CgroupsIsolator(Isolator):
         """rmdir a spare in every hierarchy; whether none is left."""
         gone = True
         for base in dict.fromkeys(self._base_paths().values()):
+            prefix, fd = self._base_at(base)
             try:
-                os.rmdir(base + name)
+                os.rmdir(prefix + name, dir_fd=fd)
             except FileNotFoundError:
                 pass
             except OSError as e:
