@@ -817,6 +817,10 @@ class _Server:
         # to after starting a child inside a container's cgroups.
         self.homes = own_v1_cgroups()
         self._home_fds: dict[str, int] = {}
+        # The directories containers' cgroups are in (the agent's roots), held open: a
+        # ``tasks`` file is then two path steps from one, not seven from / (each dear on
+        # kernfs; see cgroupfs.Parent).
+        self._parent_fds: dict[str, int] = {}
         # What the zygote writes to a ``tasks`` file to move itself: "0", the writing thread,
         # not its pid. The kernel (6.0+) moves the calling thread without taking the global
         # lock that every fork and exit on the machine takes for reading; a pid, even its own,
@@ -998,7 +1002,7 @@ class _Server:
                 mount = self._mount_of(path)
                 # Plain syscalls: a text-mode open() per write was most of the zygote's cost
                 # under cgroups (each builds a TextIOWrapper and looks up its codec).
-                write_file(path + "/tasks", "0")
+                self._join(path)
                 joined.append(mount)
             yield
         finally:
@@ -1009,6 +1013,26 @@ class _Server:
                     sys.stderr.write(f"mesa.zygote: cannot leave a container's cgroup: {e!r}\n")
                     sys.stderr.flush()
                     os._exit(70)
+
+    def _join(self, path: str) -> None:
+        """Move this thread into the cgroup directory ``path``."""
+        parent, _, name = path.rpartition("/")
+        fd = self._parent_fds.get(parent)
+        if fd is None:
+            try:
+                fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                write_file(path + "/tasks", "0")  # (the error, if any, as the agent sees it)
+                return
+            self._parent_fds[parent] = fd
+        try:
+            write_file(name + "/tasks", "0", dir_fd=fd)
+        except FileNotFoundError:
+            # The directory held open may have been removed and made again (a new agent root
+            # under the same name): forget it and go by the path.
+            del self._parent_fds[parent]
+            os.close(fd)
+            write_file(path + "/tasks", "0")
 
     def _home_fd(self, mount: str) -> int:
         """The zygote's own ``tasks`` file under ``mount``, opened once: it goes home after
