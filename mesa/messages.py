@@ -165,12 +165,20 @@ class SuppressOffers:
 
 @message("StatusUpdate")
 class StatusUpdate:
-    """A task's new state. ``status.uuid`` set means the sender wants an acknowledgement."""
+    """A task's new state. ``status.uuid`` set means the sender wants an acknowledgement.
+
+    ``latest_state`` (agent → master, as Mesos's field of that name): the state of the last
+    update the agent holds for the task, when it is later than this one. An agent sends a
+    task's updates one at a time, each after the last is acknowledged, so a task that ended
+    while its ``TASK_RUNNING`` waited would hold its resources for another round trip; with a
+    terminal ``latest_state`` the master frees them as soon as it hears of it. The framework
+    still gets every update, in order."""
 
     NAME: ClassVar[str]
     framework_id: str
     status: TaskStatus
     executor_id: str | None = None
+    latest_state: str | None = None
 
 
 @message("StatusUpdateAcknowledgement")

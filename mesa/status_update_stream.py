@@ -4,7 +4,9 @@ A status update must reach the framework even if the master restarts or the netw
 messages, and a framework must never see a task go ``TASK_FINISHED`` and then ``TASK_RUNNING``.
 Mesos's answer, kept here, is one *stream* per task: the agent appends every update for the task,
 sends only the head, resends the head with exponential back-off until the master acknowledges its
-uuid, and only then sends the next. An update the executor sends twice (it retries too) is
+uuid, and only then sends the next. The head carries the state of the last update queued behind
+it (``latest_state``), so the master learns of a task's end a round trip early and frees its
+resources then. An update the executor sends twice (it retries too) is
 recognised by its uuid and not queued again; once a terminal update is in the stream nothing may
 follow it.
 
@@ -150,11 +152,16 @@ class StatusUpdateStream:
         if self.terminated or self._closed:
             return Accept.REJECTED
         self._seen.add(uuid)
-        self._pending.append(update)
+        pending = self._pending
+        pending.append(update)
         if is_terminal(update.status.state):
             self.terminated = True
-        if len(self._pending) == 1:
+        if len(pending) == 1:
             self._send_head()
+        else:
+            # The head may still be waiting to leave (the agent's outbox holds updates for the
+            # master's answer): it goes out knowing this, and so does every resend of it.
+            pending[0].latest_state = update.status.state
         return Accept.ACCEPTED
 
     def acknowledge(self, uuid: bytes) -> Ack:
@@ -195,7 +202,9 @@ class StatusUpdateStream:
         self._cancel_timer()
         if self._paused or self._closed or not self._pending:
             return
-        head = self._pending[0]
+        pending = self._pending
+        head = pending[0]
+        head.latest_state = pending[-1].status.state if len(pending) > 1 else None
         retry = self._head_sent
         self._head_sent = True
         if retry:

@@ -944,16 +944,18 @@ class Master(Process):
         self, framework: _Framework, agent_id: Any, task_id: Any, uuid: Any
     ) -> _Agent | None:
         """One acknowledgement: an ended task's last update is acknowledged, so the master
-        forgets the task. Returns the agent to pass the acknowledgement on to."""
+        forgets the task (not before: the framework is told each update, and the last may
+        still be on its way when ``latest_state`` ended the task). Returns the agent to pass
+        the acknowledgement on to."""
         agent = self.agents.get(agent_id)
         if agent is None:
             self.metrics.inc("master/acks_for_unknown_agent")
             return None
         self.metrics.inc("master/status_update_acks")
         task = framework.tasks.get(task_id)
-        if task is not None and is_terminal(task.state) and task.status is not None:
-            if task.status.uuid == uuid:
-                self._remove_task(task, framework)
+        status = task.status if task is not None else None
+        if status is not None and status.uuid == uuid and is_terminal(status.state):
+            self._remove_task(task, framework)  # type: ignore[arg-type]
         return agent
 
     @handler(FrameworkToExecutor.NAME)
@@ -1353,12 +1355,20 @@ class Master(Process):
         task = framework.tasks.get(status.task_id)
         if task is not None:
             was_terminal = is_terminal(task.state)
-            task.state = status.state
+            # The task's state is the latest the agent knows (Mesos's latest_state), which may
+            # be terminal while the update itself, what the framework is told, is not yet.
+            state = status.state
+            latest = body.latest_state
+            if type(latest) is str and latest != state and is_terminal(latest):
+                state = latest
+                if not was_terminal:
+                    self.metrics.inc("master/tasks_ended_by_latest_state")
+            task.state = state
             task.status = status
             task.unreachable = False
             task.statuses.append({"state": status.state, "timestamp": status.timestamp})
-            if is_terminal(status.state) and not was_terminal:
-                self.metrics.inc(f"master/tasks_{status.state.lower().removeprefix('task_')}")
+            if is_terminal(state) and not was_terminal:
+                self.metrics.inc(f"master/tasks_{state.lower().removeprefix('task_')}")
                 # The resources are free now; the task itself stays until acknowledged.
                 if freed is None:
                     self._recover(agent.id, framework.id, task.resources, role=task.role)
@@ -1369,7 +1379,7 @@ class Master(Process):
                         freed[key] = [task.resources]
                     else:
                         parts.append(task.resources)
-                if status.uuid is None:
+                if status.uuid is None and is_terminal(status.state):
                     self._remove_task(task, framework)
         self.metrics.inc("master/status_updates")
         if framework.pid is not None and framework.connected:
