@@ -527,6 +527,11 @@ async def _measure_true(
             "frames_received": per_task(master0, master1, "libproc/frames_received"),
             "allocation_cycles": per_task(master0, master1, "allocator/cycles"),
             "offers": per_task(master0, master1, "master/offers_sent"),
+            # Tasks whose end the master learnt from an earlier update's latest_state, and
+            # so freed a round trip before their terminal update came.
+            "ended_by_latest_state": per_task(
+                master0, master1, "master/tasks_ended_by_latest_state"
+            ),
         }
     return out
 
@@ -867,7 +872,9 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
                 f"mesa {r['isolation']} true: the master took {master['messages_received']:.2f}"
                 f" messages in {master['frames_received']:.2f} frames, "
                 f"{master['allocation_cycles']:.2f} allocation cycles and "
-                f"{master['offers']:.2f} offers per task"
+                f"{master['offers']:.2f} offers per task; "
+                f"{master.get('ended_by_latest_state', 0.0):.0%} of the tasks ended early by "
+                "latest_state"
             )
         if r["true"]["failed"]:
             lines.append(f"  failures: {r['true']['failures']}")

@@ -322,16 +322,22 @@ class BurstAgent(MiniAgent):
         self.acks: list[tuple[str, list[str]]] = []  # (message name, task ids)
         self.tasks: list[str] = []
         self.framework_id = ""
+        # What the RunTasks is answered with: a state, and the latest_state it may carry.
+        self.report_on_run: tuple[str, str | None] = (TaskState.TASK_RUNNING, None)
 
     @handler(RunTasks.NAME)
     def run(self, sender: libproc.UPID, msg: RunTasks) -> None:
         self.framework_id = msg.framework.id
         self.tasks = [t.task_id for t in msg.tasks]
-        self.report(TaskState.TASK_RUNNING)
+        self.report(*self.report_on_run)
 
-    def report(self, state: str) -> None:
+    def report(self, state: str, latest_state: str | None = None) -> None:
         updates = [
-            StatusUpdate(self.framework_id, TaskStatus(tid, state, uuid=f"{tid}/{state}".encode()))
+            StatusUpdate(
+                self.framework_id,
+                TaskStatus(tid, state, uuid=f"{tid}/{state}".encode()),
+                latest_state=latest_state,
+            )
             for tid in self.tasks
         ]
         self.send(self.master, StatusUpdates.NAME, StatusUpdates(updates))
@@ -383,6 +389,52 @@ async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path:
             framework = master.frameworks[fw.registered_ids[0]]
             assert not framework.tasks and len(framework.completed) == 3
             assert master_rt.metrics.get("master/status_update_acks") == 6
+        finally:
+            await driver.stop()
+
+
+async def test_a_terminal_latest_state_frees_the_resources_a_round_trip_early(
+    tmp_path: Path,
+) -> None:
+    """RUNNING arrives saying the task has since finished (the agent's stream held FINISHED
+    behind it): the master frees the resources then, tells the framework RUNNING, keeps the task
+    through RUNNING's acknowledgement, and forgets it only when FINISHED is acknowledged; the
+    resources are not freed twice."""
+    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
+        master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
+        master_rt.spawn(master)
+        agent = BurstAgent(master.pid)
+        agent_rt.spawn(agent)
+        fw = Recorder()
+        driver = SchedulerDriver(fw, FrameworkInfo(user="", name="early"), master_rt.address)
+        await driver.start()
+        try:
+            offer = await fw.offer()
+            # (The part of the offer the tasks leave is recovered at the accept: not this.)
+            recovered = libproc.expect_message(
+                name=AllocatorRecoverResources.NAME,
+                where=lambda m: m.sender == master.pid and str(m.body.resources).endswith(":128"),
+            )
+            agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
+            tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
+            driver.launch_tasks([offer.id], tasks)
+            freed = (await recovered).body
+            assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:2;mem:128")
+            framework = master.frameworks[fw.registered_ids[0]]
+            assert {t.state for t in framework.tasks.values()} == {TaskState.TASK_FINISHED}
+            assert master_rt.metrics.get("master/tasks_ended_by_latest_state") == 2
+            # The framework is told RUNNING, and its acknowledgement does not end the task.
+            for i in range(2):
+                await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+            await eventually(lambda: len(agent.acks) == 1)
+            assert len(framework.tasks) == 2 and not framework.completed
+            agent.report(TaskState.TASK_FINISHED)
+            for i in range(2):
+                await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            await eventually(lambda: len(agent.acks) == 2)
+            assert not framework.tasks and len(framework.completed) == 2
+            assert master_rt.metrics.get("master/tasks_finished") == 2
+            assert not master_rt.metrics.get("allocator/recovered_unknown")
         finally:
             await driver.stop()
 

@@ -73,6 +73,27 @@ async def test_only_the_head_is_in_flight_and_acks_release_the_next():
     assert (s.sent, s.retried, s.acked) == (3, 0, 3)
 
 
+async def test_the_head_carries_the_state_of_the_last_update_queued_behind_it():
+    """Mesos's latest_state: the master learns of a task's end while its RUNNING is still the
+    head, on the first send if RUNNING had not left yet, else on its resend."""
+    seen: list[tuple[str, str | None]] = []
+
+    def wire(u: StatusUpdate, retry: bool) -> None:
+        seen.append((str(u.status.state), u.latest_state))
+
+    s = StatusUpdateStream("fw", "t1", send=wire, schedule=Clock.schedule, backoff=1.0)
+    running, finished = update(TaskState.TASK_RUNNING), update(TaskState.TASK_FINISHED)
+    s.update(running)
+    assert seen == [("TASK_RUNNING", None)]
+    s.update(finished)
+    # Not sent again now, but the head (which may still wait in the agent's outbox) knows.
+    assert running.latest_state == TaskState.TASK_FINISHED
+    Clock.advance(1.0)
+    assert seen[-1] == ("TASK_RUNNING", "TASK_FINISHED")
+    assert s.acknowledge(running.status.uuid) is Ack.OK
+    assert seen[-1] == ("TASK_FINISHED", None)
+
+
 async def test_the_head_is_resent_with_doubling_backoff_up_to_the_cap():
     wire = Wire()
     s = stream(wire, backoff=1.0, backoff_max=4.0)
