@@ -358,11 +358,12 @@ class _CgroupDir:
             return (self._name + "/" + name if name else self._name), fd
         return (self._dir + "/" + name if name else self._dir), None
 
-    def moved_to(self, path: str) -> None:
-        """The directory was renamed to ``path`` (a spare cgroup changing hands): the object
-        follows it, and still knows what it wrote there."""
+    def moved_to(self, path: str, name: str | None = None) -> None:
+        """The directory was renamed to ``path`` (a spare cgroup changing hands; ``name``, its
+        last component, when the caller has it): the object follows it, and still knows what
+        it wrote there."""
         self._dir = path
-        self._name = os.path.basename(path)
+        self._name = name if name is not None else os.path.basename(path)
         self._path = None
 
     @property
@@ -454,8 +455,8 @@ class V1Cgroup(_CgroupDir):
     def __repr__(self) -> str:
         return f"V1Cgroup({self.subsystem}:{self._dir})"
 
-    def moved_to(self, path: str) -> None:
-        super().moved_to(path)
+    def moved_to(self, path: str, name: str | None = None) -> None:
+        super().moved_to(path, name)
         self._controller = None  # (cgroupspy's node holds the old path)
 
     @property

@@ -482,7 +482,7 @@ class CgroupsIsolator(Isolator):
                 return False
             done.append((prefix, fd))
         for subsystem, cg in groups.v1.items():
-            cg.moved_to(bases[subsystem] + new)
+            cg.moved_to(bases[subsystem] + new, new)
         return True
 
     def _remove_spare(self, name: str) -> bool:
