@@ -268,6 +268,9 @@ class _Framework:
     pid: str
     executors: dict[str, _Executor] = field(default_factory=dict)
     completed_executors: deque[_Executor] = field(default_factory=lambda: deque(maxlen=50))
+    # Each live task's executor, by task id: a launch (is the id taken?) and a kill find the
+    # task without a walk over every executor, of which direct tasks make one each.
+    live_tasks: dict[str, _Executor] = field(default_factory=dict)
     terminating: bool = False
     directory: str | None = None  # where its sandboxes go, once known
 
@@ -798,6 +801,7 @@ class Agent(Process):
             return
         self.metrics.inc("agent/tasks_launched")
         executor.tasks[task.task_id] = _Task(task, fid, executor.id)
+        framework.live_tasks[task.task_id] = executor
         if not direct:  # (a direct task's container was made for it, with its resources)
             self._update_container(executor)
         self.log.info(
@@ -1076,6 +1080,8 @@ class Agent(Process):
                 message,
                 source,
             )
+        for task_id in executor.tasks:
+            self._forget_task(executor, task_id)
         executor.tasks.clear()
         executor.queued.clear()
         # The master never heard of a direct task's executor: nothing to tell it.
@@ -1256,6 +1262,7 @@ class Agent(Process):
             task.status = status
             if is_terminal(status.state):
                 del executor.tasks[status.task_id]  # type: ignore[union-attr]
+                self._forget_task(executor, status.task_id)  # type: ignore[arg-type]
                 if status.task_id in executor.queued:  # type: ignore[union-attr]
                     executor.queued.remove(status.task_id)  # type: ignore[union-attr]
                 executor.completed_tasks.append(task)  # type: ignore[union-attr]
@@ -1483,11 +1490,15 @@ class Agent(Process):
     def _find_task(
         self, framework: _Framework, task_id: str
     ) -> tuple[_Executor | None, _Task | None]:
-        for executor in framework.executors.values():
-            task = executor.tasks.get(task_id)
-            if task is not None:
-                return executor, task
-        return None, None
+        executor = framework.live_tasks.get(task_id)
+        task = executor.tasks.get(task_id) if executor is not None else None
+        return (executor, task) if task is not None else (None, None)
+
+    def _forget_task(self, executor: _Executor, task_id: str) -> None:
+        """``task_id`` left ``executor`` (it ended, or the executor did)."""
+        framework = self._frameworks.get(executor.framework_id)
+        if framework is not None and framework.live_tasks.get(task_id) is executor:
+            del framework.live_tasks[task_id]
 
     def _is_completed(self, framework: _Framework, task_id: str) -> bool:
         executors = [*framework.executors.values(), *framework.completed_executors]

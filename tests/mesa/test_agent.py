@@ -579,6 +579,28 @@ def never_registers(tmp_path: Path, executor_id: str = "never") -> tuple[Executo
     return info, pidfile
 
 
+async def test_a_live_task_id_is_refused_whichever_executor_holds_it(
+    cluster: Cluster, tmp_path: Path
+):
+    # The agent finds a task by its id (a launch checks the id is free, a kill finds the task)
+    # through an index of live tasks, not a walk over executors: here the id is held by a
+    # custom executor, and the second launch is a direct task, an executor of its own.
+    master = await cluster.registered()
+    metrics = cluster.agent_rt.metrics
+    info, pidfile = never_registers(tmp_path)
+    tid = new_task_id()
+    master.run_task(framework(), executor_task(tid, info))
+    await read_pid(pidfile)
+    refused = metrics.get("agent/invalid_messages")
+    master.run_task(framework(), command_task(tid, "true"))
+    await wait_until(lambda: metrics.get("agent/invalid_messages") > refused)
+    master.kill("fw-1", tid)
+    await master.wait_state(tid, TaskState.TASK_KILLED)
+    # Ended, its id is free again.
+    master.run_task(framework(), command_task(tid, "true"))
+    await master.wait_state(tid, TaskState.TASK_FINISHED)
+
+
 async def test_kill_before_the_executor_registers(cluster: Cluster, tmp_path: Path):
     master = await cluster.registered()
     info, pidfile = never_registers(tmp_path)
