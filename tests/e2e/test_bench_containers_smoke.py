@@ -4,41 +4,25 @@ cgroup or sandbox behind. Nothing here asserts on speed: the figures only have t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mesa.isolators import cgroupfs
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.bench_support import run_suite
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_containers_bench_tiny_configuration(tmp_path: Path) -> None:
     out = tmp_path / "containers.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.containers",
-            "--containers=6",
-            "--in-flight=3",
-            "--rounds=2",
-            f"--work-dir={tmp_path}",
-            f"--json={out}",
-        ],
-        cwd=str(ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
+    proc = run_suite(
+        "bench.containers",
+        "--containers=6",
+        "--in-flight=3",
+        "--rounds=2",
+        f"--work-dir={tmp_path}",
+        f"--json={out}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.bench_support import ROOT, run_suite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,29 +21,19 @@ pytestmark = pytest.mark.timeout(60)
 def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     out = tmp_path / "tasks.json"
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # Every process the bench starts inherits this: the mark to find leftovers by.
     env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.tasks",
-            "--tasks=12",
-            "--runs=3",
-            "--sleep-tasks=4",
-            "--sleep=0.1",
-            "--latency-runs=2",
-            "--baselines=xargs",
-            "--isolation=posix",
-            f"--json={out}",
-        ],
-        cwd=str(ROOT),
+    proc = run_suite(
+        "bench.tasks",
+        "--tasks=12",
+        "--runs=3",
+        "--sleep-tasks=4",
+        "--sleep=0.1",
+        "--latency-runs=2",
+        "--baselines=xargs",
+        "--isolation=posix",
+        f"--json={out}",
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -353,44 +353,53 @@ class BurstAgent(MiniAgent):
         self.acks.append((StatusUpdateAcknowledgement.NAME, [msg.task_id]))
 
 
-async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def burst_cluster(
+    name: str,
+) -> AsyncIterator[tuple[Runtime, Master, BurstAgent, Recorder, SchedulerDriver]]:
+    """A master, a :class:`BurstAgent` in a runtime of its own, and a started framework."""
     async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
         master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
         master_rt.spawn(master)
         agent = BurstAgent(master.pid)
         agent_rt.spawn(agent)
         fw = Recorder()
-        driver = SchedulerDriver(fw, FrameworkInfo(user="", name="burst"), master_rt.address)
+        driver = SchedulerDriver(fw, FrameworkInfo(user="", name=name), master_rt.address)
         await driver.start()
         try:
-            offer = await fw.offer()
-            assert offer.agent_id == agent.agent_id
-            to_framework = libproc.expect_message(name=StatusUpdates.NAME, to=driver.pid)
-            tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(3)]
-            driver.launch_tasks([offer.id], tasks)
-            # The framework gets the three RUNNINGs in one message, and acknowledges them in one.
-            batch = (await to_framework).body
-            assert [u.status.task_id for u in batch.updates] == ["t0", "t1", "t2"]
-            await eventually(lambda: len(agent.acks) == 1)
-            assert agent.acks == [(StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])]
-            assert len(master.frameworks[fw.registered_ids[0]].tasks) == 3
-            # They end together: what they held goes back to the allocator in one recovery.
-            recovered = libproc.expect_message(
-                name=AllocatorRecoverResources.NAME, where=lambda m: m.sender == master.pid
-            )
-            agent.report(TaskState.TASK_FINISHED)
-            freed = (await recovered).body
-            assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:3;mem:192")
-            for i in range(3):
-                await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
-            await eventually(lambda: len(agent.acks) == 2)
-            assert agent.acks[1] == (StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])
-            # Acknowledged terminal updates: the master has forgotten the tasks.
-            framework = master.frameworks[fw.registered_ids[0]]
-            assert not framework.tasks and len(framework.completed) == 3
-            assert master_rt.metrics.get("master/status_update_acks") == 6
+            yield master_rt, master, agent, fw, driver
         finally:
             await driver.stop()
+
+
+async def test_a_burst_of_updates_is_passed_on_and_acknowledged_as_one(tmp_path: Path) -> None:
+    async with burst_cluster("burst") as (master_rt, master, agent, fw, driver):
+        offer = await fw.offer()
+        assert offer.agent_id == agent.agent_id
+        to_framework = libproc.expect_message(name=StatusUpdates.NAME, to=driver.pid)
+        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(3)]
+        driver.launch_tasks([offer.id], tasks)
+        # The framework gets the three RUNNINGs in one message, and acknowledges them in one.
+        batch = (await to_framework).body
+        assert [u.status.task_id for u in batch.updates] == ["t0", "t1", "t2"]
+        await eventually(lambda: len(agent.acks) == 1)
+        assert agent.acks == [(StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])]
+        assert len(master.frameworks[fw.registered_ids[0]].tasks) == 3
+        # They end together: what they held goes back to the allocator in one recovery.
+        recovered = libproc.expect_message(
+            name=AllocatorRecoverResources.NAME, where=lambda m: m.sender == master.pid
+        )
+        agent.report(TaskState.TASK_FINISHED)
+        freed = (await recovered).body
+        assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:3;mem:192")
+        for i in range(3):
+            await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+        await eventually(lambda: len(agent.acks) == 2)
+        assert agent.acks[1] == (StatusUpdateAcknowledgements.NAME, ["t0", "t1", "t2"])
+        # Acknowledged terminal updates: the master has forgotten the tasks.
+        framework = master.frameworks[fw.registered_ids[0]]
+        assert not framework.tasks and len(framework.completed) == 3
+        assert master_rt.metrics.get("master/status_update_acks") == 6
 
 
 async def test_a_terminal_latest_state_frees_the_resources_a_round_trip_early(
@@ -400,43 +409,33 @@ async def test_a_terminal_latest_state_frees_the_resources_a_round_trip_early(
     behind it): the master frees the resources then, tells the framework RUNNING, keeps the task
     through RUNNING's acknowledgement, and forgets it only when FINISHED is acknowledged; the
     resources are not freed twice."""
-    async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
-        master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
-        master_rt.spawn(master)
-        agent = BurstAgent(master.pid)
-        agent_rt.spawn(agent)
-        fw = Recorder()
-        driver = SchedulerDriver(fw, FrameworkInfo(user="", name="early"), master_rt.address)
-        await driver.start()
-        try:
-            offer = await fw.offer()
-            # (The part of the offer the tasks leave is recovered at the accept: not this.)
-            recovered = libproc.expect_message(
-                name=AllocatorRecoverResources.NAME,
-                where=lambda m: m.sender == master.pid and str(m.body.resources).endswith(":128"),
-            )
-            agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
-            tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
-            driver.launch_tasks([offer.id], tasks)
-            freed = (await recovered).body
-            assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:2;mem:128")
-            framework = master.frameworks[fw.registered_ids[0]]
-            assert {t.state for t in framework.tasks.values()} == {TaskState.TASK_FINISHED}
-            assert master_rt.metrics.get("master/tasks_ended_by_latest_state") == 2
-            # The framework is told RUNNING, and its acknowledgement does not end the task.
-            for i in range(2):
-                await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
-            await eventually(lambda: len(agent.acks) == 1)
-            assert len(framework.tasks) == 2 and not framework.completed
-            agent.report(TaskState.TASK_FINISHED)
-            for i in range(2):
-                await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
-            await eventually(lambda: len(agent.acks) == 2)
-            assert not framework.tasks and len(framework.completed) == 2
-            assert master_rt.metrics.get("master/tasks_finished") == 2
-            assert not master_rt.metrics.get("allocator/recovered_unknown")
-        finally:
-            await driver.stop()
+    async with burst_cluster("early") as (master_rt, master, agent, fw, driver):
+        offer = await fw.offer()
+        # (The part of the offer the tasks leave is recovered at the accept: not this.)
+        recovered = libproc.expect_message(
+            name=AllocatorRecoverResources.NAME,
+            where=lambda m: m.sender == master.pid and str(m.body.resources).endswith(":128"),
+        )
+        agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
+        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
+        driver.launch_tasks([offer.id], tasks)
+        freed = (await recovered).body
+        assert (freed.agent_id, str(freed.resources)) == (agent.agent_id, "cpus:2;mem:128")
+        framework = master.frameworks[fw.registered_ids[0]]
+        assert {t.state for t in framework.tasks.values()} == {TaskState.TASK_FINISHED}
+        assert master_rt.metrics.get("master/tasks_ended_by_latest_state") == 2
+        # The framework is told RUNNING, and its acknowledgement does not end the task.
+        for i in range(2):
+            await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+        await eventually(lambda: len(agent.acks) == 1)
+        assert len(framework.tasks) == 2 and not framework.completed
+        agent.report(TaskState.TASK_FINISHED)
+        for i in range(2):
+            await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+        await eventually(lambda: len(agent.acks) == 2)
+        assert not framework.tasks and len(framework.completed) == 2
+        assert master_rt.metrics.get("master/tasks_finished") == 2
+        assert not master_rt.metrics.get("allocator/recovered_unknown")
 
 
 def test_a_ping_round_is_cut_in_slices_spread_over_the_interval() -> None:
