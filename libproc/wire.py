@@ -65,11 +65,12 @@ class DecodeError(ValueError):
 class _Tag:
     """What a record's ext value decodes to: the class to build from the rest of its array."""
 
-    __slots__ = ("cls", "name")
+    __slots__ = ("arity", "cls", "name")
 
-    def __init__(self, name: str, cls: type) -> None:
+    def __init__(self, name: str, cls: type, arity: int) -> None:
         self.name = name
         self.cls = cls
+        self.arity = arity  # how many fields this code's class has
 
 
 # The ext payload (the record's name, UTF-8) -> its tag.
@@ -80,7 +81,10 @@ def record(name: str) -> Callable[[type[T]], type[T]]:
     """Declare a dataclass as a message record that can travel as a body.
 
     ``name`` is its wire name, stable across versions of the code (e.g. ``"mesa.TaskStatus"``).
-    Fields are sent positionally, so add new fields at the end with defaults.
+    Fields are sent positionally, so add new fields at the end with defaults: a peer whose
+    code predates them ignores them (a record with more fields than its class knows keeps the
+    ones it knows, as protobuf skips unknown fields), and one that expects them gets their
+    defaults from an older peer. So either side of a connection can be upgraded first.
     """
 
     def register(cls: type[T]) -> type[T]:
@@ -97,7 +101,7 @@ def record(name: str) -> Callable[[type[T]], type[T]]:
         # fields. The tag never changes, so it is made once here and packed natively.
         raw = name.encode()
         tag = msgpack.ExtType(_RECORD_TAG, raw)
-        _tags[raw] = _Tag(name, cls)
+        _tags[raw] = _Tag(name, cls, len(fields))
         if len(fields) == 1:
             one = operator.attrgetter(fields[0])
             getter: Callable[[Any], tuple[Any, ...]] = lambda obj: (one(obj),)  # noqa: E731
@@ -164,6 +168,8 @@ class _Hooks:
         self.open -= 1
         tag: _Tag = items[0]
         try:
+            if len(items) > tag.arity + 1:  # a newer peer's: fields this code does not know
+                return tag.cls(*items[1 : tag.arity + 1])
             return tag.cls(*items[1:])
         except Exception as e:  # wrong arity, or the class's own __post_init__ checks
             raise DecodeError(
