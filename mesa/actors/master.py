@@ -137,6 +137,15 @@ class _Task:
     status: TaskStatus | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
     unreachable: bool = False
+    # The state of the last update the framework was sent (Mesos's status_update_state).
+    # ``state`` is the latest the master knows, which a terminal latest_state puts ahead: a task
+    # can be over while its framework has been told only TASK_RUNNING.
+    told: str | None = None
+
+    @property
+    def told_ended(self) -> bool:
+        """Its framework has been sent a terminal update for it."""
+        return self.told is not None and is_terminal(self.told)
 
 
 @dataclass
@@ -851,7 +860,9 @@ class Master(Process):
         if not wanted:
             # Implicit: the latest state of every task the master knows for the framework.
             for task in list(framework.tasks.values()):
-                self._send_reconciled(framework, task.info.task_id, task.agent_id, task.state)
+                self._send_reconciled(
+                    framework, task.info.task_id, task.agent_id, task.told or task.state
+                )
             return
         for entry in wanted:
             if isinstance(entry, list | tuple) and entry:
@@ -867,7 +878,12 @@ class Master(Process):
     def _reconcile_one(self, framework: _Framework, task_id: Any, agent_id: Any) -> None:
         task = framework.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is not None:
-            self._send_reconciled(framework, task.info.task_id, task.agent_id, task.state)
+            # What the framework was last sent, as Mesos answers (its next update is on its
+            # way): not a terminal latest_state the framework would take for the task's end
+            # before the end's own update, with its reason and message, arrives.
+            self._send_reconciled(
+                framework, task.info.task_id, task.agent_id, task.told or task.state
+            )
             return
         pa = framework.info.partition_aware
         if isinstance(agent_id, str) and agent_id in self.unreachable:
@@ -1086,6 +1102,7 @@ class Master(Process):
                 executor_id=task.executor.executor_id if task.executor is not None else None,
                 state=state,
                 status=status,
+                told=state if status is not None else None,
             )
             reported[(fid, task.task_id)] = status
             tasks.append(record)
@@ -1102,14 +1119,15 @@ class Master(Process):
         self._add_agent_to_allocator(agent)
         # Tasks we believed ran there but the agent did not report are gone.
         for key, task in previous_tasks.items():
-            if key in reported or is_terminal(task.state):
+            if key in reported or task.told_ended:
                 continue
             framework = self.frameworks.get(task.framework_id)
             if framework is None:
                 continue
             framework.tasks.pop(task.info.task_id, None)
             pa = framework.info.partition_aware
-            task.state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
+            if not is_terminal(task.state):  # (else its end, known by latest_state, is told)
+                task.state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
             self._send_master_update(
                 framework,
                 task,
@@ -1153,6 +1171,7 @@ class Master(Process):
             timestamp=time.time(),
         )
         task.statuses.append({"state": state, "timestamp": status.timestamp})
+        task.told = state
         if framework.pid is not None and framework.connected:
             self.send(framework.pid, StatusUpdate.NAME, StatusUpdate(framework.id, status))
 
@@ -1167,11 +1186,12 @@ class Master(Process):
         self._drop_agent(agent, remove_from_allocator=True)
         for task in list(agent.tasks.values()):
             framework = self.frameworks.get(task.framework_id)
-            if framework is None or is_terminal(task.state):
+            if framework is None or task.told_ended:
                 continue
-            task.state = (
-                TaskState.TASK_GONE if framework.info.partition_aware else TaskState.TASK_LOST
-            )
+            if not is_terminal(task.state):  # (else its end, known by latest_state, is told)
+                task.state = (
+                    TaskState.TASK_GONE if framework.info.partition_aware else TaskState.TASK_LOST
+                )
             self._send_master_update(
                 framework, task, task.state, Reason.REASON_AGENT_REMOVED, "Agent was removed"
             )
@@ -1248,7 +1268,19 @@ class Master(Process):
         self.unreachable[agent.id] = (agent, time.time())
         for task in list(agent.tasks.values()):
             framework = self.frameworks.get(task.framework_id)
-            if framework is None or is_terminal(task.state):
+            if framework is None or task.told_ended:
+                continue
+            if is_terminal(task.state):
+                # It ended (latest_state said so) and its end's update is stuck behind the
+                # partition: the framework is told that end now, not that the task is lost.
+                self._send_master_update(
+                    framework,
+                    task,
+                    task.state,
+                    Reason.REASON_AGENT_REMOVED,
+                    f"Agent {agent.id} is unreachable; the task had ended",
+                )
+                self._remove_task(task, framework)
                 continue
             if framework.info.partition_aware:
                 task.unreachable = True
@@ -1365,6 +1397,7 @@ class Master(Process):
                     self.metrics.inc("master/tasks_ended_by_latest_state")
             task.state = state
             task.status = status
+            task.told = status.state
             task.unreachable = False
             task.statuses.append({"state": status.state, "timestamp": status.timestamp})
             if is_terminal(state) and not was_terminal:

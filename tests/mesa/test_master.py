@@ -36,6 +36,7 @@ from mesa.messages import (
     StatusUpdateAcknowledgement,
     StatusUpdateAcknowledgements,
     StatusUpdates,
+    UnregisterAgent,
 )
 from mesa.scheduler import SchedulerDriver
 from mesa.task_state import TaskState
@@ -436,6 +437,35 @@ async def test_a_terminal_latest_state_frees_the_resources_a_round_trip_early(
         assert not framework.tasks and len(framework.completed) == 2
         assert master_rt.metrics.get("master/tasks_finished") == 2
         assert not master_rt.metrics.get("allocator/recovered_unknown")
+
+
+async def test_an_end_known_by_latest_state_is_reconciled_and_told_as_the_framework_knows_it(
+    tmp_path: Path,
+) -> None:
+    """Between RUNNING (with a terminal latest_state) and FINISHED, the framework has been told
+    RUNNING: reconciliation answers RUNNING (as Mesos answers with the last state it sent), and
+    when the agent goes away before FINISHED comes, the framework is told that end, by the
+    master, and the master forgets the tasks."""
+    async with burst_cluster("ended") as (_master_rt, master, agent, fw, driver):
+        offer = await fw.offer()
+        agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
+        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
+        driver.launch_tasks([offer.id], tasks)
+        for i in range(2):
+            await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+        framework = master.frameworks[fw.registered_ids[0]]
+        assert {t.state for t in framework.tasks.values()} == {TaskState.TASK_FINISHED}
+        driver.reconcile_tasks([TaskStatus("t0", TaskState.TASK_RUNNING, agent_id=agent.agent_id)])
+        driver.reconcile_tasks()
+        await fw.until(lambda: len(fw.updates) == 5, "three reconciliation answers")
+        assert [u.state for u in fw.updates[2:]] == [TaskState.TASK_RUNNING] * 3
+        # The agent leaves before it could send FINISHED: the framework still hears the end.
+        assert agent.agent_id is not None
+        agent.send(master.pid, UnregisterAgent.NAME, UnregisterAgent(agent.agent_id))
+        for i in range(2):
+            ended = await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            assert ended.source == "SOURCE_MASTER"
+        assert not framework.tasks and len(framework.completed) == 2
 
 
 def test_a_ping_round_is_cut_in_slices_spread_over_the_interval() -> None:
