@@ -323,7 +323,9 @@ class Parent:
     descriptor of the root, a container's file is two steps away and the container itself one
     (for ``rename``, ``stat``, ``mkdir`` and ``rmdir``). The descriptor names the directory
     itself, not its path, so it is opened after the root is made and closed before it is
-    removed (:meth:`close`); from then on its cgroup objects go by their whole paths.
+    removed (:meth:`close`); from then on its cgroup objects go by their whole paths. A root
+    removed behind the agent's back is found out when a cgroup cannot be made in it: the
+    descriptor is closed then, and the owner opens the root anew once it is made again.
     """
 
     def __init__(self, path: str) -> None:
@@ -387,14 +389,20 @@ class _CgroupDir:
 
     def create(self) -> None:
         path, fd = self._at()
-        if fd is None:
-            make_dir(path)
-            return
-        try:
-            os.mkdir(path, dir_fd=fd)
-        except FileExistsError:
-            if not os.path.isdir(self._dir):
-                raise
+        if fd is not None:
+            try:
+                os.mkdir(path, dir_fd=fd)
+                return
+            except FileExistsError:
+                if not os.path.isdir(self._dir):
+                    raise
+                return
+            except FileNotFoundError:
+                # The root held open was removed since (by an operator, a purge): stop going
+                # through it (its owner opens the root anew), and make the path again.
+                assert self._parent is not None
+                self._parent.close()
+        make_dir(self._dir)
 
     def subdirs(self) -> int:
         """How many cgroups this one has under it: a directory's link count is 2 plus its

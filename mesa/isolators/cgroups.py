@@ -239,7 +239,7 @@ class CgroupsIsolator(Isolator):
         """The base directory held open, once it exists (``recover`` makes it); before, None:
         cgroups are then reached by their whole paths."""
         parent = self._parents.get(base)
-        if parent is None:
+        if parent is None or parent.fd is None:  # (closed: its root went away; see Parent)
             try:
                 parent = self._parents[base] = cgroupfs.Parent(base)
             except OSError:

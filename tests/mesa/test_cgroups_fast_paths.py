@@ -10,6 +10,7 @@ busy cgroup is still emptied before it is removed, and orphans are still swept b
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -140,6 +141,28 @@ async def test_objects_are_cached_from_prepare_to_cleanup(bed: Bed, tmp_path: Pa
     assert pids._spares == []  # (v2 renames no cgroup: none is kept)
     assert await bed.call(pids, "pids", "c1") == set()
     assert pids._groups == {}
+
+
+@pytest.mark.parametrize("made_again", [False, True])
+async def test_a_root_removed_behind_the_agents_back_is_made_again(
+    bed: Bed, tmp_path: Path, made_again: bool
+):
+    # The isolator reaches containers from its root held open (cgroupfs.Parent). Removed (an
+    # operator, a purge), and perhaps made again by someone else, the next container still
+    # gets its cgroup, and the ones after it go through the new root.
+    mounts = fake_v2(tmp_path)
+    options = IsolationOptions(cgroups_root="mesa/agent")
+    pids = bed.add(CgroupsPidsIsolator(options, mounts=mounts))
+    await bed.call(pids, "recover", set())
+    await bed.call(pids, "_run_prepare", "c1", config(tmp_path, "c1", "pids:10"))
+    root = mounts.v2 / "mesa" / "agent"  # type: ignore[operator]
+    shutil.rmtree(root)
+    if made_again:
+        root.mkdir()
+    for cid in ("c2", "c3"):
+        await bed.call(pids, "_run_prepare", cid, config(tmp_path, cid, "pids:10"))
+        assert (root / cid / "pids.max").read_text() == "10"
+    assert pids._parents[str(root) + "/"].fd is not None  # held open again
 
 
 def test_co_mounted_v1_controllers_share_one_directory(tmp_path: Path):
