@@ -44,7 +44,7 @@ from libproc import log as libproc_log
 from mesa.actors.containerizer import Containerizer
 from mesa.info import CommandInfo, ExecutorInfo
 from mesa.isolators import IsolationOptions, cgroupfs, resolve_isolation
-from mesa.messages import ContainerTerminated, LaunchContainer
+from mesa.messages import ContainerLaunched, ContainerTerminated, LaunchContainer
 
 __all__ = ["Config", "main", "measure"]
 
@@ -57,6 +57,7 @@ class Config:
     rounds: int = 3  # timed, after one warm-up round
     resources: str = "cpus:0.1;mem:32"
     work_dir: str = ""
+    round_timeout: float = 120.0
 
 
 class Owner(Process):
@@ -82,11 +83,17 @@ class Owner(Process):
         self.send(self.containerizer, LaunchContainer.NAME, msg)
 
     def unhandled(self, sender: UPID, name: str, body: Any) -> None:
-        if not isinstance(body, ContainerTerminated):
-            return  # (ContainerLaunched: nothing to do until its end)
+        if isinstance(body, ContainerLaunched):
+            if body.error is None:
+                return  # (started: its end comes as ContainerTerminated)
+            # A launch that failed ends there: no ContainerTerminated follows.
+            self.failed.append(f"{body.container_id}: launch failed: {body.error}")
+        elif isinstance(body, ContainerTerminated):
+            if body.status != 0 or body.reason is not None:
+                self.failed.append(f"{body.container_id}: status {body.status} {body.reason}")
+        else:
+            return
         self.ended += 1
-        if body.status != 0 or body.reason is not None:
-            self.failed.append(f"{body.container_id}: status {body.status} {body.reason}")
         if self.ended >= self.count:
             self.done.set()
         elif self.started < self.count:
@@ -110,8 +117,9 @@ async def measure(cfg: Config, mode: str) -> dict[str, Any]:
     options = IsolationOptions(cgroups_root=root)
     isolation = resolve_isolation(mode, options)
     tmp = tempfile.mkdtemp(prefix="mesa-bench-containers-", dir=cfg.work_dir or None)
-    rt = await Runtime("127.0.0.1", 0).start()
+    rt: Runtime | None = None
     try:
+        rt = await Runtime("127.0.0.1", 0).start()
         containerizer = Containerizer(isolation.isolators)
         cpid = rt.spawn(containerizer)
         rounds: list[dict[str, float]] = []
@@ -122,7 +130,14 @@ async def measure(cfg: Config, mode: str) -> dict[str, Any]:
             zygotes = [z.pid for z in containerizer.zygotes if z.pid is not None]
             cpu0, zyg0, wall0 = time.process_time(), _cpu(zygotes), time.perf_counter()
             owner.go()
-            await owner.done.wait()
+            try:
+                # (A whole round takes seconds; a stuck one is a bug to report, not to wait on.)
+                await asyncio.wait_for(owner.done.wait(), cfg.round_timeout)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"{mode}: {owner.ended} of {cfg.containers} containers ended within "
+                    f"{cfg.round_timeout:.0f}s"
+                ) from None
             wall = time.perf_counter() - wall0
             cpu, zyg = time.process_time() - cpu0, _cpu(zygotes) - zyg0
             failed.extend(owner.failed)
@@ -146,7 +161,8 @@ async def measure(cfg: Config, mode: str) -> dict[str, Any]:
             "failures": failed[:5],
         }
     finally:
-        await rt.stop()
+        if rt is not None:
+            await rt.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         cgroupfs.purge(root)
 
