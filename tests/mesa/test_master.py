@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,6 +296,7 @@ class MiniAgent(Process):
         self.hostname = hostname
         self.resources = resources
         self.agent_id: str | None = None
+        self.pongs = True  # False: the agent is cut off from the master (pings go unanswered)
 
     def initialize(self) -> None:
         info = AgentInfo(hostname=self.hostname, resources=self.resources, port=self.pid.port)
@@ -307,7 +309,8 @@ class MiniAgent(Process):
     @handler(PingAgent.NAME)
     def ping(self, sender: libproc.UPID, msg: PingAgent) -> None:
         self.pinged()
-        self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
+        if self.pongs:
+            self.send(sender, PongAgent.NAME, PongAgent(self.agent_id))
 
     def pinged(self) -> None:
         """A ping came (before the pong goes)."""
@@ -356,11 +359,13 @@ class BurstAgent(MiniAgent):
 
 @contextlib.asynccontextmanager
 async def burst_cluster(
-    name: str,
+    name: str, **flags: Any
 ) -> AsyncIterator[tuple[Runtime, Master, BurstAgent, Recorder, SchedulerDriver]]:
-    """A master, a :class:`BurstAgent` in a runtime of its own, and a started framework."""
+    """A master (``flags`` over the defaults here), a :class:`BurstAgent` in a runtime of its
+    own, and a started framework."""
     async with Runtime("127.0.0.1", 0) as master_rt, Runtime("127.0.0.1", 0) as agent_rt:
-        master = Master(MasterFlags(allocation_interval=0.05, offer_timeout=None))
+        flags = {"allocation_interval": 0.05, "offer_timeout": None, **flags}
+        master = Master(MasterFlags(**flags))
         master_rt.spawn(master)
         agent = BurstAgent(master.pid)
         agent_rt.spawn(agent)
@@ -466,6 +471,27 @@ async def test_an_end_known_by_latest_state_is_reconciled_and_told_as_the_framew
             ended = await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
             assert ended.source == "SOURCE_MASTER"
         assert not framework.tasks and len(framework.completed) == 2
+
+
+async def test_an_unreachable_agents_task_ended_by_latest_state_is_told_its_end() -> None:
+    """The agent is cut off after its RUNNING (with a terminal latest_state) arrived: FINISHED
+    cannot follow until the partition heals, so the framework is told the end by the master,
+    not that the task is lost."""
+    flags = {"agent_ping_interval": 0.05, "max_agent_ping_timeouts": 2}
+    async with burst_cluster("cut-off", **flags) as (_rt, master, agent, fw, driver):
+        offer = await fw.offer()
+        agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
+        # (Two tasks: a BurstAgent answers RunTasks, the message of an accept of several.)
+        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
+        driver.launch_tasks([offer.id], tasks)
+        for i in range(2):
+            await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+        agent.pongs = False
+        for i in range(2):
+            ended = await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            assert ended.source == "SOURCE_MASTER" and "unreachable" in (ended.message or "")
+        assert not any(u.state == TaskState.TASK_LOST for u in fw.updates)
+        assert not master.frameworks[fw.registered_ids[0]].tasks
 
 
 def test_a_ping_round_is_cut_in_slices_spread_over_the_interval() -> None:
