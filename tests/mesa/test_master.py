@@ -444,6 +444,20 @@ async def test_a_terminal_latest_state_frees_the_resources_a_round_trip_early(
         assert not master_rt.metrics.get("allocator/recovered_unknown")
 
 
+async def run_two_ended_behind_running(
+    agent: BurstAgent, fw: Recorder, driver: SchedulerDriver
+) -> None:
+    """Launch t0 and t1, which the agent reports RUNNING with a terminal latest_state (their
+    FINISHED held behind, as a real agent's stream holds it), and wait until the framework has
+    seen them RUNNING. (Two: a BurstAgent answers RunTasks, an accept of several tasks.)"""
+    offer = await fw.offer()
+    agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
+    tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
+    driver.launch_tasks([offer.id], tasks)
+    for i in range(2):
+        await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+
+
 async def test_an_end_known_by_latest_state_is_reconciled_and_told_as_the_framework_knows_it(
     tmp_path: Path,
 ) -> None:
@@ -452,12 +466,7 @@ async def test_an_end_known_by_latest_state_is_reconciled_and_told_as_the_framew
     when the agent goes away before FINISHED comes, the framework is told that end, by the
     master, and the master forgets the tasks."""
     async with burst_cluster("ended") as (_master_rt, master, agent, fw, driver):
-        offer = await fw.offer()
-        agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
-        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
-        driver.launch_tasks([offer.id], tasks)
-        for i in range(2):
-            await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+        await run_two_ended_behind_running(agent, fw, driver)
         framework = master.frameworks[fw.registered_ids[0]]
         assert {t.state for t in framework.tasks.values()} == {TaskState.TASK_FINISHED}
         driver.reconcile_tasks([TaskStatus("t0", TaskState.TASK_RUNNING, agent_id=agent.agent_id)])
@@ -479,13 +488,7 @@ async def test_an_unreachable_agents_task_ended_by_latest_state_is_told_its_end(
     not that the task is lost."""
     flags = {"agent_ping_interval": 0.05, "max_agent_ping_timeouts": 2}
     async with burst_cluster("cut-off", **flags) as (_rt, master, agent, fw, driver):
-        offer = await fw.offer()
-        agent.report_on_run = (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
-        # (Two tasks: a BurstAgent answers RunTasks, the message of an accept of several.)
-        tasks = [command_task(offer, f"t{i}", "true", "cpus:1;mem:64") for i in range(2)]
-        driver.launch_tasks([offer.id], tasks)
-        for i in range(2):
-            await fw.state_of(f"t{i}", TaskState.TASK_RUNNING)
+        await run_two_ended_behind_running(agent, fw, driver)
         agent.pongs = False
         for i in range(2):
             ended = await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
