@@ -343,6 +343,7 @@ class Batch(Scheduler):
         self.held: list[Offer] = []
         self.offer_arrived = asyncio.Event()
         self.launched_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}  # id -> when TASK_RUNNING was first seen
         self.ended: dict[str, tuple[str, float, str]] = {}  # id -> (state, when, message)
         self.first_launch: float | None = None
         self.expected = 0
@@ -392,6 +393,8 @@ class Batch(Scheduler):
             driver.launch_tasks([offer.id], tasks, refuse_seconds=0.0)
 
     def status_update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
+        if status.state == TaskState.TASK_RUNNING:
+            self.running_at.setdefault(status.task_id, time.perf_counter())
         if not is_terminal(status.state) or status.task_id in self.ended:
             return
         self.ended[status.task_id] = (str(status.state), time.perf_counter(), status.message or "")
@@ -404,6 +407,7 @@ class Batch(Scheduler):
 
     def reset(self) -> None:
         self.launched_at.clear()
+        self.running_at.clear()
         self.ended.clear()
         self.first_launch = None
         self.expected = 0
@@ -433,12 +437,21 @@ async def _run_batch(
     assert fw.first_launch is not None
     seconds = last - fw.first_launch
     failed = {k: v for k, v in fw.ended.items() if v[0] != TaskState.TASK_FINISHED}
+    # Where a task's time went, under this batch's load (medians, ms): from the accept to
+    # TASK_RUNNING seen here, from there to its end. With every slot busy, most of it is
+    # queueing for the CPU, and a slot's cycle is their sum plus the wait for its next offer.
+    ran = [k for k in fw.ended if k in fw.running_at and k in fw.launched_at]
+    stages = {
+        "accept_to_running": [fw.running_at[k] - fw.launched_at[k] for k in ran],
+        "running_to_end": [fw.ended[k][1] - fw.running_at[k] for k in ran],
+    }
     return {
         "tasks": count,
         "seconds": seconds,
         "per_s": count / seconds if seconds > 0 else None,
         "failed": len(failed),
         "failures": [f"{k}: {v[0]} {v[2]}" for k, v in list(failed.items())[:5]],
+        "stages_ms": {k: statistics.median(v) * 1000 for k, v in stages.items() if v},
     }
 
 
@@ -859,6 +872,13 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
                 f"{cpu['agent']:.2f}, zygote {cpu.get('zygote', 0):.2f}, framework "
                 f"{cpu.get('framework', 0):.2f}, executors+tasks {cpu.get('executors', 0):.2f}"
                 f" ({cpu.get('executors_forked', 0):.0f} forked) over {cpu['wall']:.2f} s wall"
+            )
+        stages = r["true"].get("stages_ms")
+        if stages and len(stages) == 2:
+            lines.append(
+                f"mesa {r['isolation']} true: accept → RUNNING"
+                f" {stages['accept_to_running']:.1f} ms, RUNNING → end"
+                f" {stages['running_to_end']:.1f} ms (medians under load)"
             )
         wire = r["true"].get("agent_wire_per_task")
         if wire:

@@ -48,6 +48,10 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     assert mesa["isolation"] == "posix"
     assert mesa["true"]["tasks"] == 12 and mesa["true"]["failed"] == 0
     assert len(mesa["true"]["runs_s"]) == 3
+    # Where a task's time went: accept -> RUNNING seen, RUNNING -> its end (medians, ms).
+    stages = mesa["true"]["stages_ms"]
+    assert set(stages) == {"accept_to_running", "running_to_end"}
+    assert all(v > 0 for v in stages.values())
     assert mesa["true"]["seconds"] == sorted(mesa["true"]["runs_s"])[1]
     assert "median of 3" in proc.stdout
     assert mesa["sleep"]["failed"] == 0 and mesa["sleep"]["over_ideal"] > 0
