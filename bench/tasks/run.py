@@ -22,7 +22,9 @@ Figures, per isolation mode (posix always; cgroups when the agent has ``--isolat
   ``sh -c true`` N times in the same run. Each is the median of ``true_runs`` batches (3; the
   per-task figures are the median batch's), mesa's on one warm cluster, Ray's and Dask's on
   the one cluster each started: a batch of a thousand takes about a second, and single
-  seconds on a shared VM vary by a third.
+  seconds on a shared VM vary by a third. With it, where a task's time went under that load
+  (``stages_ms``: the accept to ``TASK_RUNNING`` seen, and from there to its end), the CPU
+  each process spent per task, and the messages per task the agent sent and the master took.
 * ``sleep``: M tasks running ``sleep S`` in ``slots`` concurrent task slots; the ideal is
   ``M x S / slots``, and ``xargs -P slots`` is measured too.
 * under cgroups, a second limit: the same ``sh -c true`` N times, ``-P <cores>``, each in fresh
