@@ -137,10 +137,14 @@ class _Task:
     status: TaskStatus | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
     unreachable: bool = False
-    # The state of the last update the framework was sent (Mesos's status_update_state).
-    # ``state`` is the latest the master knows, which a terminal latest_state puts ahead: a task
-    # can be over while its framework has been told only TASK_RUNNING.
-    told: str | None = None
+
+    @property
+    def told(self) -> str | None:
+        """The state of the last update its framework was sent (Mesos's status_update_state):
+        ``status`` is that update, the agent's or the master's own. ``state`` is the latest the
+        master knows, which a terminal latest_state puts ahead: a task can be over while its
+        framework has been told only TASK_RUNNING."""
+        return self.status.state if self.status is not None else None
 
     @property
     def told_ended(self) -> bool:
@@ -224,6 +228,14 @@ class _Offer:
         self.resources = resources
         self.role = role
         self.timer: Timer | None = None
+
+
+def _gone_state(task: _Task, framework: _Framework) -> str:
+    """What a framework is told of a task whose agent went away without it: its end, when a
+    terminal latest_state brought one, else TASK_GONE (partition-aware) or TASK_LOST."""
+    if is_terminal(task.state):
+        return task.state
+    return TaskState.TASK_GONE if framework.info.partition_aware else TaskState.TASK_LOST
 
 
 def _completed(task: _Task) -> dict[str, Any]:
@@ -1102,7 +1114,6 @@ class Master(Process):
                 executor_id=task.executor.executor_id if task.executor is not None else None,
                 state=state,
                 status=status,
-                told=state if status is not None else None,
             )
             reported[(fid, task.task_id)] = status
             tasks.append(record)
@@ -1125,9 +1136,7 @@ class Master(Process):
             if framework is None:
                 continue
             framework.tasks.pop(task.info.task_id, None)
-            pa = framework.info.partition_aware
-            if not is_terminal(task.state):  # (else its end, known by latest_state, is told)
-                task.state = TaskState.TASK_GONE if pa else TaskState.TASK_LOST
+            task.state = _gone_state(task, framework)
             self._send_master_update(
                 framework,
                 task,
@@ -1171,7 +1180,7 @@ class Master(Process):
             timestamp=time.time(),
         )
         task.statuses.append({"state": state, "timestamp": status.timestamp})
-        task.told = state
+        task.status = status
         if framework.pid is not None and framework.connected:
             self.send(framework.pid, StatusUpdate.NAME, StatusUpdate(framework.id, status))
 
@@ -1188,10 +1197,7 @@ class Master(Process):
             framework = self.frameworks.get(task.framework_id)
             if framework is None or task.told_ended:
                 continue
-            if not is_terminal(task.state):  # (else its end, known by latest_state, is told)
-                task.state = (
-                    TaskState.TASK_GONE if framework.info.partition_aware else TaskState.TASK_LOST
-                )
+            task.state = _gone_state(task, framework)
             self._send_master_update(
                 framework, task, task.state, Reason.REASON_AGENT_REMOVED, "Agent was removed"
             )
@@ -1397,7 +1403,6 @@ class Master(Process):
                     self.metrics.inc("master/tasks_ended_by_latest_state")
             task.state = state
             task.status = status
-            task.told = status.state
             task.unreachable = False
             task.statuses.append({"state": status.state, "timestamp": status.timestamp})
             if is_terminal(state) and not was_terminal:
