@@ -31,6 +31,7 @@ from mesa.messages import (
     PingAgent,
     PongAgent,
     RegisterAgent,
+    ReregisterAgent,
     RunTask,
     RunTasks,
     StatusUpdate,
@@ -495,6 +496,28 @@ async def test_an_unreachable_agents_task_ended_by_latest_state_is_told_its_end(
             assert ended.source == "SOURCE_MASTER" and "unreachable" in (ended.message or "")
         assert not any(u.state == TaskState.TASK_LOST for u in fw.updates)
         assert not master.frameworks[fw.registered_ids[0]].tasks
+
+
+async def test_a_reregistering_agent_without_a_task_ended_by_latest_state_tells_its_end() -> None:
+    """The agent comes back (a restart) without the tasks whose FINISHED its stream held behind
+    RUNNING: the framework is told that end by the master, not that the tasks are lost, and the
+    master forgets them."""
+    async with burst_cluster("restarted") as (_rt, master, agent, fw, driver):
+        await run_two_ended_behind_running(agent, fw, driver)
+        info = AgentInfo(
+            hostname=agent.hostname,
+            resources=agent.resources,
+            port=agent.pid.port,
+            id=agent.agent_id,
+        )
+        agent.send(master.pid, ReregisterAgent.NAME, ReregisterAgent(info))
+        for i in range(2):
+            ended = await fw.state_of(f"t{i}", TaskState.TASK_FINISHED)
+            assert ended.source == "SOURCE_MASTER"
+            assert ended.reason == "REASON_AGENT_RESTARTED"
+        assert not any(u.state == TaskState.TASK_LOST for u in fw.updates)
+        framework = master.frameworks[fw.registered_ids[0]]
+        assert not framework.tasks and len(framework.completed) == 2
 
 
 def test_a_ping_round_is_cut_in_slices_spread_over_the_interval() -> None:
