@@ -329,6 +329,9 @@ class Agent(Process):
     # The longest an update waits for the master to answer the message before it (seconds; see
     # mesa.update_outbox).
     update_hold: float = 0.005
+    # The least time between a message that carried a burst of updates and the next (seconds;
+    # see mesa.update_outbox): under load, bursts as big as the load makes them.
+    update_gap: float = 0.003
 
     def __init__(
         self,
@@ -430,6 +433,7 @@ class Agent(Process):
             self._containerizer = self.spawn(Containerizer(self._isolators))
         self._outbox.per_message = max(1, self.updates_per_message)
         self._outbox.hold = self.update_hold
+        self._outbox.gap = self.update_gap
         m = self.metrics
         m.gauge("agent/registered", lambda: 1 if self.registered else 0)
         m.gauge("agent/frameworks_active", lambda: len(self._frameworks))
@@ -438,6 +442,7 @@ class Agent(Process):
         m.gauge("agent/status_update_streams", lambda: len(self._updates))
         m.gauge("agent/status_update_messages", lambda: self._outbox.messages)
         m.gauge("agent/status_update_messages_held", lambda: self._outbox.held)
+        m.gauge("agent/status_update_messages_spaced", lambda: self._outbox.spaced)
         m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
         m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
         self.log.info(

@@ -1,5 +1,6 @@
 """The agent's update outbox: a burst leaves as one message; while a message is unanswered the
-next burst waits for the answer (or the hold's end), so messages follow the master's pace."""
+next burst waits for the answer (or the hold's end), so messages follow the master's pace; and
+after a burst the next message waits for the gap, so under load bursts grow with the load."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class Agent:
         self.sent: list[list[str]] = []
         self.deferred: list[Callable[[], None]] = []
         self.holds: list[Hold] = []
+        self.clock = 100.0  # the agent's Clock, moved by hand
+
+    def now(self) -> float:
+        return self.clock
 
     def send(self, updates: list[StatusUpdate]) -> None:
         self.sent.append([u.status.task_id for u in updates])
@@ -67,7 +72,7 @@ def update(task_id: str) -> StatusUpdate:
 
 
 def outbox(agent: Agent, **kw: Any) -> UpdateOutbox:
-    return UpdateOutbox(agent.send, agent.defer, agent.schedule, **kw)
+    return UpdateOutbox(agent.send, agent.defer, agent.schedule, now=agent.now, **kw)
 
 
 def test_a_burst_leaves_as_one_message_once_the_queued_events_are_handled() -> None:
@@ -192,3 +197,73 @@ def test_bad_settings_are_refused() -> None:
         outbox(agent, window=0)
     with pytest.raises(ValueError, match="hold"):
         outbox(agent, hold=-1.0)
+    with pytest.raises(ValueError, match="gap"):
+        outbox(agent, gap=-0.001)
+
+
+def test_after_a_burst_the_next_message_waits_for_the_gap_even_when_answered() -> None:
+    """Under load the master answers within the gap: what came meanwhile waits for the gap's
+    end (the rest of the answer does not cut it short) and leaves as one burst."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"]]
+    agent.clock += 0.001
+    box.put(update("c"))  # held for the answer, as before
+    box.answered()  # the answer, 1 ms after the burst: 2 ms of the gap left
+    (gap,) = agent.live_holds()
+    assert gap.seconds == pytest.approx(0.002) and box.spaced == 1
+    box.answered()  # (the answer's other acknowledgements)
+    box.put(update("d"))
+    agent.run_deferred()
+    assert agent.live_holds() == [gap] and agent.sent == [["a", "b"]]
+    agent.clock += 0.002
+    agent.fire_holds()
+    assert agent.sent == [["a", "b"], ["c", "d"]] and not box.waiting
+
+
+def test_once_the_gap_is_over_or_after_a_lone_update_nothing_waits_for_it() -> None:
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    box.answered()
+    agent.clock += 0.010  # a quiet spell longer than the gap
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"], ["c"]] and box.spaced == 0
+    # "c" went alone: the next, answered at once, does not wait either (a lone task's
+    # TASK_FINISHED after its TASK_RUNNING).
+    box.answered()
+    box.put(update("c2"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"], ["c"], ["c2"]] and box.spaced == 0
+    assert agent.live_holds() == []
+
+
+def test_no_gap_with_gap_zero() -> None:
+    agent = Agent()
+    box = outbox(agent, gap=0.0)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    box.answered()
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"], ["c"]] and box.spaced == 0
+
+
+def test_close_drops_the_gap_s_timer() -> None:
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    box.answered()
+    box.put(update("c"))
+    assert box.waiting
+    box.close()
+    assert agent.live_holds() == [] and not box.waiting
