@@ -4,6 +4,7 @@ after a burst the next message waits for the gap, so under load bursts grow with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,9 +45,9 @@ class Agent:
     def defer(self, fn: Callable[[], None]) -> None:
         self.deferred.append(fn)
 
-    def schedule(self, seconds: float, fn: Callable[[], None]) -> Hold:
+    def schedule(self, seconds: float, fn: Callable[..., None], *args: Any) -> Hold:
         hold = Hold()
-        hold.seconds, hold.fn = seconds, fn
+        hold.seconds, hold.fn = seconds, functools.partial(fn, *args)
         self.holds.append(hold)
         return hold
 
@@ -267,3 +268,92 @@ def test_close_drops_the_gap_s_timer() -> None:
     assert box.waiting
     box.close()
     assert agent.live_holds() == [] and not box.waiting
+
+
+def burst_then_gap(agent: Agent, box: UpdateOutbox) -> Hold:
+    """A burst [a, b] goes; 1 ms later "c" comes and the answer with it: "c" waits for the
+    gap's end. Returns the gap's timer."""
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    agent.clock += 0.001
+    box.put(update("c"))
+    box.answered()
+    (gap,) = agent.live_holds()
+    return gap
+
+
+def test_after_the_gap_s_timer_fires_an_answer_releases_the_next_hold_again() -> None:
+    """Once the gap's timer has sent its burst, the next wait is an ordinary hold: the answer
+    ends it, it does not last the whole hold as a gap would."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003, hold=0.25)
+    burst_then_gap(agent, box)
+    agent.clock += 0.002
+    agent.fire_holds()
+    assert agent.sent == [["a", "b"], ["c"]]
+    box.put(update("d"))  # "c" is unanswered: "d" waits for the answer, the hold at most
+    (hold,) = agent.live_holds()
+    assert hold.seconds == 0.25
+    box.answered()
+    assert hold.cancelled and agent.live_holds() == []
+    agent.run_deferred()  # ("c" went alone: no gap after it)
+    assert agent.sent == [["a", "b"], ["c"], ["d"]]
+
+
+def test_a_direct_flush_sends_at_once_and_voids_what_was_on_its_way() -> None:
+    """The agent flushes before a message that must follow these updates: what waited for the
+    gap goes now; and a deferred send queued before the flush does not cut the next gap short."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    gap = burst_then_gap(agent, box)
+    box.flush()
+    assert gap.cancelled and not box.waiting and agent.sent == [["a", "b"], ["c"]]
+    # A send deferred, then overtaken by a direct flush of a burst:
+    box.answered()
+    agent.clock += 0.010
+    box.put(update("d"))  # (deferred)
+    box.put(update("e"))
+    box.flush()  # [d, e] go now, a burst: the next waits for the gap
+    box.answered()
+    box.put(update("f"))
+    assert len(agent.live_holds()) == 1
+    agent.run_deferred()  # the stale deferred send runs: it must not send "f" early
+    assert agent.sent[-1] == ["d", "e"] and box.waiting
+    agent.clock += 0.003
+    agent.fire_holds()
+    assert agent.sent[-1] == ["f"]
+
+
+def test_a_new_connection_keeps_the_gap() -> None:
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    gap = burst_then_gap(agent, box)
+    box.reset()
+    assert agent.live_holds() == [gap] and agent.sent == [["a", "b"]]
+
+
+def test_a_lone_update_flushed_within_a_gap_ends_it() -> None:
+    """ "c" left alone (flushed before another message) within the gap after [a, b]: an update
+    after it does not wait, as after any message of one update."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    burst_then_gap(agent, box)
+    box.flush()
+    box.answered()
+    box.put(update("d"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"], ["c"], ["d"]] and box.spaced == 1
+
+
+def test_one_update_a_message_means_no_gap() -> None:
+    agent = Agent()
+    box = outbox(agent, gap=0.003, per_message=1)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"]]
+    box.answered()
+    box.put(update("c"))
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b"], ["c"]] and box.spaced == 0
