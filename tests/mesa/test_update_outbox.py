@@ -202,19 +202,31 @@ def test_bad_settings_are_refused() -> None:
         outbox(agent, gap=-0.001)
 
 
-def test_after_a_burst_the_next_message_waits_for_the_gap_even_when_answered() -> None:
-    """Under load the master answers within the gap: what came meanwhile waits for the gap's
-    end (the rest of the answer does not cut it short) and leaves as one burst."""
-    agent = Agent()
-    box = outbox(agent, gap=0.003)
+def burst_then_c(agent: Agent, box: UpdateOutbox) -> None:
+    """A burst [a, b] goes; 1 ms later "c" comes, and the answer with it (with a gap, "c" now
+    waits for the gap's end)."""
     box.put(update("a"))
     box.put(update("b"))
     agent.run_deferred()
     assert agent.sent == [["a", "b"]]
     agent.clock += 0.001
     box.put(update("c"))  # held for the answer, as before
-    box.answered()  # the answer, 1 ms after the burst: 2 ms of the gap left
+    box.answered()
+
+
+def burst_then_gap(agent: Agent, box: UpdateOutbox) -> Hold:
+    """:func:`burst_then_c`, with the gap's timer it leaves."""
+    burst_then_c(agent, box)
     (gap,) = agent.live_holds()
+    return gap
+
+
+def test_after_a_burst_the_next_message_waits_for_the_gap_even_when_answered() -> None:
+    """Under load the master answers within the gap: what came meanwhile waits for the gap's
+    end (the rest of the answer does not cut it short) and leaves as one burst."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003)
+    gap = burst_then_gap(agent, box)  # the answer, 1 ms after the burst: 2 ms of the gap left
     assert gap.seconds == pytest.approx(0.002) and box.spaced == 1
     box.answered()  # (the answer's other acknowledgements)
     box.put(update("d"))
@@ -248,11 +260,7 @@ def test_once_the_gap_is_over_or_after_a_lone_update_nothing_waits_for_it() -> N
 def test_no_gap_with_gap_zero() -> None:
     agent = Agent()
     box = outbox(agent, gap=0.0)
-    box.put(update("a"))
-    box.put(update("b"))
-    agent.run_deferred()
-    box.answered()
-    box.put(update("c"))
+    burst_then_c(agent, box)
     agent.run_deferred()
     assert agent.sent == [["a", "b"], ["c"]] and box.spaced == 0
 
@@ -260,27 +268,10 @@ def test_no_gap_with_gap_zero() -> None:
 def test_close_drops_the_gap_s_timer() -> None:
     agent = Agent()
     box = outbox(agent, gap=0.003)
-    box.put(update("a"))
-    box.put(update("b"))
-    agent.run_deferred()
-    box.answered()
-    box.put(update("c"))
+    burst_then_c(agent, box)
     assert box.waiting
     box.close()
     assert agent.live_holds() == [] and not box.waiting
-
-
-def burst_then_gap(agent: Agent, box: UpdateOutbox) -> Hold:
-    """A burst [a, b] goes; 1 ms later "c" comes and the answer with it: "c" waits for the
-    gap's end. Returns the gap's timer."""
-    box.put(update("a"))
-    box.put(update("b"))
-    agent.run_deferred()
-    agent.clock += 0.001
-    box.put(update("c"))
-    box.answered()
-    (gap,) = agent.live_holds()
-    return gap
 
 
 def test_after_the_gap_s_timer_fires_an_answer_releases_the_next_hold_again() -> None:
