@@ -775,6 +775,7 @@ async def _instant_agent(
     tmp_path: Path,
     *,
     hold: float = Agent.update_hold,
+    gap: float = Agent.update_gap,
     auto_ack: bool = False,
     per_message: int = 1000,
 ) -> tuple[Cluster, FakeMaster, Runtime, Agent, InstantContainerizer]:
@@ -791,6 +792,7 @@ async def _instant_agent(
         containerizer=rt.spawn(containerizer),
     )
     agent.update_hold = hold
+    agent.update_gap = gap
     agent.updates_per_message = per_message
     try:
         rt.spawn(agent)
@@ -839,6 +841,32 @@ async def test_without_an_answer_held_updates_go_when_the_hold_ends(tmp_path: Pa
         await master.wait_state("b", TaskState.TASK_RUNNING)  # never acknowledged "a"
         assert rt.metrics.get("agent/status_update_messages_held") == 1
         assert rt.metrics.get("agent/status_updates_retried") == 0
+    finally:
+        await rt.stop()
+        await cluster.stop_master()
+
+
+@pytest.mark.parametrize("gap,spaced", [(2.0, 1), (0.0, 0)])
+async def test_after_a_burst_the_next_updates_wait_for_the_gap(
+    tmp_path: Path, gap: float, spaced: int
+) -> None:
+    """Three tasks start together (one message of three TASK_RUNNINGs) and end as soon as those
+    are acknowledged: their TASK_FINISHEDs wait for the gap after the burst (two seconds here,
+    far longer than the round trip), and still leave together."""
+    cluster, master, rt, _agent, containerizer = await _instant_agent(
+        tmp_path, auto_ack=True, gap=gap
+    )
+    try:
+        tasks = [command_task(f"g{i}", "true") for i in range(3)]
+        master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
+        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
+        await libproc_dispatch(containerizer.pid, containerizer.end_all)
+        finished = await master.wait_for(
+            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
+        )
+        assert {u.status.task_id for u in finished} == {"g0", "g1", "g2"}
+        assert master.batches == 2  # the RUNNINGs together, the FINISHEDs together
+        assert rt.metrics.get("agent/status_update_messages_spaced") == spaced
     finally:
         await rt.stop()
         await cluster.stop_master()
