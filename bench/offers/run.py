@@ -48,6 +48,7 @@ from typing import Any
 import psutil
 
 from bench.machine import describe
+from bench.offers.worker import STATUS_UPDATE_BACKOFF
 from libproc import get_logger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -559,19 +560,28 @@ class Cluster:
         dt = time.perf_counter() - t0
         fws = [c.ask("stats", reset=True, latencies=True, gc=True) for c in self.fw_procs]
         lat = [x for f in fws for x in array("d", base64.b64decode(f["latencies"]))]
-        running = sum(f["running"] for f in fws)
         launched = sum(f["launched"] for f in fws)
+
+        def rate(key: str) -> float:
+            # Per framework process over its own count's interval (from the reset in f0 to the
+            # read in fws), which is longer than dt by the stats round trips on either side:
+            # dividing the sum by dt overstated every framework-side rate by a percent or two.
+            return sum(f[key] / f["seconds"] for f in fws if f["seconds"] > 0)
+
+        launches_per_s = rate("running")
         a, b = m0["metrics"], m1["metrics"]
         cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         wire = _wire_messages(b) - _wire_messages(a)
+        # Master-side figures per launch: rates over their own windows, divided.
+        per_launch = 1 / launches_per_s if launches_per_s else float("nan")
         return {
             "seconds": dt,
             "offers_per_s": (b.get("master/offers_sent", 0) - a.get("master/offers_sent", 0)) / dt,
-            "launches_per_s": running / dt,
-            "accepted_tasks_per_s": launched / dt,
+            "launches_per_s": launches_per_s,
+            "accepted_tasks_per_s": rate("launched"),
             "tasks_per_accept": launched / max(1, sum(f["accepts"] for f in fws)),
-            "declines_per_s": sum(f["declines"] for f in fws) / dt,
-            "finished_per_s": sum(f["finished"] for f in fws) / dt,
+            "declines_per_s": rate("declines"),
+            "finished_per_s": rate("finished"),
             "failed_tasks": sum(f["failed"] for f in fws),
             "latency_p50_ms": _percentile(lat, 0.5) * 1000,
             "latency_p99_ms": _percentile(lat, 0.99) * 1000,
@@ -580,9 +590,9 @@ class Cluster:
             "cycle_ms_max": max(cycles) if cycles else float("nan"),
             "master_cpu_s": cpu,
             "master_cpu_util": cpu / dt,
-            "master_cpu_us_per_launch": cpu * 1e6 / running if running else float("nan"),
+            "master_cpu_us_per_launch": cpu / dt * 1e6 * per_launch,
             "wire_msgs_per_s": wire / dt,
-            "msgs_per_launch": wire / running if running else float("nan"),
+            "msgs_per_launch": wire / dt * per_launch,
             "master_gc_s": m1["gc_s"] - m0["gc_s"],
             "master_gc_longest_ms": m1["gc_longest_ms"],
             # Per generation (0, 1, 2): collections in the window, and seconds spent in them.
@@ -755,6 +765,22 @@ def run(
     return report
 
 
+def _mesa_defaults() -> tuple[float, float]:
+    """mesa's own settings for two things this suite changes (for the report's header): the
+    master's ping interval, and how long an agent waits before it resends an update."""
+    import inspect
+
+    from mesa.actors.agent import Agent
+    from mesa.actors.master import MasterFlags
+
+    backoff = inspect.signature(Agent).parameters["status_update_backoff"].default
+    return MasterFlags().agent_ping_interval, backoff
+
+
+# The share of the half-rate pace the frameworks must reach for that window's p99 to count.
+HALF_RATE_REACHED = 0.9
+
+
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     by = {(r["agents"], r["frameworks"]): r for r in report["points"]}
     out = []
@@ -770,12 +796,16 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         h = p["half_rate"]
         if h:
+            # Measured at the rate the frameworks were paced to, if they reached it: a p99 at a
+            # lighter load than half the maximum would not be the figure the target asks for.
+            reached = h["launches_per_s"] / h["target_per_s"] if h["target_per_s"] else 0.0
             out.append(
                 {
                     "target": "accept->RUNNING p99 <= 50 ms at half the max launch rate"
-                    " (10,000 agents x 100 frameworks)",
+                    " (10,000 agents x 100 frameworks; paced to"
+                    f" {h['target_per_s']:,.0f}/s, ran at {h['launches_per_s']:,.0f}/s)",
                     "value": round(h["latency_p99_ms"], 1),
-                    "met": h["latency_p99_ms"] <= TARGET_P99_MS,
+                    "met": h["latency_p99_ms"] <= TARGET_P99_MS and reached >= HALF_RATE_REACHED,
                 }
             )
     big = [r for r in report["points"] if r["agents"] >= 50_000]
@@ -823,13 +853,16 @@ def _row(r: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     c = report["config"]
+    ping, backoff = _mesa_defaults()
     lines = [
         f"offer-throughput suite: {m['cpu_count']} cpus ({m['cpu_model']}), Python {m['python']},"
         f" load {m['load_average_before'][0]:.1f}->{m['load_average_after'][0]:.1f},"
         f" {c['elapsed_s']:.0f}s",
         f"agents {c['agent_resources']}; tasks {c['task_resources']} for {c['task_seconds']}s"
         f" ({'direct command tasks' if c['executor'] == 'command' else 'custom executors'});"
-        f" ping every {c['ping_interval']}s; medians of"
+        f" ping every {c['ping_interval']}s (mesa's default: {ping}s), agents resend"
+        f" unacknowledged updates after {STATUS_UPDATE_BACKOFF}s (default: {backoff}s);"
+        " medians of"
         f" {c['runs']} x {c['window_s']}s windows",
         HEADER,
         "-" * len(HEADER),

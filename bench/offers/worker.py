@@ -47,6 +47,9 @@ BLAST = "bench.Blast"
 # freezes, and each young collection paused every agent of the process for ~50 ms, which is the
 # simulation's doing, not mesa's (it was the whole tail of the half-rate p99).
 FREEZE_EVERY = float(os.environ.get("BENCH_FREEZE_EVERY", "0.5"))
+# How long the simulated agents wait before they resend an unacknowledged update (Mesos's
+# 10 s; mesa's default of 1 s turns a saturated run into a storm of duplicates).
+STATUS_UPDATE_BACKOFF = 10.0
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -577,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tasks-per-offer", type=int, default=0)
     p.add_argument("--executor", choices=["command", "custom"], default="command")
     p.add_argument("--max-inflight", type=int, default=2000)
-    p.add_argument("--status-update-backoff", type=float, default=10.0)
+    p.add_argument("--status-update-backoff", type=float, default=STATUS_UPDATE_BACKOFF)
     p.add_argument("--spawn-rate", type=float, default=5000.0)
     p.add_argument("--work-dir", default="")
     args = p.parse_args(argv)
