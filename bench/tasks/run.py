@@ -136,6 +136,12 @@ def filesystem_of(path: str) -> str:
         return "unknown"
 
 
+# The master's settings for short tasks (its defaults are 1 s and 10 ms): a freed slot is
+# offered again 2 ms after its task ends, not 10, for with short tasks the time a slot waits for
+# its next offer is most of its cycle. The report says so.
+MASTER_FLAGS = ("--allocation-interval=0.05", "--allocation-batch-delay=0.002")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -174,7 +180,9 @@ class Node:
                 cwd=str(ROOT),
                 start_new_session=True,  # Ctrl-C reaches the bench, which cleans up
             )
-        self.seen: set[int] = {self.proc.pid}
+        # Every process of the node's tree seen so far, as psutil objects: they remember their
+        # start time, so killing one whose pid was recycled since raises instead.
+        self.seen: dict[int, psutil.Process] = {}
         self.upid = ""
         self.http = ""
         self.ps = psutil.Process(self.proc.pid)
@@ -220,7 +228,8 @@ class Node:
 
     def remember(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self.seen.update(c.pid for c in self.ps.children(recursive=True))
+            for child in self.ps.children(recursive=True):
+                self.seen.setdefault(child.pid, child)
 
     def cpu_seconds(self) -> float:
         """CPU time of the node itself (not its executors)."""
@@ -252,12 +261,9 @@ class Node:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        for pid in self.seen - {self.proc.pid}:
-            with contextlib.suppress(psutil.Error):
-                p = psutil.Process(pid)
-                # Only what is still ours: a pid recycled since would have a later start time.
-                if p.create_time() <= time.time():
-                    p.kill()
+        for child in self.seen.values():
+            with contextlib.suppress(psutil.Error):  # (NoSuchProcess also for a recycled pid)
+                child.kill()
 
 
 class LocalCluster:
@@ -278,10 +284,7 @@ class LocalCluster:
                 f"--port={port}",
                 "--http-port=0",
                 f"--work-dir={self.work_dir / 'master'}",
-                "--allocation-interval=0.05",
-                # Offer a freed slot again 2 ms after its task ends, not 10: with short tasks
-                # the time a slot waits for its next offer is most of its cycle.
-                "--allocation-batch-delay=0.002",
+                *MASTER_FLAGS,
             ],
             self.work_dir / "master.log",
         )
@@ -395,6 +398,8 @@ class Batch(Scheduler):
             driver.launch_tasks([offer.id], tasks, refuse_seconds=0.0)
 
     def status_update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
+        if status.task_id not in self.launched_at:
+            return  # an earlier batch's (a resent update, say): not this batch's to count
         if status.state == TaskState.TASK_RUNNING:
             self.running_at.setdefault(status.task_id, time.perf_counter())
         if not is_terminal(status.state) or status.task_id in self.ended:
@@ -625,15 +630,21 @@ def run_baseline(
         cwd=str(ROOT),
         start_new_session=True,
     )
-    seen: set[int] = set()
+    # Its tree, looked at once a second: a look reads every process's /proc entry (a few ms),
+    # which at five a second took a percent or more of a core from the baseline being timed.
+    # What a look misses (started and gone between two) is in the baseline's session, which
+    # is killed as a whole afterwards; what left the session (Ray's daemons) lives long enough
+    # to be seen.
+    seen: dict[int, psutil.Process] = {}
     root = psutil.Process(proc.pid)
     try:
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(psutil.Error):
-                seen.update(c.pid for c in root.children(recursive=True))
+                for child in root.children(recursive=True):
+                    seen.setdefault(child.pid, child)
             try:
-                proc.wait(0.2)
+                proc.wait(1.0)
             except subprocess.TimeoutExpired:
                 pass
         if proc.poll() is None:
@@ -647,9 +658,11 @@ def run_baseline(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in seen:
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+        with contextlib.suppress(OSError):  # (its session: the group is the leader's pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+        for child in seen.values():
+            with contextlib.suppress(psutil.Error):  # (NoSuchProcess also for a recycled pid)
+                child.kill()
 
 
 def fork_exec_latency(runs: int) -> float:
@@ -866,6 +879,7 @@ def format_report(cfg: Config, report: dict[str, Any]) -> str:
             ).rstrip()
         )
     lines.append("")
+    lines.append(f"mesa's master ran with {' '.join(MASTER_FLAGS)} (defaults: 1 and 0.01)")
     for r in report["mesa"]:
         cpu = r["true"].get("cpu_s")
         if cpu:
