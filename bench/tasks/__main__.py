@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the clusters keep their files (default: /dev/shm if it is a tmpfs, else the"
         " temporary directory; see bench/tasks/run.py for why)",
     )
+    p.add_argument(
+        "--no-limits-after",
+        action="store_true",
+        help="time xargs, the per-task-cgroups limit and Ray only before mesa, not also after",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     return p
 
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         isolation=tuple(x for x in args.isolation.split(",") if x),
         baselines=tuple(x for x in args.baselines.split(",") if x),
         work_dir=args.work_dir,
+        limits_after=not args.no_limits_after,
     )
     os.environ.setdefault("LIBPROC_LOG_LEVEL", "warning")
     configure_logging(level=os.environ["LIBPROC_LOG_LEVEL"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,11 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     base = report["baselines"]
     assert base["xargs_true"]["ok"] and base["xargs_true"]["seconds"] > 0
-    # Three timed batches each, the median reported.
-    assert len(base["xargs_true"]["runs_s"]) == 3
-    assert base["xargs_true"]["seconds"] == sorted(base["xargs_true"]["runs_s"])[1]
+    # Three timed batches before mesa and three after, the median of the six reported.
+    xargs = base["xargs_true"]
+    assert len(xargs["runs_s"]) == 6 and xargs["before_s"] > 0 and xargs["after_s"] > 0
+    assert xargs["seconds"] == statistics.median(xargs["runs_s"])
+    assert "timed before / after mesa" in proc.stdout
     assert base["xargs_sleep"]["seconds"] > 0
     assert base["fork_exec_latency_s"] > 0
     (mesa,) = report["mesa"]
