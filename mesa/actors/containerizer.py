@@ -208,6 +208,9 @@ class Containerizer(Process):
                 self.log.warning("isolator_recover_failed", isolator=isolator.name, error=repr(e))
         m = self.metrics
         m.gauge("containerizer/containers_running", lambda: len(self._containers))
+        # Ended containers whose isolators are still releasing what they made (cgroups, ...):
+        # reported ended already (a task's end does not wait for this), not yet gone.
+        m.gauge("containerizer/releases_pending", lambda: len(self._releases))
         for key in USAGE_KEYS:
             m.gauge(f"containerizer/{key}", lambda k=key: self._aggregate(k))
         self._usage_timer = self.delay(self.usage_interval, self._refresh_usage)

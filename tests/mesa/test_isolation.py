@@ -402,6 +402,15 @@ async def test_usage_moves_when_the_task_works(cluster: Cluster, root: str, isol
     master.kill("fw-1", tid, grace=0.1)
     await master.wait_state(tid, TaskState.TASK_KILLED)
 
+    # Its end was reported before its isolators let go of what they made; then they do.
+    async def released() -> bool:
+        m = await cluster.http_get("/metrics/snapshot")
+        return m["containerizer/containers_running"] == 0 and (
+            m["containerizer/releases_pending"] == 0
+        )
+
+    await eventually(released)
+
 
 # --------------------------------------------------------------------------- updates
 
