@@ -510,20 +510,26 @@ async def _measure_true(
     out = await _run_batch(driver, fw, f"true{run}", "true", cfg.true_tasks, cfg.phase_timeout)
     cluster.agent.remember()
     elapsed = time.perf_counter() - t0
-    cpu1 = [n.cpu_seconds() for n in cluster.nodes]
-    zygote1, framework1 = cluster.agent.zygote_cpu_seconds(), time.process_time()
-    master1 = await asyncio.to_thread(cluster.master.metrics)
     key = "containerizer/zygote_executor_cpu_seconds"
     forked = "containerizer/zygote_executors_forked"
     exited = "containerizer/zygote_executors_exited"
-    # An executor's CPU is counted when it exits, a moment after its task's last update.
+    # The wall time ends at the last TASK_FINISHED; the batch's CPU also takes in what its tasks
+    # leave to do after that: an executor's CPU is counted when it exits, a moment after its
+    # task's last update, and an ended container's cgroups are released after its end is
+    # reported. So the CPU is read once both are over, and the next batch starts clean.
     deadline = time.monotonic() + 10.0
     while True:
         m1 = await asyncio.to_thread(cluster.agent.metrics)
         done = m1.get(exited, 0.0) - m0.get(exited, 0.0)
-        if done >= m1.get(forked, 0.0) - m0.get(forked, 0.0) or time.monotonic() > deadline:
+        settled = done >= m1.get(forked, 0.0) - m0.get(forked, 0.0)
+        if (settled and not m1.get("containerizer/releases_pending", 0.0)) or (
+            time.monotonic() > deadline
+        ):
             break
         await asyncio.sleep(0.05)
+    cpu1 = [n.cpu_seconds() for n in cluster.nodes]
+    zygote1, framework1 = cluster.agent.zygote_cpu_seconds(), time.process_time()
+    master1 = await asyncio.to_thread(cluster.master.metrics)
     out["cpu_s"] = {
         "master": cpu1[0] - cpu0[0],
         "agent": cpu1[1] - cpu0[1],
