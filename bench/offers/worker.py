@@ -206,6 +206,10 @@ async def run_master(args: argparse.Namespace) -> None:
         )
     )
     pid = runtime.spawn(master)
+    # As mesa.node does once a node is up: what exists now lives as long as the master, out of
+    # the collector's sight.
+    gc.collect()
+    gc.freeze()
     gcw = GCWatch()
     sink = Sink()
     sink_pid = runtime.spawn(sink)
