@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         " temporary directory; see bench/tasks/run.py for why)",
     )
     p.add_argument(
+        "--no-paired-limits",
+        action="store_true",
+        help="do not time xargs (and the per-task-cgroups limit) before each of mesa's batches",
+    )
+    p.add_argument(
         "--no-limits-after",
         action="store_true",
         help="time xargs, the per-task-cgroups limit and Ray only before mesa, not also after",
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         baselines=tuple(x for x in args.baselines.split(",") if x),
         work_dir=args.work_dir,
         limits_after=not args.no_limits_after,
+        paired_limits=not args.no_paired_limits,
     )
     os.environ.setdefault("LIBPROC_LOG_LEVEL", "warning")
     configure_logging(level=os.environ["LIBPROC_LOG_LEVEL"])

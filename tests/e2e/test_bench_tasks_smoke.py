@@ -52,6 +52,9 @@ def test_task_bench_tiny_configuration(tmp_path: Path) -> None:
     assert mesa["isolation"] == "posix"
     assert mesa["true"]["tasks"] == 12 and mesa["true"]["failed"] == 0
     assert len(mesa["true"]["runs_s"]) == 3
+    # Each batch also against xargs timed just before it: the median of those ratios.
+    assert len(mesa["true"]["xargs_paired_s"]) == 3 and mesa["true"]["x_xargs_paired"] > 0
+    assert "timed just before each batch" in proc.stdout
     # Where a task's time went: accept -> RUNNING seen, RUNNING -> its end (medians, ms).
     stages = mesa["true"]["stages_ms"]
     assert set(stages) == {"accept_to_running", "running_to_end"}
