@@ -638,7 +638,9 @@ async def measure_mesa(cfg: Config, isolation: str, work_dir: Path) -> dict[str,
             ]
             if ratios:
                 result["true"][f"x_{key}_paired"] = statistics.median(ratios)
-                result["true"][f"{key}_paired_s"] = [r["paired_limits_s"][key] for r in runs]
+                result["true"][f"{key}_paired_s"] = [
+                    r["paired_limits_s"][key] for r in runs if key in r["paired_limits_s"]
+                ]
         result["true"]["failures"] = [f for r in runs for f in r["failures"]][:5]
 
         if cfg.sleep_tasks:
