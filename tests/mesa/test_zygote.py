@@ -539,16 +539,20 @@ async def test_left_counts_a_session_member_whose_parent_left_the_session(
                     os.kill(pid, signal.SIGKILL)
 
 
-# Forks a sleeper about every millisecond, for as long as it lives; each child inherits its
-# environment and working directory, which is all a lost spawn's scan can go by.
+# Forks for as long as it lives: each child says it runs (a byte on a pipe) and waits for a
+# signal, and the next fork follows that byte, so it forks as fast as children start, and
+# through the sweep. Each child inherits its environment and working directory, which is all a
+# lost spawn's scan can go by.
 FORKER = """
-import os, sys, time
+import os, signal, sys
 sys.stdin.readline()
+ready, said = os.pipe()
 while True:
     if os.fork() == 0:
-        time.sleep(60)
-        os._exit(0)
-    time.sleep(0.001)
+        os.write(said, b"x")
+        while True:
+            signal.pause()
+    os.read(ready, 1)
 """
 
 
