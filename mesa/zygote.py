@@ -89,7 +89,7 @@ import msgpack
 import psutil
 
 from libproc import get_logger
-from mesa.isolators.cgroupfs import own_v1_cgroups, write_file
+from mesa.isolators.cgroupfs import Parent, own_v1_cgroups, write_file
 from mesa.isolators.posix import ProcessTable
 from mesa.spawn import gated_argv
 
@@ -820,7 +820,7 @@ class _Server:
         # The directories containers' cgroups are in (the agent's roots), held open: a
         # ``tasks`` file is then two path steps from one, not seven from / (each dear on
         # kernfs; see cgroupfs.Parent).
-        self._parent_fds: dict[str, int] = {}
+        self._parents: dict[str, Parent] = {}
         # What the zygote writes to a ``tasks`` file to move itself: "0", the writing thread,
         # not its pid. The kernel (6.0+) moves the calling thread without taking the global
         # lock that every fork and exit on the machine takes for reading; a pid, even its own,
@@ -1016,22 +1016,21 @@ class _Server:
 
     def _join(self, path: str) -> None:
         """Move this thread into the cgroup directory ``path``."""
-        parent, _, name = path.rpartition("/")
-        fd = self._parent_fds.get(parent)
-        if fd is None:
+        base, _, name = path.rpartition("/")
+        parent = self._parents.get(base)
+        if parent is None:
             try:
-                fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                parent = self._parents[base] = Parent(base)
             except OSError:
                 write_file(path + "/tasks", "0")  # (the error, if any, as the agent sees it)
                 return
-            self._parent_fds[parent] = fd
         try:
-            write_file(name + "/tasks", "0", dir_fd=fd)
+            write_file(name + "/tasks", "0", dir_fd=parent.fd)
         except FileNotFoundError:
             # The directory held open may have been removed and made again (a new agent root
             # under the same name): forget it and go by the path.
-            del self._parent_fds[parent]
-            os.close(fd)
+            del self._parents[base]
+            parent.close()
             write_file(path + "/tasks", "0")
 
     def _home_fd(self, mount: str) -> int:
