@@ -248,10 +248,8 @@ class CgroupsIsolator(Isolator):
 
     def _base_at(self, base: str) -> tuple[str, int | None]:
         """``(prefix, dir_fd)`` to reach a cgroup under ``base`` by ``prefix + name``."""
-        parent = self._parent(base)
-        if parent is None or parent.fd is None:
-            return base, None
-        return "", parent.fd
+        parent = self._parent(base)  # (open, when not None)
+        return ("", parent.fd) if parent is not None else (base, None)
 
     def _base_paths(self) -> dict[str, str]:
         if self._bases is None:
