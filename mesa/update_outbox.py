@@ -163,11 +163,7 @@ class UpdateOutbox:
     def flush(self) -> None:
         """Send everything held now (also what the agent calls before a message that must
         arrive after these updates)."""
-        self._armed += 1  # (whatever was on its way to send these is void)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._spacing = False
+        self._void()
         updates = self._updates
         if not updates:
             return
@@ -184,6 +180,11 @@ class UpdateOutbox:
 
     def close(self) -> None:
         """Drop the hold's or the gap's timer (the agent is stopping; it flushes first)."""
+        self._void()
+
+    def _void(self) -> None:
+        """Whatever was on its way to send what waits (the hold's or the gap's timer, a
+        deferred send) is not to any more."""
         self._armed += 1
         if self._timer is not None:
             self._timer.cancel()
