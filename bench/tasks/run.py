@@ -119,6 +119,11 @@ class Config:
     paired_limits: bool = True
 
     @property
+    def cgroups_limit_args(self) -> tuple[str, str]:
+        """What the per-task-cgroups limit is told of each task (its cpu shares and memory)."""
+        return (f"--task-cpus={self.task_cpus}", f"--task-mem={self.task_mem}")
+
+    @property
     def slots(self) -> int:
         """Concurrent tasks the agent's resources hold (cpus = cores, task_cpus each)."""
         return max(1, round(self.cores / self.task_cpus))
@@ -587,7 +592,7 @@ async def _paired_limits(cfg: Config, isolation: str) -> dict[str, float]:
     out: dict[str, float] = {}
     kinds: list[tuple[str, tuple[str, ...]]] = [("xargs", ())]
     if isolation == "cgroups":
-        kinds.append(("cgroups", (f"--task-cpus={cfg.task_cpus}", f"--task-mem={cfg.task_mem}")))
+        kinds.append(("cgroups", cfg.cgroups_limit_args))
     for kind, extra in kinds:
         try:
             r = await asyncio.to_thread(
@@ -767,8 +772,7 @@ def run(cfg: Config, emit: Callable[[str], None]) -> dict[str, Any]:
             cfg.true_tasks,
             cfg.cores,
             cfg.phase_timeout,
-            f"--task-cpus={cfg.task_cpus}",
-            f"--task-mem={cfg.task_mem}",
+            *cfg.cgroups_limit_args,
             repeat,
         )
         if "skipped" in r:
@@ -838,12 +842,11 @@ def _time_again(cfg: Config, base: dict[str, Any], emit: Callable[[str], None]) 
     was tried first: with a slow spell on one side it landed between the two, and a ratio to it
     said mesa met a target that against either side alone it missed.)"""
     repeat = f"--repeat={cfg.true_runs}"
-    again: dict[str, tuple[str, ...]] = {"xargs_true": ("xargs",), "ray": ("ray",)}
-    again["cgroups_true"] = (
-        "cgroups",
-        f"--task-cpus={cfg.task_cpus}",
-        f"--task-mem={cfg.task_mem}",
-    )
+    again: dict[str, tuple[str, ...]] = {
+        "xargs_true": ("xargs",),
+        "ray": ("ray",),
+        "cgroups_true": ("cgroups", *cfg.cgroups_limit_args),
+    }
     for key, (kind, *extra) in again.items():
         first = base.get(key)
         if not first or "skipped" in first or "runs_s" not in first:
