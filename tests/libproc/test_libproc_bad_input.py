@@ -165,38 +165,42 @@ def test_default_frame_limit_is_16_mib() -> None:
     assert ZmqOptions().max_frame_size == 16 * 1024 * 1024
 
 
+async def bodies_of_one_frame(rt: Runtime, dealer: zmq.Socket, *messages: Any) -> list[Any]:
+    """Send ``messages`` as one frame to a fresh ``rec``; what it was handed, the sync point's
+    1 last."""
+    rec = Strict("rec")
+    rt.spawn(rec)
+    dealer.send(frame(*messages))
+    await sync_point(dealer, rec, 1)
+    return rec.bodies()
+
+
 async def test_one_bad_message_does_not_hide_its_batch_mates(
     rt: Runtime, dealer: zmq.Socket
 ) -> None:
-    rec = Strict("rec")
-    rt.spawn(rec)
-    dealer.send(
-        frame(
-            ["rec", SENDER, "good", "a"],
-            ["nobody", SENDER, "good", "lost"],
-            ["rec", "mallory@127.0.0.1:2", "good", "forged"],
-            "junk",
-            ["rec", SENDER, "good", "b"],
-        )
+    bodies = await bodies_of_one_frame(
+        rt,
+        dealer,
+        ["rec", SENDER, "good", "a"],
+        ["nobody", SENDER, "good", "lost"],
+        ["rec", "mallory@127.0.0.1:2", "good", "forged"],
+        "junk",
+        ["rec", SENDER, "good", "b"],
     )
-    await sync_point(dealer, rec, 1)
-    assert rec.bodies() == ["a", "b", 1]
+    assert bodies == ["a", "b", 1]
     assert dropped(rt) == {"unknown_recipient": 1, "forged_sender": 1, "bad_message": 1}
 
 
 async def test_a_stray_record_tag_drops_its_message_alone(rt: Runtime, dealer: zmq.Socket) -> None:
-    rec = Strict("rec")
-    rt.spawn(rec)
     pair = tag("tests.libproc.Pair")
-    dealer.send(
-        frame(
-            ["rec", SENDER, "good", [record_array("tests.libproc.Pair", 1, 2)]],
-            ["rec", SENDER, "good", [pair, pair]],
-            ["rec", SENDER, "good", {"p": record_array("tests.libproc.Pair", 3, 4)}],
-        )
+    bodies = await bodies_of_one_frame(
+        rt,
+        dealer,
+        ["rec", SENDER, "good", [record_array("tests.libproc.Pair", 1, 2)]],
+        ["rec", SENDER, "good", [pair, pair]],
+        ["rec", SENDER, "good", {"p": record_array("tests.libproc.Pair", 3, 4)}],
     )
-    await sync_point(dealer, rec, 1)
-    assert rec.bodies() == [[Pair(1, 2)], {"p": Pair(3, 4)}, 1]
+    assert bodies == [[Pair(1, 2)], {"p": Pair(3, 4)}, 1]
     assert dropped(rt) == {"bad_record": 1}
 
 
@@ -206,16 +210,13 @@ async def test_a_newer_peers_extra_trailing_fields_are_ignored(
     # A peer whose code added fields to a record (at the end, with defaults, as @record says)
     # talks to this older code: the record decodes with the fields this code knows. Too few
     # fields, or a field the class refuses, is still a bad record.
-    rec = Strict("rec")
-    rt.spawn(rec)
-    dealer.send(
-        frame(
-            ["rec", SENDER, "good", record_array("tests.libproc.Pair", 1, 2, "new", [3])],
-            ["rec", SENDER, "good", record_array("tests.libproc.Pair", -1, 2, "new")],
-        )
+    bodies = await bodies_of_one_frame(
+        rt,
+        dealer,
+        ["rec", SENDER, "good", record_array("tests.libproc.Pair", 1, 2, "new", [3])],
+        ["rec", SENDER, "good", record_array("tests.libproc.Pair", -1, 2, "new")],
     )
-    await sync_point(dealer, rec, 1)
-    assert rec.bodies() == [Pair(1, 2), 1]
+    assert bodies == [Pair(1, 2), 1]
     assert dropped(rt) == {"bad_record": 1}
 
 
