@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import itertools
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,15 +241,27 @@ def _gone_state(task: _Task, framework: _Framework) -> str:
 
 def _completed(task: _Task) -> dict[str, Any]:
     """What the master keeps of a task that has ended: what ``/state`` shows of it, as a dict of
-    strings, numbers and None only.
+    strings, bytes, numbers and None only.
 
     A framework keeps its last thousand, so these are most of the tasks a busy master holds.
     Keeping the whole :class:`_Task` (its TaskInfo, CommandInfo, statuses, ...) made them most
     of what every garbage collection walked, and its pauses tens of milliseconds long; a dict
     holding no container is never tracked by the collector at all. So the resources stay in
-    their text form, and the last ten statuses are ``STATE@timestamp`` joined by ``;``.
+    their text form, and of the last ten statuses the states are joined by ``;`` and the
+    timestamps packed as doubles. (Formatting each timestamp as text was most of this
+    function's time, which every task pays when it ends: about 2 µs, a fortieth of the
+    master's CPU per launch in ``bench.offers``.) A status whose state is not text or whose
+    timestamp is not a number, which only a faulty agent sends, is kept as text, as
+    ``/state`` shows it.
     """
     status = task.status
+    recent = task.statuses[-10:]
+    try:
+        states = ";".join([s["state"] for s in recent])
+        timestamps: bytes | str = _TIMESTAMPS[len(recent)].pack(*[s["timestamp"] for s in recent])
+    except (TypeError, struct.error):
+        states = ";".join([str(s["state"]) for s in recent])
+        timestamps = ";".join([repr(s["timestamp"]) for s in recent])
     return {
         "id": task.info.task_id,
         "name": task.info.name,
@@ -257,9 +270,14 @@ def _completed(task: _Task) -> dict[str, Any]:
         "agent_id": task.agent_id,
         "state": str(task.state),
         "resources": task.info.resources,
-        "statuses": ";".join(f"{s['state']}@{s['timestamp']!r}" for s in task.statuses[-10:]),
+        "states": states,
+        "timestamps": timestamps,
         "message": status.message if status is not None else None,
     }
+
+
+# How an ended task's last (up to ten) timestamps are packed, by their number.
+_TIMESTAMPS = [struct.Struct(f"={n}d") for n in range(11)]
 
 
 def _resources_json(r: Resources) -> dict[str, Any]:
@@ -1574,17 +1592,27 @@ def _task_json(t: _Task) -> dict[str, Any]:
 
 def _completed_json(t: dict[str, Any]) -> dict[str, Any]:
     """``/state``'s form of a :func:`_completed` task."""
-    out = dict(t)
+    out = {k: v for k, v in t.items() if k not in ("states", "timestamps")}
     out["resources"] = _resources_json(parse_resources(t["resources"]))
-    statuses = []
-    for entry in t["statuses"].split(";") if t["statuses"] else ():
-        state, _, text = entry.rpartition("@")
+    states = t["states"].split(";") if t["states"] else []
+    out["statuses"] = [
+        {"state": state, "timestamp": timestamp}
+        for state, timestamp in zip(states, _timestamps(t["timestamps"]), strict=False)
+    ]
+    return out
+
+
+def _timestamps(packed: bytes | str) -> list[Any]:
+    """The timestamps :func:`_completed` kept: doubles, or a faulty agent's values as text
+    (a number where one parses, else the text)."""
+    if isinstance(packed, bytes):
+        return list(_TIMESTAMPS[len(packed) // 8].unpack(packed))
+    out: list[Any] = []
+    for text in packed.split(";") if packed else ():
         try:
-            timestamp: Any = float(text)
-        except ValueError:  # an agent's odd timestamp (or state) is shown, not fatal
-            timestamp = text
-        statuses.append({"state": state, "timestamp": timestamp})
-    out["statuses"] = statuses
+            out.append(float(text))
+        except ValueError:  # an agent's odd timestamp is shown, not fatal
+            out.append(text)
     return out
 
 

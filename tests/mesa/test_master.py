@@ -8,6 +8,7 @@ acknowledged — and the master's bad-input handling can be driven with raw mess
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -264,6 +265,48 @@ async def test_an_ended_task_is_kept_for_state_without_the_garbage_collector(
         assert all(isinstance(s["timestamp"], float) for s in task["statuses"])
     finally:
         await driver.stop()
+
+
+def test_an_ended_task_keeps_its_statuses_exactly_and_a_faulty_agents_as_text() -> None:
+    """The record of an ended task holds its last ten statuses' timestamps to the bit and is
+    never tracked by the collector; a state that is not text or a timestamp that is not a
+    number (a faulty agent's) is shown as it came, not lost and not fatal."""
+    from mesa.info import CommandInfo, TaskInfo
+    from mesa.resources import Resources
+
+    def ended(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+        info = TaskInfo(
+            name="t",
+            task_id="t1",
+            agent_id="agent",
+            resources="cpus:1;mem:32",
+            command=CommandInfo(value="true"),
+        )
+        task = master_module._Task(info, "fw", "agent", Resources.parse("cpus:1;mem:32"), None)
+        task.state = TaskState.TASK_FINISHED
+        task.statuses = statuses
+        kept = master_module._completed(task)
+        assert not gc.is_tracked(kept)
+        return master_module._completed_json(kept)
+
+    stamps = [1765000000.0 + i / 3 for i in range(12)]
+    shown = ended([{"state": TaskState.TASK_RUNNING, "timestamp": t} for t in stamps])
+    assert [s["timestamp"] for s in shown["statuses"]] == stamps[-10:]
+    assert {s["state"] for s in shown["statuses"]} == {"TASK_RUNNING"}
+    assert ended([])["statuses"] == []
+
+    odd = ended(
+        [
+            {"state": TaskState.TASK_RUNNING, "timestamp": "yesterday"},
+            {"state": 7, "timestamp": 12},
+            {"state": TaskState.TASK_FINISHED, "timestamp": None},
+        ]
+    )
+    assert odd["statuses"] == [
+        {"state": "TASK_RUNNING", "timestamp": "'yesterday'"},
+        {"state": "7", "timestamp": 12.0},
+        {"state": "TASK_FINISHED", "timestamp": "None"},
+    ]
 
 
 async def test_the_tasks_of_one_accept_reach_the_agent_in_one_message(setup: Setup) -> None:
