@@ -23,10 +23,19 @@ few messages as latency allows:
   the agent flushes first. The round trip alone paces messages by the master's speed, not by the
   load: where tasks start more slowly (each in cgroups of its own), the round trips stayed as
   short while fewer updates came in each, and each update cost the master and the framework
-  more. With 3 ms of spacing, 2,000 ``true`` tasks in cgroups took 0.33-0.35 messages from the
-  agent per task instead of 0.62-0.72, the master 20-30 % less CPU, and the run 2-12 % less
-  time (``bench.tasks``, alternating runs). A message of one update is never followed by a
-  wait: a lone task's updates, or the first after a quiet spell, go at once.
+  more. A message of one update is never followed by a wait: a lone task's updates, or the first
+  after a quiet spell, go at once.
+
+* A burst that reaches ``batch`` updates leaves at once: it waits neither for the answer nor for
+  the gap, as Nagle's algorithm sends a full segment. The wait is for small bursts, where a
+  message more costs the master the most per update; a big one is worth its message already,
+  and holding it only delays what the framework learns (and the offers its tasks' ends free).
+  So the gap can be long enough for small bursts to grow (6 ms) without holding back the big
+  ones, which a fixed gap that long did (it cost posix runs 4-6 %). 2,000 ``true`` tasks,
+  alternating runs against a 3 ms gap and no batch: under cgroups 0.21-0.29 agent messages per
+  task instead of 0.43-0.48 and faster in 4 pairs of 4 (by 0-24 %, median 12 %); under posix
+  0.17-0.19 instead of 0.24-0.25 and faster in 5 of 6 (median 8 %). Details in
+  ``docs/executors.md``.
 
 A lone task's updates never wait on this: its stream sends ``TASK_FINISHED`` only once
 ``TASK_RUNNING`` is acknowledged, and that acknowledgement is the answer the outbox waits for.
@@ -61,9 +70,12 @@ class UpdateOutbox:
     (0: none).
     ``per_message``: updates in one message at most (a burst after a long outage, every stream
     resumed at once, must not make a message too big to send).
+    ``batch``: a burst this big leaves without waiting for the answer or the gap (0: no such
+    size; every burst waits).
 
     Counters: ``messages`` sent, ``held`` (bursts that waited for an answer or the hold),
-    ``spaced`` (bursts that waited for the gap; one may count in both).
+    ``spaced`` (bursts that waited for the gap; one may count in both), ``full`` (bursts that
+    stopped waiting because they reached ``batch``).
     """
 
     def __init__(
@@ -75,8 +87,9 @@ class UpdateOutbox:
         now: Callable[[], float] = Clock.now,
         window: int = 1,
         hold: float = 0.005,
-        gap: float = 0.003,
+        gap: float = 0.006,
         per_message: int = 1000,
+        batch: int = 12,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -84,6 +97,8 @@ class UpdateOutbox:
             raise ValueError("hold must not be negative")
         if gap < 0:
             raise ValueError("gap must not be negative")
+        if batch < 0 or batch == 1:
+            raise ValueError("batch must be 0 (none) or at least 2 (a burst)")
         self._send = send
         self._defer = defer
         self._schedule = schedule
@@ -92,6 +107,7 @@ class UpdateOutbox:
         self.hold = hold
         self.gap = gap
         self.per_message = max(1, per_message)
+        self.batch = batch
         self._updates: list[StatusUpdate] = []
         self._unanswered = 0  # messages sent since the master last answered
         self._timer: Timer | None = None
@@ -101,6 +117,7 @@ class UpdateOutbox:
         self.messages = 0
         self.held = 0
         self.spaced = 0
+        self.full = 0
 
     def __len__(self) -> int:
         return len(self._updates)
@@ -114,7 +131,13 @@ class UpdateOutbox:
         """Send ``update`` with the others of this burst, when the clock above allows."""
         self._updates.append(update)
         if len(self._updates) > 1:
-            return  # a send is already on its way (deferred, or waiting for an answer or gap)
+            # A send is already on its way (deferred, or waiting for an answer or the gap); a
+            # burst that is big enough stops waiting (and leaves with the rest of this event's).
+            if len(self._updates) >= self.batch > 0 and self._timer is not None:
+                self.full += 1
+                self._void()
+                self._defer(functools.partial(self._due, self._arm()))
+            return
         if self._unanswered < self.window:
             self._go()
         else:

@@ -331,7 +331,10 @@ class Agent(Process):
     update_hold: float = 0.005
     # The least time between a message that carried a burst of updates and the next (seconds;
     # see mesa.update_outbox): under load, bursts as big as the load makes them.
-    update_gap: float = 0.003
+    update_gap: float = 0.006
+    # A burst this big leaves at once, waiting neither for the master's answer nor for the gap
+    # (0: every burst waits; see mesa.update_outbox).
+    update_batch: int = 12
 
     def __init__(
         self,
@@ -434,6 +437,7 @@ class Agent(Process):
         self._outbox.per_message = max(1, self.updates_per_message)
         self._outbox.hold = self.update_hold
         self._outbox.gap = self.update_gap
+        self._outbox.batch = self.update_batch
         m = self.metrics
         m.gauge("agent/registered", lambda: 1 if self.registered else 0)
         m.gauge("agent/frameworks_active", lambda: len(self._frameworks))
@@ -443,6 +447,7 @@ class Agent(Process):
         m.gauge("agent/status_update_messages", lambda: self._outbox.messages)
         m.gauge("agent/status_update_messages_held", lambda: self._outbox.held)
         m.gauge("agent/status_update_messages_spaced", lambda: self._outbox.spaced)
+        m.gauge("agent/status_update_messages_full", lambda: self._outbox.full)
         m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
         m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
         self.log.info(

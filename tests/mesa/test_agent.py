@@ -776,6 +776,7 @@ async def _instant_agent(
     *,
     hold: float = Agent.update_hold,
     gap: float = Agent.update_gap,
+    batch: int = Agent.update_batch,
     auto_ack: bool = False,
     per_message: int = 1000,
 ) -> tuple[Cluster, FakeMaster, Runtime, Agent, InstantContainerizer]:
@@ -793,6 +794,7 @@ async def _instant_agent(
     )
     agent.update_hold = hold
     agent.update_gap = gap
+    agent.update_batch = batch
     agent.updates_per_message = per_message
     try:
         rt.spawn(agent)
@@ -867,6 +869,27 @@ async def test_after_a_burst_the_next_updates_wait_for_the_gap(
         assert {u.status.task_id for u in finished} == {"g0", "g1", "g2"}
         assert master.batches == 2  # the RUNNINGs together, the FINISHEDs together
         assert rt.metrics.get("agent/status_update_messages_spaced") == spaced
+    finally:
+        await rt.stop()
+        await cluster.stop_master()
+
+
+async def test_a_burst_as_big_as_the_batch_does_not_wait_for_the_gap(tmp_path: Path) -> None:
+    """The same three tasks with a gap of a minute and a batch of three: their TASK_FINISHEDs
+    are a full batch, and leave at once."""
+    cluster, master, rt, _agent, containerizer = await _instant_agent(
+        tmp_path, auto_ack=True, gap=60.0, batch=3
+    )
+    try:
+        tasks = [command_task(f"g{i}", "true") for i in range(3)]
+        master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
+        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
+        await libproc_dispatch(containerizer.pid, containerizer.end_all)
+        await master.wait_for(
+            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
+        )
+        assert master.batches == 2
+        assert rt.metrics.get("agent/status_update_messages_full") == 1
     finally:
         await rt.stop()
         await cluster.stop_master()

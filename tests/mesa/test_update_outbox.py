@@ -348,3 +348,65 @@ def test_one_update_a_message_means_no_gap() -> None:
     box.put(update("c"))
     agent.run_deferred()
     assert agent.sent == [["a"], ["b"], ["c"]] and box.spaced == 0
+
+
+def test_a_burst_that_reaches_the_batch_leaves_without_waiting_for_the_answer() -> None:
+    """As Nagle sends a full segment: "b", "c", "d" wait for the answer to "a" (a minute at
+    most) until there are three of them, then leave with the rest of the event's updates; the
+    hold's timer, had it fired meanwhile, sends nothing more."""
+    agent = Agent()
+    box = outbox(agent, hold=60.0, gap=0.0, batch=3)
+    box.put(update("a"))
+    agent.run_deferred()
+    box.put(update("b"))
+    box.put(update("c"))
+    (hold,) = agent.live_holds()
+    stale = hold.fn
+    box.put(update("d"))
+    assert hold.cancelled and box.full == 1 and agent.sent == [["a"]]
+    box.put(update("e"))  # (the same event's: it goes with them)
+    agent.run_deferred()
+    assert agent.sent == [["a"], ["b", "c", "d", "e"]] and not box.waiting
+    assert stale is not None
+    stale()
+    assert agent.sent == [["a"], ["b", "c", "d", "e"]]
+
+
+def test_a_burst_that_reaches_the_batch_leaves_without_waiting_for_the_gap() -> None:
+    """And the gap after it holds the next small burst as after any other."""
+    agent = Agent()
+    box = outbox(agent, gap=0.003, batch=3)
+    burst_then_c(agent, box)  # "c" waits for the gap after [a, b]
+    box.put(update("d"))
+    assert box.waiting and box.full == 0
+    box.put(update("e"))
+    agent.run_deferred()
+    assert agent.sent == [["a", "b"], ["c", "d", "e"]] and box.full == 1
+    box.answered()
+    box.put(update("f"))
+    agent.run_deferred()
+    assert agent.sent[-1] == ["c", "d", "e"] and box.spaced == 2
+    agent.clock += 0.003
+    agent.fire_holds()
+    assert agent.sent[-1] == ["f"]
+
+
+def test_with_batch_zero_every_burst_waits() -> None:
+    agent = Agent()
+    box = outbox(agent, hold=60.0, gap=0.0, batch=0)
+    box.put(update("a"))
+    agent.run_deferred()
+    for i in range(50):
+        box.put(update(f"b{i}"))
+    agent.run_deferred()
+    assert agent.sent == [["a"]] and box.waiting and box.full == 0
+    box.answered()
+    agent.run_deferred()
+    assert len(agent.sent[-1]) == 50
+
+
+def test_a_batch_of_one_or_less_than_none_is_refused() -> None:
+    agent = Agent()
+    for batch in (1, -1):
+        with pytest.raises(ValueError, match="batch"):
+            outbox(agent, batch=batch)
