@@ -14,6 +14,7 @@ from mesa.resources import ResourceError, Resources
 __all__ = [
     "attributes",
     "endpoint",
+    "fraction",
     "port",
     "positive_float",
     "positive_int",
@@ -49,6 +50,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1 (a share of something)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
 
 

@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a finished container's sandbox is kept before it is removed (a week)",
     )
     a.add_argument(
+        "--gc-disk-headroom",
+        type=flags.fraction,
+        default=0.1,
+        help="share of the work directory's disk (blocks or inodes) that finished sandboxes "
+        "must leave free: they are kept gc_delay * max(0, 1 - headroom - disk usage)",
+    )
+    a.add_argument(
+        "--disk-watch-interval",
+        type=flags.positive_float,
+        default=60.0,
+        help="seconds between looks at the disk for --gc-disk-headroom",
+    )
+    a.add_argument(
         "--isolation",
         default=None,
         help="comma-separated isolators, e.g. 'cgroups/cpu,cgroups/mem,cgroups/pids,disk/du' "
@@ -245,6 +258,8 @@ def _agent_kwargs(args: argparse.Namespace, work_dir: str, runtime: Any) -> dict
         "executor_registration_timeout": args.executor_registration_timeout,
         "command_tasks": args.command_tasks,
         "gc_delay": args.gc_delay,
+        "gc_disk_headroom": args.gc_disk_headroom,
+        "disk_watch_interval": args.disk_watch_interval,
         "isolation": args.isolation,
         "isolation_options": IsolationOptions(
             cgroups_root=args.cgroups_root,

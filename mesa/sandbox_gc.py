@@ -11,6 +11,15 @@ agent's context on the libproc Clock. Sandboxes are due in the order they were h
 delay for all), so a deque and a single timer (for the oldest) are enough, however many wait.
 The removal itself (``rmtree``, which on a slow filesystem takes a while) runs on a worker thread,
 never on the agent's.
+
+A week is long for an agent that runs short tasks: at a thousand a second it makes 600 million
+sandboxes in one, and the disk (its inodes first: each sandbox is a directory and two files)
+runs out long before. So, as Mesos's ``--gc_disk_headroom`` does, the agent looks at its disk
+every ``--disk-watch-interval`` and removes now every sandbox older than
+``gc_delay * max(0, 1 - headroom - usage)`` (:func:`max_age`, :meth:`SandboxCollector.prune`):
+the fuller the disk, the sooner they go, all of them once less than ``headroom`` is left. Unlike
+Mesos, usage is the larger of the blocks and the inodes used (:func:`disk_usage`), since tiny
+sandboxes fill the inode table first.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 
 from libproc import Clock, Timer, get_logger
 
-__all__ = ["SandboxCollector"]
+__all__ = ["SandboxCollector", "disk_usage", "max_age"]
 
 log = get_logger("mesa.sandbox_gc")
 
@@ -40,11 +49,29 @@ def remove_sandbox(path: str, parents: Sequence[str]) -> None:
             return
 
 
+def disk_usage(path: str) -> float:
+    """The fraction of the filesystem holding ``path`` that is used: of its blocks or of its
+    inodes, whichever is more (a filesystem that does not count inodes reports none)."""
+    st = os.statvfs(path)
+    used = 1.0 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+    if st.f_files:
+        used = max(used, 1.0 - st.f_favail / st.f_files)
+    return min(1.0, max(0.0, used))
+
+
+def max_age(delay: float, headroom: float, usage: float) -> float:
+    """How long a finished sandbox may be kept with the disk ``usage`` full (Mesos's formula):
+    the whole ``delay`` on an empty disk, less as it fills, nothing once less than ``headroom``
+    is left."""
+    return delay * max(0.0, 1.0 - headroom - usage)
+
+
 class SandboxCollector:
     """Removes each sandbox ``delay`` seconds after :meth:`add`.
 
     ``schedule(seconds, fn) -> Timer`` is normally the owner's ``delay``. ``removed`` counts the
-    sandboxes removed; ``len()`` is how many wait.
+    sandboxes removed, ``pruned`` those sent for removal before their delay was over
+    (:meth:`prune`); ``len()`` is how many wait.
     """
 
     def __init__(self, delay: float, schedule: Callable[..., Timer]) -> None:
@@ -56,6 +83,7 @@ class SandboxCollector:
         self._timer: Timer | None = None
         self._removals: set[asyncio.Future[Any]] = set()
         self.removed = 0
+        self.pruned = 0
 
     def __len__(self) -> int:
         return len(self._due)
@@ -75,11 +103,30 @@ class SandboxCollector:
     def _arm(self) -> None:
         self._timer = self._schedule(max(0.0, self._due[0][0] - Clock.now()), self._sweep)
 
+    def prune(self, age: float) -> int:
+        """Remove now every sandbox handed in at least ``age`` seconds ago, before its delay is
+        over (the disk is filling: see :func:`max_age`); returns how many."""
+        if age >= self.delay:
+            return 0  # (none is due sooner than it is already)
+        count = self._remove_due(Clock.now() - age + self.delay)
+        self.pruned += count
+        if count and self._timer is not None:
+            self._timer.cancel()  # (it was for the oldest, which has gone)
+            self._timer = None
+            if self._due:
+                self._arm()
+        return count
+
     def _sweep(self) -> None:
         self._timer = None
-        now = Clock.now()
+        self._remove_due(Clock.now())
+        if self._due:
+            self._arm()
+
+    def _remove_due(self, until: float) -> int:
+        """Hand every sandbox due by ``until`` to a worker thread for removal; how many."""
         batch: list[tuple[str, tuple[str, ...]]] = []
-        while self._due and self._due[0][0] <= now:
+        while self._due and self._due[0][0] <= until:
             _, path, parents = self._due.popleft()
             batch.append((path, parents))
         if batch:
@@ -87,8 +134,7 @@ class SandboxCollector:
             removal = loop.run_in_executor(None, _remove_all, batch)
             self._removals.add(removal)
             removal.add_done_callback(self._removed)
-        if self._due:
-            self._arm()
+        return len(batch)
 
     def _removed(self, removal: asyncio.Future[int]) -> None:
         """Back on the loop's thread."""

@@ -45,7 +45,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -97,7 +97,7 @@ from mesa.messages import (
     UpdateFramework,
 )
 from mesa.resources import ResourceError, Resources
-from mesa.sandbox_gc import SandboxCollector
+from mesa.sandbox_gc import SandboxCollector, disk_usage, max_age
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
 from mesa.update_outbox import UpdateOutbox
@@ -165,6 +165,10 @@ def direct_task_executor_info(task: TaskInfo, framework_id: str) -> ExecutorInfo
 
 # How long a finished container's sandbox is kept (Mesos's --gc_delay default: a week).
 DEFAULT_GC_DELAY = 7 * 24 * 3600.0
+# The share of the disk the sandboxes must leave free, and how often the agent looks (Mesos's
+# --gc_disk_headroom and --disk_watch_interval defaults; see mesa.sandbox_gc).
+DEFAULT_GC_DISK_HEADROOM = 0.1
+DEFAULT_DISK_WATCH_INTERVAL = 60.0
 
 # How long a killed direct task gets between SIGTERM and SIGKILL when neither the kill nor the
 # task names a grace period (the command executor's default).
@@ -321,7 +325,10 @@ class Agent(Process):
     container, which runs the command as its child (``TASK_STARTING`` first, then the same).
 
     ``gc_delay``: seconds a finished container's sandbox is kept (for people to read what its
-    tasks wrote) before it is removed (Mesos's ``--gc_delay``; a week by default).
+    tasks wrote) before it is removed (Mesos's ``--gc_delay``; a week by default). Every
+    ``disk_watch_interval`` the agent looks at its work directory's disk and removes sooner the
+    sandboxes a filling disk cannot keep (``gc_disk_headroom``, Mesos's formula: see
+    :mod:`mesa.sandbox_gc`).
     """
 
     # Status updates in one StatusUpdates message, at most (a burst's are sent together).
@@ -358,6 +365,8 @@ class Agent(Process):
         executor_shutdown_grace_period: float = 5.0,
         command_tasks: str = "direct",
         gc_delay: float = DEFAULT_GC_DELAY,
+        gc_disk_headroom: float = DEFAULT_GC_DISK_HEADROOM,
+        disk_watch_interval: float = DEFAULT_DISK_WATCH_INTERVAL,
         id: str = "agent",
     ) -> None:
         super().__init__(id)
@@ -383,6 +392,16 @@ class Agent(Process):
             raise ValueError(f"command_tasks must be one of {', '.join(COMMAND_TASKS)}")
         self.command_tasks = command_tasks
         self._sandboxes = SandboxCollector(gc_delay, self.delay)
+        if not 0.0 <= gc_disk_headroom <= 1.0:
+            raise ValueError("gc_disk_headroom must be between 0 and 1")
+        if not disk_watch_interval > 0:
+            raise ValueError("disk_watch_interval must be greater than zero")
+        self.gc_disk_headroom = gc_disk_headroom
+        self.disk_watch_interval = disk_watch_interval
+        # How full the work directory's disk is (a fraction; tests stand in for the disk here).
+        self.disk_usage: Callable[[str], float] = disk_usage
+        self._disk_used: float | None = None  # (as last seen)
+        self._disk_timer: Timer | None = None
 
         # Fail here, in the constructor, on a bad resource string or an unusable work dir, so a
         # command line reports it instead of an actor logging it.
@@ -450,6 +469,9 @@ class Agent(Process):
         m.gauge("agent/status_update_messages_full", lambda: self._outbox.full)
         m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
         m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
+        m.gauge("agent/sandboxes_pruned", lambda: self._sandboxes.pruned)
+        m.gauge("agent/disk_usage", lambda: self._disk_used or 0.0)
+        self._disk_timer = self.delay(self.disk_watch_interval, self._watch_disk)
         self.log.info(
             "agent_started",
             master=str(self.master),
@@ -473,6 +495,8 @@ class Agent(Process):
             executor.cancel_timers()
         self._updates.close()
         self._sandboxes.close()
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         if self._containerizer is None:
             return
         if self._own_containerizer:
@@ -1106,6 +1130,19 @@ class Agent(Process):
                 del framework.executors[executor.id]
             framework.completed_executors.append(executor)
             self._maybe_remove_framework(framework)
+
+    def _watch_disk(self) -> None:
+        """The disk is filling: sandboxes go sooner than ``gc_delay`` (see mesa.sandbox_gc)."""
+        self._disk_timer = self.delay(self.disk_watch_interval, self._watch_disk)
+        try:
+            used = self._disk_used = self.disk_usage(str(self.work_dir))
+        except OSError as e:
+            self.log.warning("disk_usage_unknown", work_dir=str(self.work_dir), error=repr(e))
+            return
+        age = max_age(self._sandboxes.delay, self.gc_disk_headroom, used)
+        pruned = self._sandboxes.prune(age)
+        if pruned:
+            self.log.info("sandboxes_pruned", count=pruned, disk_usage=round(used, 3), max_age=age)
 
     def _collect_sandbox(self, executor: _Executor) -> None:
         """Its container is gone: its sandbox goes after ``gc_delay`` (and, for an executor, the

@@ -39,6 +39,7 @@ from agent_harness import (
 from isolation_support import leftover_cgroups, need_cgroups, unique_root
 
 from libproc import Clock, filters, settle
+from mesa.actors.agent import Agent
 from mesa.actors.containerizer import source_root
 from mesa.info import CommandInfo
 from mesa.isolators import IsolationOptions
@@ -533,6 +534,64 @@ async def test_reregistration_lists_the_task_but_no_executor(cluster: Cluster, t
     assert not running(pid)
     master.kill("fw-1", custom)
     await master.wait_state(custom, TaskState.TASK_KILLED)
+
+
+async def test_a_filling_disk_removes_finished_sandboxes_before_the_gc_delay(cluster: Cluster):
+    """As Mesos's --gc_disk_headroom: with a week's delay, a finished sandbox stays while the
+    disk has room for it (half full: kept for 0.4 of the week) and goes once less than the
+    headroom is left; a running task's sandbox is not touched."""
+    master = await start(cluster, disk_watch_interval=0.05)
+    agent = cluster.agent
+    assert agent is not None
+    seen: list[str] = []
+    usage = 0.5
+
+    def disk(path: str) -> float:
+        seen.append(path)
+        return usage
+
+    agent.disk_usage = disk
+    keep = new_task_id("keep")
+    master.run_task(framework(), command_task(keep, "exec sleep 60"))
+    await master.wait_state(keep, TaskState.TASK_RUNNING)
+    tid = new_task_id()
+    master.run_task(framework(), command_task(tid, "echo written"))
+    await master.wait_state(tid, TaskState.TASK_FINISHED)
+    sandbox = await cluster.sandbox(tid)
+
+    async def metric(name: str) -> float:
+        return (await cluster.http_get("/metrics/snapshot"))[name]
+
+    await eventually(lambda: metric("agent/sandboxes_awaiting_gc"), "the sandbox handed in")
+    # The agent has looked at the half-full disk since: nothing goes.
+    seen.clear()
+    await eventually(lambda: len(seen) >= 2, "two looks at the disk")
+    assert seen[0] == str(agent.work_dir)
+    assert await metric("agent/disk_usage") == 0.5
+    assert await metric("agent/sandboxes_pruned") == 0 and (sandbox / "stdout").exists()
+
+    usage = 0.95
+
+    async def removed() -> bool:
+        return await metric("agent/sandboxes_removed") >= 1
+
+    await eventually(removed, "the finished sandbox removed early")
+    assert await metric("agent/sandboxes_pruned") == 1
+    assert not sandbox.exists()
+    assert (await cluster.sandbox(keep)).exists()
+    master.kill("fw-1", keep, grace=0.1)
+    await master.wait_state(keep, TaskState.TASK_KILLED)
+
+
+@pytest.mark.parametrize(
+    ("kw", "complaint"),
+    [({"gc_disk_headroom": 1.5}, "between 0 and 1"), ({"disk_watch_interval": 0}, "greater")],
+)
+def test_the_agent_refuses_a_bad_headroom_or_watch_interval(
+    tmp_path: Path, kw: dict[str, float], complaint: str
+):
+    with pytest.raises(ValueError, match=complaint):
+        Agent("master@127.0.0.1:5050", tmp_path, containerizer="c@127.0.0.1:1", **kw)
 
 
 @pytest.mark.parametrize("command_tasks", ["direct", "executor"])

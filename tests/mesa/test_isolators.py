@@ -370,6 +370,8 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
             "--cgroups-spares=0",
             "--enforce-container-disk-quota",
             "--container-disk-watch-interval=2.5",
+            "--gc-disk-headroom=0.25",
+            "--disk-watch-interval=30",
         ]
     )
 
@@ -378,6 +380,7 @@ def test_node_takes_the_isolation_flags(tmp_path: Path):
 
     kw = _agent_kwargs(args, str(tmp_path), FakeRuntime())
     assert kw["isolation"] == "cgroups/cpu,cgroups/mem"
+    assert kw["gc_disk_headroom"] == 0.25 and kw["disk_watch_interval"] == 30.0
     assert kw["isolation_options"] == IsolationOptions(
         cgroups_root="mesa/here",
         cgroups_enable_cfs=True,

@@ -36,6 +36,8 @@ def test_help_explains_every_flag() -> None:
         "--agent-ping-interval",
         "--offer-timeout",
         "--command-tasks",
+        "--gc-disk-headroom",
+        "--disk-watch-interval",
     ):
         assert flag in result.stdout, flag
 
@@ -51,6 +53,8 @@ def test_help_explains_every_flag() -> None:
         (["--role=agent"], "needs --master"),
         (["--role=queen"], "invalid choice"),
         (["--role=agent", "--master=127.0.0.1:5050", "--command-tasks=fork"], "invalid choice"),
+        (["--role=agent", "--master=127.0.0.1:5050", "--gc-disk-headroom=1.5"], "between 0 and 1"),
+        (["--role=agent", "--master=127.0.0.1:5050", "--disk-watch-interval=0"], "greater than"),
     ],
 )
 def test_bad_flag_values_end_in_one_clear_line(args: list[str], expected: str) -> None:

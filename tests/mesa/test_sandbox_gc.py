@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from libproc import Clock
-from mesa.sandbox_gc import SandboxCollector
+from mesa.sandbox_gc import SandboxCollector, disk_usage, max_age
 from tests.waiting import eventually
 
 
@@ -100,3 +100,57 @@ async def test_close_leaves_what_is_due_on_disk(clock: Any, tmp_path: Path):
 def test_a_negative_delay_is_refused():
     with pytest.raises(ValueError, match="negative"):
         SandboxCollector(-1.0, Schedule())
+
+
+async def test_prune_removes_now_what_is_older_than_the_age_and_rearms(clock: Any, tmp_path: Path):
+    schedule = Schedule()
+    gc = SandboxCollector(100.0, schedule)
+    old, mid, new = (sandbox(tmp_path, name) for name in ("e1", "e2", "e3"))
+    gc.add(str(old))
+    clock.advance(30.0)
+    gc.add(str(mid))
+    clock.advance(30.0)
+    gc.add(str(new))
+    (first,) = schedule.live()
+    assert gc.prune(100.0) == 0 and gc.prune(500.0) == 0  # no sooner than the delay anyway
+    assert gc.prune(30.0) == 2  # handed in 60 and 30 seconds ago
+    await eventually(lambda: gc.removed == 2, "the two removed")
+    assert not old.exists() and not mid.exists() and new.exists()
+    assert gc.pruned == 2 and len(gc) == 1
+    # The timer was for the oldest: now one for the one left, due at its own time.
+    assert first.cancelled and [t.due for t in schedule.live()] == [Clock.now() + 100.0]
+    assert gc.prune(0.0) == 1 and schedule.live() == []
+    await eventually(lambda: gc.removed == 3, "all removed")
+
+
+def test_max_age_is_mesos_s_formula():
+    week = 7 * 24 * 3600.0
+    assert max_age(week, 0.1, 0.0) == pytest.approx(0.9 * week)
+    assert max_age(week, 0.1, 0.5) == pytest.approx(0.4 * week)
+    assert max_age(week, 0.1, 0.9) == 0.0
+    assert max_age(week, 0.1, 1.0) == 0.0
+    assert max_age(week, 0.0, 0.0) == week
+
+
+def test_disk_usage_is_the_larger_of_blocks_and_inodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    assert 0.0 <= disk_usage(str(tmp_path)) <= 1.0  # the real filesystem
+
+    class Stat:
+        def __init__(self, blocks: int, bavail: int, files: int, favail: int) -> None:
+            self.f_blocks, self.f_bavail, self.f_files, self.f_favail = (
+                blocks,
+                bavail,
+                files,
+                favail,
+            )
+
+    for stat, used in [
+        (Stat(1000, 800, 1000, 100), 0.9),  # tiny files: the inodes run out first
+        (Stat(1000, 300, 1000, 900), 0.7),
+        (Stat(1000, 250, 0, 0), 0.75),  # a filesystem that does not count inodes
+        (Stat(0, 0, 0, 0), 0.0),
+    ]:
+        monkeypatch.setattr("os.statvfs", lambda path, s=stat: s)
+        assert disk_usage("/anywhere") == pytest.approx(used)
