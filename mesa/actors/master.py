@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import socket
 import struct
 import time
@@ -250,18 +251,25 @@ def _completed(task: _Task) -> dict[str, Any]:
     their text form, and of the last ten statuses the states are joined by ``;`` and the
     timestamps packed as doubles. (Formatting each timestamp as text was most of this
     function's time, which every task pays when it ends: about 2 µs, a fortieth of the
-    master's CPU per launch in ``bench.offers``.) A status whose state is not text or whose
-    timestamp is not a number, which only a faulty agent sends, is kept as text, as
-    ``/state`` shows it.
+    master's CPU per launch in ``bench.offers``.) Statuses only a faulty agent sends (a state
+    that is not text or holds a ``;``, a timestamp that is not a number) are kept as JSON text
+    instead, and shown as they came.
     """
     status = task.status
     recent = task.statuses[-10:]
+    states: str | None = None
     try:
-        states = ";".join([s["state"] for s in recent])
+        joined = ";".join([s["state"] for s in recent])
         timestamps: bytes | str = _TIMESTAMPS[len(recent)].pack(*[s["timestamp"] for s in recent])
+        if not recent or joined.count(";") == len(recent) - 1:
+            states = joined  # (else a state held a ";": it would not split back)
     except (TypeError, struct.error):
-        states = ";".join([str(s["state"]) for s in recent])
-        timestamps = ";".join([repr(s["timestamp"]) for s in recent])
+        pass
+    if states is None:
+        # A faulty agent's: the statuses as JSON text, each value as it came (what JSON
+        # cannot hold, as its repr).
+        states = json.dumps([[s["state"], s["timestamp"]] for s in recent], default=repr)
+        timestamps = ""
     return {
         "id": task.info.task_id,
         "name": task.info.name,
@@ -1592,27 +1600,16 @@ def _task_json(t: _Task) -> dict[str, Any]:
 
 def _completed_json(t: dict[str, Any]) -> dict[str, Any]:
     """``/state``'s form of a :func:`_completed` task."""
-    out = {k: v for k, v in t.items() if k not in ("states", "timestamps")}
+    out = {k: v for k, v in t.items() if k not in ("states", "timestamps", "message")}
     out["resources"] = _resources_json(parse_resources(t["resources"]))
-    states = t["states"].split(";") if t["states"] else []
-    out["statuses"] = [
-        {"state": state, "timestamp": timestamp}
-        for state, timestamp in zip(states, _timestamps(t["timestamps"]), strict=False)
-    ]
-    return out
-
-
-def _timestamps(packed: bytes | str) -> list[Any]:
-    """The timestamps :func:`_completed` kept: doubles, or a faulty agent's values as text
-    (a number where one parses, else the text)."""
-    if isinstance(packed, bytes):
-        return list(_TIMESTAMPS[len(packed) // 8].unpack(packed))
-    out: list[Any] = []
-    for text in packed.split(";") if packed else ():
-        try:
-            out.append(float(text))
-        except ValueError:  # an agent's odd timestamp is shown, not fatal
-            out.append(text)
+    timestamps = t["timestamps"]
+    if isinstance(timestamps, bytes):
+        states = t["states"].split(";") if timestamps else []
+        pairs = zip(states, _TIMESTAMPS[len(timestamps) // 8].unpack(timestamps), strict=True)
+    else:  # (a faulty agent's, kept as JSON text)
+        pairs = json.loads(t["states"])
+    out["statuses"] = [{"state": state, "timestamp": timestamp} for state, timestamp in pairs]
+    out["message"] = t["message"]
     return out
 
 

@@ -299,13 +299,22 @@ def test_an_ended_task_keeps_its_statuses_exactly_and_a_faulty_agents_as_text() 
         [
             {"state": TaskState.TASK_RUNNING, "timestamp": "yesterday"},
             {"state": 7, "timestamp": 12},
-            {"state": TaskState.TASK_FINISHED, "timestamp": None},
+            {"state": "A;B", "timestamp": 1.0},
+            {"state": "", "timestamp": None},
+            {"state": TaskState.TASK_FINISHED, "timestamp": b"\x00"},
         ]
     )
     assert odd["statuses"] == [
-        {"state": "TASK_RUNNING", "timestamp": "'yesterday'"},
-        {"state": "7", "timestamp": 12.0},
-        {"state": "TASK_FINISHED", "timestamp": "None"},
+        {"state": "TASK_RUNNING", "timestamp": "yesterday"},
+        {"state": 7, "timestamp": 12},
+        {"state": "A;B", "timestamp": 1.0},
+        {"state": "", "timestamp": None},
+        {"state": "TASK_FINISHED", "timestamp": "b'\\x00'"},
+    ]
+    # A ";" in a state takes the JSON path; an empty state alone does not need it.
+    assert [s["state"] for s in ended([{"state": "", "timestamp": 1.0}])["statuses"]] == [""]
+    assert ended([{"state": "A;B", "timestamp": 1.0}])["statuses"] == [
+        {"state": "A;B", "timestamp": 1.0}
     ]
 
 
