@@ -15,7 +15,8 @@ few messages as latency allows:
   of TCP's Nagle algorithm: a lone update, or one after a quiet spell, goes at once; under load,
   a message leaves per round trip, holding whatever the round trip's time brought, so the
   bursts grow with the load instead of the message count. ``hold`` bounds the wait (a framework
-  slow to acknowledge must not stall the others' updates).
+  slow to acknowledge must not stall the others' updates), though never to less than the gap
+  below: without an answer a burst leaves at the later of the two.
 
 * Under load, consecutive messages are also spaced by ``gap``: after a message that carried a
   burst (two updates or more), the next leaves no sooner than ``gap`` after it (less the
@@ -39,7 +40,8 @@ few messages as latency allows:
 
 A lone task's updates never wait on this: its stream sends ``TASK_FINISHED`` only once
 ``TASK_RUNNING`` is acknowledged, and that acknowledgement is the answer the outbox waits for.
-Under load the wait is a round trip at most, and ``hold`` at the latest. What it saves is the
+Under load the wait is a round trip, or the gap, and ``max(hold, gap)`` at the latest (unless
+the burst is full). What it saves is the
 master's time, the one component every agent shares (figures in ``docs/executors.md``).
 
 Like the streams, this is a plain object the agent owns: it is given the agent's ``defer`` and
@@ -50,6 +52,7 @@ and a ``send``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 from libproc import Clock, Timer
@@ -65,9 +68,9 @@ class UpdateOutbox:
     """Status updates on their way to the master (see the module docstring).
 
     ``window``: messages that may be unanswered before the next waits for an answer (1: one
-    in flight, as Nagle). ``hold``: the longest an update waits for that answer, in seconds.
-    ``gap``: the least time between a message that carried a burst and the next, in seconds
-    (0: none).
+    in flight, as Nagle; a full burst leaves whatever the count). ``hold``: the longest an
+    update waits for that answer, in seconds, unless the gap is longer. ``gap``: the least time
+    between a message that carried a burst and the next, in seconds (0: none).
     ``per_message``: updates in one message at most (a burst after a long outage, every stream
     resumed at once, must not make a message too big to send).
     ``batch``: a burst this big leaves without waiting for the answer or the gap (0: no such
@@ -91,23 +94,11 @@ class UpdateOutbox:
         per_message: int = 1000,
         batch: int = 12,
     ) -> None:
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        if hold < 0:
-            raise ValueError("hold must not be negative")
-        if gap < 0:
-            raise ValueError("gap must not be negative")
-        if batch < 0 or batch == 1:
-            raise ValueError("batch must be 0 (none) or at least 2 (a burst)")
         self._send = send
         self._defer = defer
         self._schedule = schedule
         self._now = now
-        self.window = window
-        self.hold = hold
-        self.gap = gap
-        self.per_message = max(1, per_message)
-        self.batch = batch
+        self.configure(window=window, hold=hold, gap=gap, per_message=per_message, batch=batch)
         self._updates: list[StatusUpdate] = []
         self._unanswered = 0  # messages sent since the master last answered
         self._timer: Timer | None = None
@@ -118,6 +109,24 @@ class UpdateOutbox:
         self.held = 0
         self.spaced = 0
         self.full = 0
+
+    def configure(
+        self, *, window: int, hold: float, gap: float, per_message: int, batch: int
+    ) -> None:
+        """Set the knobs (see the class docstring); ValueError names one that makes no sense."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        if not 0 <= hold < math.inf:
+            raise ValueError("hold must be a finite number of seconds, not negative")
+        if not 0 <= gap < math.inf:
+            raise ValueError("gap must be a finite number of seconds, not negative")
+        if batch < 0 or batch == 1:
+            raise ValueError("batch must be 0 (none) or at least 2 (a burst)")
+        self.window = window
+        self.hold = hold
+        self.gap = gap
+        self.per_message = max(1, per_message)
+        self.batch = batch
 
     def __len__(self) -> int:
         return len(self._updates)
@@ -142,7 +151,11 @@ class UpdateOutbox:
             self._go()
         else:
             self.held += 1
-            self._timer = self._schedule(self.hold, self._due, self._arm())
+            wait = self.hold
+            at = self._next_burst_at
+            if at is not None:  # (and, answer or not, no sooner than the gap allows)
+                wait = max(wait, at - self._now())
+            self._timer = self._schedule(wait, self._due, self._arm())
 
     def answered(self) -> None:
         """An acknowledgement came from the master: what waited for one can go (at the gap's

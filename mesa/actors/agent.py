@@ -334,7 +334,7 @@ class Agent(Process):
     # Status updates in one StatusUpdates message, at most (a burst's are sent together).
     updates_per_message: int = 1000
     # The longest an update waits for the master to answer the message before it (seconds; see
-    # mesa.update_outbox).
+    # mesa.update_outbox), unless the gap below is longer.
     update_hold: float = 0.005
     # The least time between a message that carried a burst of updates and the next (seconds;
     # see mesa.update_outbox): under load, bursts as big as the load makes them.
@@ -453,10 +453,13 @@ class Agent(Process):
                 why=self._isolation_reasons,
             )
             self._containerizer = self.spawn(Containerizer(self._isolators))
-        self._outbox.per_message = max(1, self.updates_per_message)
-        self._outbox.hold = self.update_hold
-        self._outbox.gap = self.update_gap
-        self._outbox.batch = self.update_batch
+        self._outbox.configure(
+            window=self._outbox.window,
+            hold=self.update_hold,
+            gap=self.update_gap,
+            per_message=self.updates_per_message,
+            batch=self.update_batch,
+        )
         m = self.metrics
         m.gauge("agent/registered", lambda: 1 if self.registered else 0)
         m.gauge("agent/frameworks_active", lambda: len(self._frameworks))

@@ -410,3 +410,31 @@ def test_a_batch_of_one_or_less_than_none_is_refused() -> None:
     for batch in (1, -1):
         with pytest.raises(ValueError, match="batch"):
             outbox(agent, batch=batch)
+
+
+def test_without_an_answer_a_burst_still_waits_for_a_gap_longer_than_the_hold() -> None:
+    """The hold bounds the wait for an answer, never to less than the gap: [a, b] at 0, "c" at
+    0.5 ms, no answer; with a 5 ms hold and a 6 ms gap "c" leaves at 6 ms, not 5.5."""
+    agent = Agent()
+    box = outbox(agent, hold=0.005, gap=0.006, batch=0)
+    box.put(update("a"))
+    box.put(update("b"))
+    agent.run_deferred()
+    agent.clock += 0.0005
+    box.put(update("c"))
+    (hold,) = agent.live_holds()
+    assert hold.seconds == pytest.approx(0.0055)  # (to the gap's end)
+    agent.clock += 0.0055
+    agent.fire_holds()
+    assert agent.sent == [["a", "b"], ["c"]]
+
+
+def test_settings_are_checked_when_changed_too() -> None:
+    agent = Agent()
+    box = outbox(agent)
+    with pytest.raises(ValueError, match="hold"):
+        box.configure(window=1, hold=float("inf"), gap=0.0, per_message=10, batch=0)
+    with pytest.raises(ValueError, match="gap"):
+        box.configure(window=1, hold=0.0, gap=float("nan"), per_message=10, batch=0)
+    box.configure(window=2, hold=0.1, gap=0.2, per_message=0, batch=3)
+    assert (box.window, box.hold, box.gap, box.per_message, box.batch) == (2, 0.1, 0.2, 1, 3)
