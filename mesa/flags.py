@@ -7,6 +7,7 @@ value ends in one clear line (``mesa.node: error: argument --resources: ...``), 
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from mesa.resources import ResourceError, Resources
@@ -19,6 +20,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "resources",
+    "seconds",
 ]
 
 
@@ -50,6 +52,20 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+MAX_SECONDS = 10 * 365 * 24 * 3600.0  # what a timer may be set for (ten years)
+
+
+def seconds(text: str) -> float:
+    """A duration: greater than zero, and at most ten years (a timer's clock counts in
+    nanoseconds; ``inf``, or 1e300, would stop the node as it set its first timer)."""
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than ten years ({MAX_SECONDS:.0f} s)")
     return value
 
 

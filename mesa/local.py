@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="each agent's resources",
     )
     p.add_argument("--work-dir", default=None, help="work dirs go here (default: a temp dir)")
-    p.add_argument("--allocation-interval", type=flags.positive_float, default=1.0)
+    p.add_argument("--allocation-interval", type=flags.seconds, default=1.0)
     p.add_argument("--log-format", choices=["console", "json"], default="console")
     p.add_argument("--log-level", default="warning")
     return p

@@ -67,20 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("master")
     m.add_argument(
         "--allocation-interval",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=1.0,
         help="seconds between allocation cycles (events also trigger a cycle)",
     )
     m.add_argument(
         "--allocation-batch-delay",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=0.01,
         help="seconds from an event (resources recovered, an agent or framework added) to the "
         "cycle it triggers; a burst of events within it costs one cycle",
     )
     m.add_argument(
         "--agent-ping-interval",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=1.0,
         help="seconds between pings to each agent",
     )
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--offer-timeout",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=None,
         help="rescind offers a framework holds longer than this many seconds (default: never)",
     )
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--executor-registration-timeout",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=60.0,
         help="seconds an executor has to register before its container is destroyed",
     )
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--gc-delay",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=7 * 24 * 3600.0,
         help="seconds a finished container's sandbox is kept before it is removed (a week)",
     )
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--disk-watch-interval",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=60.0,
         help="seconds between looks at the disk for --gc-disk-headroom",
     )
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--container-disk-watch-interval",
-        type=flags.positive_float,
+        type=flags.seconds,
         default=15.0,
         help="disk/du: seconds between measurements of each sandbox",
     )

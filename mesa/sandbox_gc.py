@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 from collections import deque
@@ -51,7 +52,9 @@ def remove_sandbox(path: str, parents: Sequence[str]) -> None:
 
 def disk_usage(path: str) -> float:
     """The fraction of the filesystem holding ``path`` that is used: of its blocks or of its
-    inodes, whichever is more (a filesystem that does not count inodes reports none)."""
+    inodes, whichever is more (a filesystem that does not count inodes reports none). What is
+    reserved for root (ext4 keeps 5 %) counts as used: the headroom is kept clear of it, so an
+    agent running as root does not eat into what the system keeps for itself."""
     st = os.statvfs(path)
     used = 1.0 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
     if st.f_files:
@@ -75,8 +78,8 @@ class SandboxCollector:
     """
 
     def __init__(self, delay: float, schedule: Callable[..., Timer]) -> None:
-        if delay < 0:
-            raise ValueError("the delay must not be negative")
+        if not 0 <= delay < math.inf:  # (also refuses nan)
+            raise ValueError("the delay must be a finite number of seconds, not negative")
         self.delay = delay
         self._schedule = schedule
         self._due: deque[tuple[float, str, tuple[str, ...]]] = deque()

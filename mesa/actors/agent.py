@@ -34,6 +34,7 @@ frameworks) so the master can clean up.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import math
@@ -394,8 +395,8 @@ class Agent(Process):
         self._sandboxes = SandboxCollector(gc_delay, self.delay)
         if not 0.0 <= gc_disk_headroom <= 1.0:
             raise ValueError("gc_disk_headroom must be between 0 and 1")
-        if not disk_watch_interval > 0:
-            raise ValueError("disk_watch_interval must be greater than zero")
+        if not 0 < disk_watch_interval < math.inf:
+            raise ValueError("disk_watch_interval must be a finite number greater than zero")
         self.gc_disk_headroom = gc_disk_headroom
         self.disk_watch_interval = disk_watch_interval
         # How full the work directory's disk is (a fraction; tests stand in for the disk here).
@@ -473,8 +474,9 @@ class Agent(Process):
         m.gauge("agent/sandboxes_awaiting_gc", lambda: len(self._sandboxes))
         m.gauge("agent/sandboxes_removed", lambda: self._sandboxes.removed)
         m.gauge("agent/sandboxes_pruned", lambda: self._sandboxes.pruned)
-        m.gauge("agent/disk_usage", lambda: self._disk_used or 0.0)
-        self._disk_timer = self.delay(self.disk_watch_interval, self._watch_disk)
+        # (-1 until the first look, at start, has come back.)
+        m.gauge("agent/disk_usage", lambda: -1.0 if self._disk_used is None else self._disk_used)
+        self._watch_disk()
         self.log.info(
             "agent_started",
             master=str(self.master),
@@ -1135,13 +1137,21 @@ class Agent(Process):
             self._maybe_remove_framework(framework)
 
     def _watch_disk(self) -> None:
-        """The disk is filling: sandboxes go sooner than ``gc_delay`` (see mesa.sandbox_gc)."""
+        """Look at the work directory's disk, off the agent's thread (a stat of a network
+        filesystem that hangs must not stall the agent); what it finds comes back to
+        :meth:`_disk_seen` in the agent's context. The next look is due an interval after
+        this one, whatever this one finds."""
         self._disk_timer = self.delay(self.disk_watch_interval, self._watch_disk)
-        try:
-            used = self._disk_used = self.disk_usage(str(self.work_dir))
-        except OSError as e:
-            self.log.warning("disk_usage_unknown", work_dir=str(self.work_dir), error=repr(e))
+        look = asyncio.get_running_loop().run_in_executor(None, self.disk_usage, str(self.work_dir))
+        look.add_done_callback(lambda done: self.defer(self._disk_seen, done))
+
+    def _disk_seen(self, look: asyncio.Future[float]) -> None:
+        """Finished sandboxes the disk has no room for go now (see mesa.sandbox_gc)."""
+        error = look.exception()
+        if error is not None:
+            self.log.warning("disk_usage_unknown", work_dir=str(self.work_dir), error=repr(error))
             return
+        used = self._disk_used = look.result()
         age = max_age(self._sandboxes.delay, self.gc_disk_headroom, used)
         pruned = self._sandboxes.prune(age)
         if pruned:

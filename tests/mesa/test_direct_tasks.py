@@ -539,15 +539,18 @@ async def test_reregistration_lists_the_task_but_no_executor(cluster: Cluster, t
 async def test_a_filling_disk_removes_finished_sandboxes_before_the_gc_delay(cluster: Cluster):
     """As Mesos's --gc_disk_headroom: with a week's delay, a finished sandbox stays while the
     disk has room for it (half full: kept for 0.4 of the week) and goes once less than the
-    headroom is left; a running task's sandbox is not touched."""
+    headroom is left; a running task's sandbox is not touched. A look at the disk that fails
+    is logged and the next is made all the same; a stopped agent looks no more."""
     master = await start(cluster, disk_watch_interval=0.05)
     agent = cluster.agent
     assert agent is not None
     seen: list[str] = []
-    usage = 0.5
+    usage: float | None = None  # (None: the look fails)
 
     def disk(path: str) -> float:
         seen.append(path)
+        if usage is None:
+            raise OSError(5, "Input/output error")
         return usage
 
     agent.disk_usage = disk
@@ -563,10 +566,17 @@ async def test_a_filling_disk_removes_finished_sandboxes_before_the_gc_delay(clu
         return (await cluster.http_get("/metrics/snapshot"))[name]
 
     await eventually(lambda: metric("agent/sandboxes_awaiting_gc"), "the sandbox handed in")
-    # The agent has looked at the half-full disk since: nothing goes.
-    seen.clear()
-    await eventually(lambda: len(seen) >= 2, "two looks at the disk")
+    await eventually(lambda: len(seen) >= 3, "looks at the disk that fail, one after another")
     assert seen[0] == str(agent.work_dir)
+    # A half-full disk: nothing goes.
+    usage = 0.5
+
+    async def half_full() -> bool:
+        return await metric("agent/disk_usage") == 0.5  # (-1 until a look has succeeded)
+
+    await eventually(half_full, "the usage seen")
+    seen.clear()
+    await eventually(lambda: len(seen) >= 2, "two more looks at the disk")
     assert await metric("agent/disk_usage") == 0.5
     assert await metric("agent/sandboxes_pruned") == 0 and (sandbox / "stdout").exists()
 
@@ -581,11 +591,18 @@ async def test_a_filling_disk_removes_finished_sandboxes_before_the_gc_delay(clu
     assert (await cluster.sandbox(keep)).exists()
     master.kill("fw-1", keep, grace=0.1)
     await master.wait_state(keep, TaskState.TASK_KILLED)
+    await cluster.stop_agent()
+    assert agent._disk_timer is not None and not agent._disk_timer.pending
 
 
 @pytest.mark.parametrize(
     ("kw", "complaint"),
-    [({"gc_disk_headroom": 1.5}, "between 0 and 1"), ({"disk_watch_interval": 0}, "greater")],
+    [
+        ({"gc_disk_headroom": 1.5}, "between 0 and 1"),
+        ({"disk_watch_interval": 0}, "greater"),
+        ({"disk_watch_interval": float("inf")}, "finite"),
+        ({"gc_delay": float("inf")}, "finite"),
+    ],
 )
 def test_the_agent_refuses_a_bad_headroom_or_watch_interval(
     tmp_path: Path, kw: dict[str, float], complaint: str

@@ -55,6 +55,9 @@ def test_help_explains_every_flag() -> None:
         (["--role=agent", "--master=127.0.0.1:5050", "--command-tasks=fork"], "invalid choice"),
         (["--role=agent", "--master=127.0.0.1:5050", "--gc-disk-headroom=1.5"], "between 0 and 1"),
         (["--role=agent", "--master=127.0.0.1:5050", "--disk-watch-interval=0"], "greater than"),
+        (["--role=agent", "--master=127.0.0.1:5050", "--disk-watch-interval=inf"], "finite"),
+        (["--role=agent", "--master=127.0.0.1:5050", "--gc-delay=1e300"], "ten years"),
+        (["--role=master", "--allocation-interval=nan"], "greater than zero"),
     ],
 )
 def test_bad_flag_values_end_in_one_clear_line(args: list[str], expected: str) -> None:

@@ -97,9 +97,10 @@ async def test_close_leaves_what_is_due_on_disk(clock: Any, tmp_path: Path):
     assert path.exists() and schedule.live() == []
 
 
-def test_a_negative_delay_is_refused():
-    with pytest.raises(ValueError, match="negative"):
-        SandboxCollector(-1.0, Schedule())
+@pytest.mark.parametrize("delay", [-1.0, float("inf"), float("nan")])
+def test_a_negative_or_endless_delay_is_refused(delay: float):
+    with pytest.raises(ValueError, match="finite number of seconds, not negative"):
+        SandboxCollector(delay, Schedule())
 
 
 async def test_prune_removes_now_what_is_older_than_the_age_and_rearms(clock: Any, tmp_path: Path):
@@ -151,6 +152,7 @@ def test_disk_usage_is_the_larger_of_blocks_and_inodes(
         (Stat(1000, 300, 1000, 900), 0.7),
         (Stat(1000, 250, 0, 0), 0.75),  # a filesystem that does not count inodes
         (Stat(0, 0, 0, 0), 0.0),
+        (Stat(1000, 1200, 1000, 1000), 0.0),  # more available than there is: a faulty report
     ]:
         monkeypatch.setattr("os.statvfs", lambda path, s=stat: s)
         assert disk_usage("/anywhere") == pytest.approx(used)
