@@ -22,6 +22,7 @@ import sys
 from typing import TextIO
 
 import libproc
+from mesa import flags
 from mesa.info import CommandInfo, FrameworkInfo, MasterInfo, Offer, TaskInfo, TaskStatus
 from mesa.resources import ResourceError, Resources
 from mesa.scheduler import (
@@ -63,16 +64,6 @@ def _resources(text: str) -> Resources:
             f"{text!r} names no resources; give some, e.g. {DEFAULT_RESOURCES!r}"
         )
     return resources
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
-    return value
 
 
 def _non_empty(text: str) -> str:
@@ -146,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kill-after",
-        type=_seconds,
+        type=flags.seconds,
         metavar="SECONDS",
         help="kill the task this many seconds after it is TASK_RUNNING (then exit 1)",
     )

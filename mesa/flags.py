@@ -45,11 +45,15 @@ def endpoint(text: str) -> str:
     return f"{host}:{int(port_text)}"
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
     if math.isinf(value):
@@ -71,10 +75,7 @@ def seconds(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A number from 0 to 1 (a share of something)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value

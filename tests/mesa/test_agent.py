@@ -848,6 +848,20 @@ async def test_without_an_answer_held_updates_go_when_the_hold_ends(tmp_path: Pa
         await cluster.stop_master()
 
 
+async def _three_start_together_and_end(
+    master: FakeMaster, rt: Runtime, containerizer: InstantContainerizer
+) -> list[StatusUpdate]:
+    """Three tasks in one RunTasks; once their TASK_RUNNINGs are acknowledged they end: their
+    TASK_FINISHED updates."""
+    tasks = [command_task(f"g{i}", "true") for i in range(3)]
+    master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
+    await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
+    await libproc_dispatch(containerizer.pid, containerizer.end_all)
+    return await master.wait_for(
+        StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
+    )
+
+
 @pytest.mark.parametrize("gap,spaced", [(2.0, 1), (0.0, 0)])
 async def test_after_a_burst_the_next_updates_wait_for_the_gap(
     tmp_path: Path, gap: float, spaced: int
@@ -859,13 +873,7 @@ async def test_after_a_burst_the_next_updates_wait_for_the_gap(
         tmp_path, auto_ack=True, gap=gap
     )
     try:
-        tasks = [command_task(f"g{i}", "true") for i in range(3)]
-        master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
-        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
-        await libproc_dispatch(containerizer.pid, containerizer.end_all)
-        finished = await master.wait_for(
-            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
-        )
+        finished = await _three_start_together_and_end(master, rt, containerizer)
         assert {u.status.task_id for u in finished} == {"g0", "g1", "g2"}
         assert master.batches == 2  # the RUNNINGs together, the FINISHEDs together
         assert rt.metrics.get("agent/status_update_messages_spaced") == spaced
@@ -881,13 +889,7 @@ async def test_a_burst_as_big_as_the_batch_does_not_wait_for_the_gap(tmp_path: P
         tmp_path, auto_ack=True, gap=60.0, batch=3
     )
     try:
-        tasks = [command_task(f"g{i}", "true") for i in range(3)]
-        master.send(master.agent, RunTasks.NAME, RunTasks(framework(), "s@127.0.0.1:1", tasks))  # type: ignore[arg-type]
-        await wait_until(lambda: rt.metrics.get("agent/status_updates_acked") == 3)
-        await libproc_dispatch(containerizer.pid, containerizer.end_all)
-        await master.wait_for(
-            StatusUpdate.NAME, lambda u: u.status.state == TaskState.TASK_FINISHED, count=3
-        )
+        await _three_start_together_and_end(master, rt, containerizer)
         assert master.batches == 2
         assert rt.metrics.get("agent/status_update_messages_full") == 1
     finally:
