@@ -48,7 +48,7 @@ from typing import Any
 import psutil
 
 from bench.machine import describe
-from bench.offers.worker import STATUS_UPDATE_BACKOFF
+from bench.offers.worker import DISK_WATCH_INTERVAL, STATUS_UPDATE_BACKOFF
 from libproc import get_logger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -765,16 +765,19 @@ def run(
     return report
 
 
-def _mesa_defaults() -> tuple[float, float]:
-    """mesa's own settings for two things this suite changes (for the report's header): the
-    master's ping interval, and how long an agent waits before it resends an update."""
+def _mesa_defaults() -> tuple[float, float, float]:
+    """mesa's own settings for what this suite changes (for the report's header): the master's
+    ping interval, how long an agent waits before it resends an update, and how often it looks
+    at its disk."""
     import inspect
 
     from mesa.actors.agent import Agent
     from mesa.actors.master import MasterFlags
 
-    backoff = inspect.signature(Agent).parameters["status_update_backoff"].default
-    return MasterFlags().agent_ping_interval, backoff
+    parameters = inspect.signature(Agent).parameters
+    backoff = parameters["status_update_backoff"].default
+    disk = parameters["disk_watch_interval"].default
+    return MasterFlags().agent_ping_interval, backoff, disk
 
 
 # The share of the half-rate pace the frameworks must reach for that window's p99 to count.
@@ -853,7 +856,7 @@ def _row(r: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     c = report["config"]
-    ping, backoff = _mesa_defaults()
+    ping, backoff, disk = _mesa_defaults()
     lines = [
         f"offer-throughput suite: {m['cpu_count']} cpus ({m['cpu_model']}), Python {m['python']},"
         f" load {m['load_average_before'][0]:.1f}->{m['load_average_after'][0]:.1f},"
@@ -861,8 +864,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"agents {c['agent_resources']}; tasks {c['task_resources']} for {c['task_seconds']}s"
         f" ({'direct command tasks' if c['executor'] == 'command' else 'custom executors'});"
         f" ping every {c['ping_interval']}s (mesa's default: {ping}s), agents resend"
-        f" unacknowledged updates after {STATUS_UPDATE_BACKOFF}s (default: {backoff}s);"
-        " medians of"
+        f" unacknowledged updates after {STATUS_UPDATE_BACKOFF}s (default: {backoff}s) and look at"
+        f" their disk every {DISK_WATCH_INTERVAL:.0f}s (default: {disk:.0f}s); medians of"
         f" {c['runs']} x {c['window_s']}s windows",
         HEADER,
         "-" * len(HEADER),

@@ -50,6 +50,11 @@ FREEZE_EVERY = float(os.environ.get("BENCH_FREEZE_EVERY", "0.5"))
 # How long the simulated agents wait before they resend an unacknowledged update (Mesos's
 # 10 s; mesa's default of 1 s turns a saturated run into a storm of duplicates).
 STATUS_UPDATE_BACKOFF = 10.0
+# How often the simulated agents look at their disk (for finished sandboxes it has no room for):
+# a real agent does once a minute, but 25,000 of them in one process would look 400 times a
+# second, each a statvfs handed to a worker thread, which is the simulation's doing; and they
+# make no sandboxes.
+DISK_WATCH_INTERVAL = 3600.0
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -308,6 +313,7 @@ async def run_agents(args: argparse.Namespace) -> None:
                 # Mesos's first status update retry is after 10 s; mesa's default of 1 s turns a
                 # saturated run into a storm of duplicate updates and acknowledgements.
                 status_update_backoff=args.status_update_backoff,
+                disk_watch_interval=DISK_WATCH_INTERVAL,
             )
             runtime.spawn(agent)
             agents.append(agent)
