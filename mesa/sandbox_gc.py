@@ -20,6 +20,11 @@ every ``--disk-watch-interval`` and removes now every sandbox older than
 the fuller the disk, the sooner they go, all of them once less than ``headroom`` is left. Unlike
 Mesos, usage is the larger of the blocks and the inodes used (:func:`disk_usage`), since tiny
 sandboxes fill the inode table first.
+
+An agent started again finds the sandboxes its earlier run left (:func:`find_sandboxes`: no
+executor outlives its agent, so none is in use) and hands them over too
+(:meth:`SandboxCollector.adopt`), each due ``delay`` after it last changed, as Mesos does at
+recovery; before, they stayed for good.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 
 from libproc import Clock, Timer, get_logger
 
-__all__ = ["SandboxCollector", "disk_usage", "max_age"]
+__all__ = ["SandboxCollector", "disk_usage", "find_sandboxes", "max_age"]
 
 log = get_logger("mesa.sandbox_gc")
 
@@ -60,6 +65,37 @@ def disk_usage(path: str) -> float:
     if st.f_files:
         used = max(used, 1.0 - st.f_favail / st.f_files)
     return min(1.0, max(0.0, used))
+
+
+def find_sandboxes(agents: str, before: float) -> list[tuple[float, str, tuple[str, ...]]]:
+    """The sandboxes under an agent's ``<work_dir>/agents`` last changed before ``before``
+    (seconds since the epoch): what an earlier run of the agent left, oldest first, each as
+    ``(mtime, path, parents)`` (:meth:`SandboxCollector.add`'s ``parents``: an executor's
+    ``runs`` and executor directories). For a worker thread: there may be millions."""
+    found: list[tuple[float, str, tuple[str, ...]]] = []
+
+    def runs_in(runs: str, parents: tuple[str, ...]) -> None:
+        with contextlib.suppress(OSError), os.scandir(runs) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                        if mtime < before:
+                            found.append((mtime, entry.path, parents))
+
+    def subdirs(path: str) -> list[str]:
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        return []
+
+    for agent in subdirs(agents):
+        for framework in subdirs(os.path.join(agent, "frameworks")):
+            runs_in(os.path.join(framework, "runs"), ())  # direct tasks'
+            for executor in subdirs(os.path.join(framework, "executors")):
+                runs = os.path.join(executor, "runs")
+                runs_in(runs, (runs, executor))
+    found.sort()
+    return found
 
 
 def max_age(delay: float, headroom: float, usage: float) -> float:
@@ -96,6 +132,21 @@ class SandboxCollector:
         self._due.append((Clock.now() + self.delay, path, tuple(parents)))
         if self._timer is None:
             self._arm()
+
+    def adopt(self, found: list[tuple[float, str, tuple[str, ...]]], now: float) -> int:
+        """Sandboxes an earlier run of the agent left (:func:`find_sandboxes`; ``now`` in the
+        same seconds since the epoch): each is due ``delay`` after it was last changed, as
+        Mesos schedules what it finds at recovery; those overdue go at the next sweep. Returns
+        how many."""
+        if not found:
+            return 0
+        shift = Clock.now() - now + self.delay  # (epoch seconds -> due on the Clock)
+        adopted = [(mtime + shift, path, tuple(parents)) for mtime, path, parents in found]
+        self._due = deque(sorted([*adopted, *self._due], key=lambda entry: entry[0]))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm()
+        return len(adopted)
 
     def close(self) -> None:
         """Stop sweeping (the agent is stopping); what is due stays on disk."""

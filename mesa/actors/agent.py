@@ -19,7 +19,9 @@ Lifecycle, as in Mesos:
   mesa.command_executor``) whose executor id is the task id; a task with an ``ExecutorInfo`` goes
   to that framework's executor, launched on first use. Tasks wait in the executor's queue until it
   registers (``RegisterExecutor``), then go to it in order. Every run gets a sandbox,
-  ``<work_dir>/agents/<agent_id>/frameworks/<fid>/executors/<eid>/runs/<container_id>``.
+  ``<work_dir>/agents/<agent_id>/frameworks/<fid>/executors/<eid>/runs/<container_id>``, removed
+  ``gc_delay`` after its container ended (sooner on a filling disk; an earlier run's, found at
+  start, ``gc_delay`` after they last changed: see :mod:`mesa.sandbox_gc`).
 * **Endings.** When the containerizer reports an executor's process gone, the agent fails the
   tasks it left behind (``TASK_FAILED``/``REASON_EXECUTOR_TERMINATED`` with the exit status, or
   ``TASK_KILLED`` if the agent was shutting it down), tells the master (``ExitedExecutor``) and
@@ -98,7 +100,7 @@ from mesa.messages import (
     UpdateFramework,
 )
 from mesa.resources import ResourceError, Resources
-from mesa.sandbox_gc import SandboxCollector, disk_usage, max_age
+from mesa.sandbox_gc import SandboxCollector, disk_usage, find_sandboxes, max_age
 from mesa.status_update_stream import Accept, Ack, StatusUpdateManager
 from mesa.task_state import Reason, Source, TaskState, is_terminal
 from mesa.update_outbox import UpdateOutbox
@@ -477,6 +479,7 @@ class Agent(Process):
         # (-1 until the first look, at start, has come back.)
         m.gauge("agent/disk_usage", lambda: -1.0 if self._disk_used is None else self._disk_used)
         self._watch_disk()
+        self._collect_left_sandboxes()
         self.log.info(
             "agent_started",
             master=str(self.master),
@@ -1135,6 +1138,25 @@ class Agent(Process):
                 del framework.executors[executor.id]
             framework.completed_executors.append(executor)
             self._maybe_remove_framework(framework)
+
+    def _collect_left_sandboxes(self) -> None:
+        """An earlier run of this agent left sandboxes (no executor outlives its agent, so none
+        of them is in use): find them off the agent's thread, and hand them to the collector,
+        each due ``gc_delay`` after it was last changed. Without this they stayed for good."""
+        started = time.time()
+        look = asyncio.get_running_loop().run_in_executor(
+            None, find_sandboxes, str(self.work_dir / "agents"), started
+        )
+        look.add_done_callback(lambda done: self.defer(self._left_sandboxes_found, done))
+
+    def _left_sandboxes_found(self, look: asyncio.Future[list[Any]]) -> None:
+        error = look.exception()
+        if error is not None:
+            self.log.warning("left_sandboxes_unknown", error=repr(error))
+            return
+        count = self._sandboxes.adopt(look.result(), time.time())
+        if count:
+            self.log.info("left_sandboxes_collected", count=count)
 
     def _watch_disk(self) -> None:
         """Look at the work directory's disk, off the agent's thread (a stat of a network

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -593,6 +594,41 @@ async def test_a_filling_disk_removes_finished_sandboxes_before_the_gc_delay(clu
     await master.wait_state(keep, TaskState.TASK_KILLED)
     await cluster.stop_agent()
     assert agent._disk_timer is not None and not agent._disk_timer.pending
+
+
+async def test_a_restarted_agent_collects_the_sandboxes_its_earlier_run_left(cluster: Cluster):
+    """What the last run left is due gc_delay (a day here) after it last changed: two days
+    old goes at once (with the executor directory it empties), an hour old stays; this run's
+    own sandboxes are not among them."""
+    now = time.time()
+    fw = cluster.work_dir / "agents" / "A-old" / "frameworks" / "F-old"
+    old = fw / "executors" / "e1" / "runs" / "c1"
+    recent = fw / "runs" / "c2"
+    for path, age in ((old, 2 * 86400.0), (recent, 3600.0)):
+        path.mkdir(parents=True)
+        (path / "stdout").write_text("earlier\n")
+        os.utime(path, (now - age, now - age))
+    master = await start(cluster, gc_delay=86400.0)
+
+    async def metric(name: str) -> float:
+        return (await cluster.http_get("/metrics/snapshot"))[name]
+
+    async def removed() -> bool:
+        return await metric("agent/sandboxes_removed") >= 1
+
+    await eventually(removed, "the two-day-old sandbox removed")
+    assert not old.exists() and not old.parent.parent.exists()  # (e1 emptied: gone too)
+    assert recent.exists() and await metric("agent/sandboxes_awaiting_gc") == 1
+    tid = new_task_id()
+    master.run_task(framework(), command_task(tid, "true"))
+    await master.wait_state(tid, TaskState.TASK_FINISHED)
+    mine = await cluster.sandbox(tid)
+
+    async def both_waiting() -> bool:
+        return await metric("agent/sandboxes_awaiting_gc") == 2
+
+    await eventually(both_waiting, "this run's sandbox handed in as well")
+    assert mine.exists() and recent.exists()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ timer at a time however many wait; the removal runs off the loop's thread."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from libproc import Clock
-from mesa.sandbox_gc import SandboxCollector, disk_usage, max_age
+from mesa.sandbox_gc import SandboxCollector, disk_usage, find_sandboxes, max_age
 from tests.waiting import eventually
 
 
@@ -119,7 +121,9 @@ async def test_prune_removes_now_what_is_older_than_the_age_and_rearms(clock: An
     assert not old.exists() and not mid.exists() and new.exists()
     assert gc.pruned == 2 and len(gc) == 1
     # The timer was for the oldest: now one for the one left, due at its own time.
-    assert first.cancelled and [t.due for t in schedule.live()] == [Clock.now() + 100.0]
+    assert first.cancelled and [t.due for t in schedule.live()] == [
+        pytest.approx(Clock.now() + 100.0)
+    ]
     assert gc.prune(0.0) == 1 and schedule.live() == []
     await eventually(lambda: gc.removed == 3, "all removed")
 
@@ -156,3 +160,59 @@ def test_disk_usage_is_the_larger_of_blocks_and_inodes(
     ]:
         monkeypatch.setattr("os.statvfs", lambda path, s=stat: s)
         assert disk_usage("/anywhere") == pytest.approx(used)
+
+
+def _left(root: Path, rel: str, age: float, now: float) -> Path:
+    """A sandbox an earlier run left at ``root/rel``, last changed ``age`` seconds ago."""
+    path = root / rel
+    path.mkdir(parents=True)
+    (path / "stdout").write_text("old\n")
+    os.utime(path, (now - age, now - age))
+    return path
+
+
+def test_find_sandboxes_lists_what_an_earlier_run_left_oldest_first(tmp_path: Path):
+    now = time.time()
+    fw = "agents/A1/frameworks/F1"
+    direct = _left(tmp_path, f"{fw}/runs/c1", 50.0, now)
+    executor = _left(tmp_path, f"{fw}/executors/e1/runs/c2", 100.0, now)
+    _left(tmp_path, f"{fw}/runs/c3", -5.0, now)  # made since: this run's
+    (tmp_path / f"{fw}/runs/not-a-dir").write_text("")
+    found = find_sandboxes(str(tmp_path / "agents"), now)
+    runs = str(executor.parent)
+    assert [(path, parents) for _, path, parents in found] == [
+        (str(executor), (runs, str(executor.parent.parent))),
+        (str(direct), ()),
+    ]
+    assert found[0][0] == pytest.approx(now - 100.0)
+    assert find_sandboxes(str(tmp_path / "nowhere"), now) == []
+
+
+async def test_adopted_sandboxes_are_due_a_delay_after_they_last_changed(
+    clock: Any, tmp_path: Path
+):
+    schedule = Schedule()
+    gc = SandboxCollector(100.0, schedule)
+    mine = sandbox(tmp_path, "mine")
+    gc.add(str(mine))
+    (first,) = schedule.live()
+    now = time.time()
+    overdue = _left(tmp_path, "old/a", 300.0, now)
+    later = _left(tmp_path, "old/b", 40.0, now)
+    found: list[tuple[float, str, tuple[str, ...]]] = [
+        (now - 300.0, str(overdue), ()),
+        (now - 40.0, str(later), ()),
+    ]
+    assert gc.adopt(found, now) == 2 and len(gc) == 3
+    assert first.cancelled  # re-armed for the oldest, which is overdue
+    schedule.fire()
+    await eventually(lambda: gc.removed == 1, "the overdue one removed")
+    assert not overdue.exists() and later.exists() and mine.exists()
+    clock.advance(60.001)  # 100 s after "later" last changed (epoch seconds round to 0.2 µs)
+    schedule.fire()
+    await eventually(lambda: gc.removed == 2, "the later one removed")
+    assert mine.exists()
+    clock.advance(40.0)
+    schedule.fire()
+    await eventually(lambda: gc.removed == 3, "this run's removed at its own time")
+    assert gc.adopt([], now) == 0
