@@ -143,9 +143,7 @@ class SandboxCollector:
         shift = Clock.now() - now + self.delay  # (epoch seconds -> due on the Clock)
         adopted = [(mtime + shift, path, tuple(parents)) for mtime, path, parents in found]
         self._due = deque(sorted([*adopted, *self._due], key=lambda entry: entry[0]))
-        if self._timer is not None:
-            self._timer.cancel()
-        self._arm()
+        self._rearm()
         return len(adopted)
 
     def close(self) -> None:
@@ -157,6 +155,14 @@ class SandboxCollector:
     def _arm(self) -> None:
         self._timer = self._schedule(max(0.0, self._due[0][0] - Clock.now()), self._sweep)
 
+    def _rearm(self) -> None:
+        """The oldest sandbox changed: the timer is for it (or for none, when none waits)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._due:
+            self._arm()
+
     def prune(self, age: float) -> int:
         """Remove now every sandbox handed in at least ``age`` seconds ago, before its delay is
         over (the disk is filling: see :func:`max_age`); returns how many."""
@@ -164,11 +170,8 @@ class SandboxCollector:
             return 0  # (none is due sooner than it is already)
         count = self._remove_due(Clock.now() - age + self.delay)
         self.pruned += count
-        if count and self._timer is not None:
-            self._timer.cancel()  # (it was for the oldest, which has gone)
-            self._timer = None
-            if self._due:
-                self._arm()
+        if count:
+            self._rearm()  # (the timer was for the oldest, which has gone)
         return count
 
     def _sweep(self) -> None:

@@ -145,7 +145,7 @@ class UpdateOutbox:
             if len(self._updates) >= self.batch > 0 and self._timer is not None:
                 self.full += 1
                 self._void()
-                self._defer(functools.partial(self._due, self._arm()))
+                self._send_soon()
             return
         if self._unanswered < self.window:
             self._go()
@@ -178,6 +178,10 @@ class UpdateOutbox:
                 self._timer = self._schedule(wait, self._due, self._arm())
                 return
             self._next_burst_at = None  # (long past: no need to ask the clock again)
+        self._send_soon()
+
+    def _send_soon(self) -> None:
+        """Send what waits once the events already queued are handled."""
         self._defer(functools.partial(self._due, self._arm()))
 
     def _arm(self) -> int:

@@ -1141,43 +1141,54 @@ class Agent(Process):
 
     def _collect_left_sandboxes(self) -> None:
         """An earlier run of this agent left sandboxes (no executor outlives its agent, so none
-        of them is in use): find them off the agent's thread, and hand them to the collector,
-        each due ``gc_delay`` after it was last changed. Without this they stayed for good."""
-        started = time.time()
-        look = asyncio.get_running_loop().run_in_executor(
-            None, find_sandboxes, str(self.work_dir / "agents"), started
+        of them is in use): find them, and hand them to the collector, each due ``gc_delay``
+        after it was last changed. Without this they stayed for good."""
+        self._off_thread(
+            "left_sandboxes_unknown",
+            self._left_sandboxes_found,
+            find_sandboxes,
+            str(self.work_dir / "agents"),
+            time.time(),
         )
-        look.add_done_callback(lambda done: self.defer(self._left_sandboxes_found, done))
 
-    def _left_sandboxes_found(self, look: asyncio.Future[list[Any]]) -> None:
-        error = look.exception()
-        if error is not None:
-            self.log.warning("left_sandboxes_unknown", error=repr(error))
-            return
-        count = self._sandboxes.adopt(look.result(), time.time())
+    def _left_sandboxes_found(self, found: list[tuple[float, str, tuple[str, ...]]]) -> None:
+        count = self._sandboxes.adopt(found, time.time())
         if count:
             self.log.info("left_sandboxes_collected", count=count)
 
     def _watch_disk(self) -> None:
-        """Look at the work directory's disk, off the agent's thread (a stat of a network
-        filesystem that hangs must not stall the agent); what it finds comes back to
-        :meth:`_disk_seen` in the agent's context. The next look is due an interval after
-        this one, whatever this one finds."""
+        """Look at the work directory's disk; :meth:`_disk_seen` acts on what it finds. The
+        next look is due an interval after this one, whatever this one finds."""
         self._disk_timer = self.delay(self.disk_watch_interval, self._watch_disk)
-        look = asyncio.get_running_loop().run_in_executor(None, self.disk_usage, str(self.work_dir))
-        look.add_done_callback(lambda done: self.defer(self._disk_seen, done))
+        self._off_thread("disk_usage_unknown", self._disk_seen, self.disk_usage, str(self.work_dir))
 
-    def _disk_seen(self, look: asyncio.Future[float]) -> None:
+    def _disk_seen(self, used: float) -> None:
         """Finished sandboxes the disk has no room for go now (see mesa.sandbox_gc)."""
-        error = look.exception()
-        if error is not None:
-            self.log.warning("disk_usage_unknown", work_dir=str(self.work_dir), error=repr(error))
-            return
-        used = self._disk_used = look.result()
+        self._disk_used = used
         age = max_age(self._sandboxes.delay, self.gc_disk_headroom, used)
         pruned = self._sandboxes.prune(age)
         if pruned:
             self.log.info("sandboxes_pruned", count=pruned, disk_usage=round(used, 3), max_age=age)
+
+    def _off_thread(
+        self, failed: str, then: Callable[[Any], None], fn: Callable[..., Any], *args: Any
+    ) -> None:
+        """``fn(*args)`` on a worker thread (file system work, which on a network filesystem
+        that hangs must not stall the agent), and ``then`` its result back in the agent's
+        context; a failure is logged as ``failed`` instead."""
+        work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        work.add_done_callback(lambda done: self.defer(self._back_from_thread, failed, then, done))
+
+    def _back_from_thread(
+        self, failed: str, then: Callable[[Any], None], done: asyncio.Future[Any]
+    ) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self.log.warning(failed, work_dir=str(self.work_dir), error=repr(error))
+            return
+        then(done.result())
 
     def _collect_sandbox(self, executor: _Executor) -> None:
         """Its container is gone: its sandbox goes after ``gc_delay`` (and, for an executor, the
