@@ -34,6 +34,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m bench.allocator_bench --json bench-allocator.json
 	$(PY) -m bench.offers --json bench-offers.json
 	$(PY) -m bench.containers --json bench-containers.json
+	$(PY) -m bench.agent_bench --json bench-agent.json
 	$(PY) -m bench.tasks --json bench-tasks.json
 
 # A whole local cluster (a master, two agents) running a framework with real tasks, then stopped.
