@@ -97,6 +97,12 @@ class _BoundLogger(_Base):  # type: ignore[misc,valid-type]
 
     msg = info
 
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether a line at ``level`` would be written: for a hot line whose fields cost
+        something to compute (``if log.is_enabled_for(logging.INFO): log.info(...)``).
+        structlog's own answer only knows the level this class was made with (all of them)."""
+        return not _dropped(level)
+
 
 def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     """Configure structlog once for the process (later calls reconfigure).

@@ -69,6 +69,24 @@ async def test_level_applies_after_import(
     assert "debug_line" in capsys.readouterr().err
 
 
+def test_is_enabled_for_follows_the_configured_level(restore_logging: None) -> None:
+    """What a hot line asks before computing its fields: the level in force now, for loggers
+    bound before the configuration too, and every level while a test captures."""
+    import logging
+
+    log = libproc.get_logger("test.enabled")
+    libproc.configure_logging("console", "warning")
+    assert not log.is_enabled_for(logging.INFO) and not log.is_enabled_for(logging.DEBUG)
+    assert log.is_enabled_for(logging.WARNING) and log.is_enabled_for(logging.ERROR)
+    libproc.configure_logging("console", "debug")
+    assert log.is_enabled_for(logging.DEBUG) and log.is_enabled_for(logging.INFO)
+    libproc.configure_logging("console", "warning")
+    with capture_logs() as logs:
+        assert log.is_enabled_for(logging.INFO)  # capture sees every event, whatever the level
+        log.info("seen")
+    assert [e["event"] for e in logs] == ["seen"]
+
+
 async def test_capture_logs_still_works_after_reconfiguring(
     rt: Runtime, restore_logging: None
 ) -> None:
