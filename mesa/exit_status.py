@@ -12,8 +12,15 @@ import signal
 __all__ = ["describe"]
 
 
+# Every exit code's words, made once: an agent describes each direct task's end (thousands a
+# second), and nearly all of them are "exited with status 0".
+_EXITED = tuple(f"exited with status {code}" for code in range(256))
+
+
 def describe(returncode: int | None) -> str:
     """``0`` → "exited with status 0"; ``-9`` → "terminated by signal SIGKILL"; None → unknown."""
+    if type(returncode) is int and 0 <= returncode < 256:
+        return _EXITED[returncode]
     if returncode is None:
         return "exit status unknown"
     if returncode < 0:

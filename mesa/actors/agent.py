@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -846,13 +847,14 @@ class Agent(Process):
         framework.live_tasks[task.task_id] = executor
         if not direct:  # (a direct task's container was made for it, with its resources)
             self._update_container(executor)
-        self.log.info(
-            "task_launching",
-            framework_id=fid,
-            task_id=task.task_id,
-            executor_id=executor.id,
-            executor_state=str(executor.state),
-        )
+        if self.log.is_enabled_for(INFO):
+            self.log.info(
+                "task_launching",
+                framework_id=fid,
+                task_id=task.task_id,
+                executor_id=executor.id,
+                executor_state=str(executor.state),
+            )
         if direct:
             return  # the container launched above runs it
         if executor.state == _ExecutorState.RUNNING:
@@ -900,13 +902,14 @@ class Agent(Process):
         if direct:
             # Like Mesos's MESOS_TASK_ID: a command can tell which task it is.
             env["MESA_TASK_ID"] = first.task_id
-        self.log.info(
-            "executor_launching",
-            framework_id=framework.id,
-            executor_id=info.executor_id,
-            container_id=cid,
-            sandbox=sandbox,
-        )
+        if self.log.is_enabled_for(INFO):
+            self.log.info(
+                "executor_launching",
+                framework_id=framework.id,
+                executor_id=info.executor_id,
+                container_id=cid,
+                sandbox=sandbox,
+            )
         if direct and isinstance(first.resources, str):
             executor.container_resources = first.resources  # the task's own, as validated
         else:
@@ -1077,14 +1080,15 @@ class Agent(Process):
         executor.exit_message = message
         self.metrics.inc("agent/executors_terminated")
         framework = self._frameworks.get(executor.framework_id)
-        self.log.info(
-            "executor_terminated",
-            framework_id=executor.framework_id,
-            executor_id=executor.id,
-            status=status,
-            message=message,
-            limitation=limitation,
-        )
+        if self.log.is_enabled_for(INFO):
+            self.log.info(
+                "executor_terminated",
+                framework_id=executor.framework_id,
+                executor_id=executor.id,
+                status=status,
+                message=message,
+                limitation=limitation,
+            )
         source = Source.SOURCE_AGENT
         if executor.direct:
             # Its command was the container's process: its exit is the task's outcome, reported
@@ -1342,14 +1346,15 @@ class Agent(Process):
         result = self._updates.update(framework_id, update)
         if result is not Accept.ACCEPTED:
             return result
-        self.log.info(
-            "status_update",
-            framework_id=framework_id,
-            task_id=status.task_id,
-            state=str(status.state),
-            source=str(status.source),
-            reason=str(status.reason) if status.reason else None,
-        )
+        if self.log.is_enabled_for(INFO):  # (twice per task: the fields cost more than a check)
+            self.log.info(
+                "status_update",
+                framework_id=framework_id,
+                task_id=status.task_id,
+                state=str(status.state),
+                source=str(status.source),
+                reason=str(status.reason) if status.reason else None,
+            )
         task = executor.tasks.get(status.task_id) if executor else None
         if task is not None:
             task.status = status
@@ -1359,8 +1364,7 @@ class Agent(Process):
                 if status.task_id in executor.queued:  # type: ignore[union-attr]
                     executor.queued.remove(status.task_id)  # type: ignore[union-attr]
                 executor.completed_tasks.append(task)  # type: ignore[union-attr]
-                state_name = str(status.state).removeprefix("TASK_").lower()
-                self.metrics.inc(f"agent/tasks_{state_name}")
+                self.metrics.inc(_task_counter(status.state))
                 self._update_container(executor)  # type: ignore[arg-type]
         return result
 
@@ -1391,7 +1395,11 @@ class Agent(Process):
     def _acknowledgement(self, sender: UPID, msg: Any) -> None:
         if not self._valid(sender, msg, StatusUpdateAcknowledgement, from_master=True):
             return
-        if not isinstance(msg.uuid, bytes) or not isinstance(msg.task_id, str):
+        if (
+            not isinstance(msg.uuid, bytes)
+            or not isinstance(msg.task_id, str)
+            or not isinstance(msg.framework_id, str)
+        ):
             self._invalid(sender, StatusUpdateAcknowledgement.NAME, "bad ack", msg)
             return
         self._acknowledged(sender, msg.framework_id, msg.task_id, msg.uuid)
@@ -1403,32 +1411,49 @@ class Agent(Process):
             return
         task_ids, uuids = msg.task_ids, msg.uuids
         if (
-            not isinstance(task_ids, list)
+            not isinstance(msg.framework_id, str)
+            or not isinstance(task_ids, list)
             or not isinstance(uuids, list)
             or len(task_ids) != len(uuids)
         ):
             self._invalid(sender, StatusUpdateAcknowledgements.NAME, "bad acks", msg)
             return
+        # One framework's acks: the master's answer, the count and the framework's possible
+        # end are settled once for the message, not once per ack (dozens in a busy one).
+        framework_id, acknowledge, acked = msg.framework_id, self._updates.acknowledge, 0
+        self._outbox.answered()
         for task_id, uuid_ in zip(task_ids, uuids, strict=True):
             if not isinstance(uuid_, bytes) or not isinstance(task_id, str):
                 self._invalid(sender, StatusUpdateAcknowledgements.NAME, "bad ack", task_id)
                 continue
-            self._acknowledged(sender, msg.framework_id, task_id, uuid_)
+            result = acknowledge(framework_id, task_id, uuid_)
+            if result is Ack.OK:
+                acked += 1
+            else:
+                self._bad_ack(sender, result, framework_id, task_id)
+        if acked:
+            self._acked(framework_id, acked)
 
     def _acknowledged(self, sender: UPID, framework_id: str, task_id: str, uuid_: bytes) -> None:
         self._outbox.answered()
         result = self._updates.acknowledge(framework_id, task_id, uuid_)
         if result is not Ack.OK:
-            self._invalid(
-                sender,
-                StatusUpdateAcknowledgement.NAME,
-                f"{result} acknowledgement for {framework_id}/{task_id}",
-            )
+            self._bad_ack(sender, result, framework_id, task_id)
             return
-        self.metrics.inc("agent/status_updates_acked")
+        self._acked(framework_id, 1)
+
+    def _acked(self, framework_id: str, count: int) -> None:
+        self.metrics.inc("agent/status_updates_acked", count)
         framework = self._frameworks.get(framework_id)
         if framework is not None:
             self._maybe_remove_framework(framework)
+
+    def _bad_ack(self, sender: UPID, result: Ack, framework_id: str, task_id: str) -> None:
+        self._invalid(
+            sender,
+            StatusUpdateAcknowledgement.NAME,
+            f"{result} acknowledgement for {framework_id}/{task_id}",
+        )
 
     # ================================================================== from the master
 
@@ -1662,6 +1687,20 @@ class Agent(Process):
                 }
             )
         return out
+
+
+_TASK_COUNTERS: dict[str, str] = {}
+
+
+def _task_counter(state: str) -> str:
+    """``agent/tasks_finished`` for ``TASK_FINISHED``: the counter of tasks that ended so (made
+    once per state, not once per task)."""
+    name = _TASK_COUNTERS.get(state)
+    if name is None:
+        name = f"agent/tasks_{str(state).removeprefix('TASK_').lower()}"
+        if len(_TASK_COUNTERS) < 64:  # (states are the few TaskStates; an executor's are checked)
+            _TASK_COUNTERS[state] = name
+    return name
 
 
 def _lost_state(framework: FrameworkInfo | None) -> str:

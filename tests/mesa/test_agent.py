@@ -16,6 +16,7 @@ import signal
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_harness import (
@@ -55,6 +56,7 @@ from mesa.messages import (
     RunTasks,
     StatusUpdate,
     StatusUpdateAcknowledgement,
+    StatusUpdateAcknowledgements,
     UpdateFramework,
 )
 from mesa.task_state import Reason, Source, TaskState
@@ -694,6 +696,29 @@ async def test_bad_input_is_counted_and_answered_never_fatal(cluster: Cluster, t
         StatusUpdateAcknowledgement.NAME,
         StatusUpdateAcknowledgement("fw-x", "agent-1", "nope", b"0" * 16),
     )
+    await rejected()
+    # A framework id that is not text (a list cannot even be looked up), alone or in a batch.
+    bad_fid: Any = ["fw"]
+    master.send(
+        master.agent,
+        StatusUpdateAcknowledgement.NAME,
+        StatusUpdateAcknowledgement(bad_fid, "agent-1", "t", b"0" * 16),
+    )
+    await rejected()
+    master.send(
+        master.agent,
+        StatusUpdateAcknowledgements.NAME,
+        StatusUpdateAcknowledgements(bad_fid, ["agent-1"], ["t"], [b"0" * 16]),
+    )
+    await rejected()
+    # In a batch, each bad acknowledgement counts alone: an unknown task, a uuid that is not
+    # bytes; the good one among them (none here) would still be taken.
+    master.send(
+        master.agent,
+        StatusUpdateAcknowledgements.NAME,
+        StatusUpdateAcknowledgements("fw-x", ["a", "a"], ["nope", "t"], [b"0" * 16, "text"]),
+    )
+    await rejected()
     await rejected()
     # Only the master may give orders; only registered executors may send updates.
     stranger = cluster.agent_rt  # its anonymous sender is not the master
