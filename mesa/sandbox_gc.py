@@ -118,18 +118,27 @@ class SandboxCollector:
             raise ValueError("the delay must be a finite number of seconds, not negative")
         self.delay = delay
         self._schedule = schedule
-        self._due: deque[tuple[float, str, tuple[str, ...]]] = deque()
+        # One waiting sandbox is the same index in three deques, not a tuple in one: a tuple is
+        # an object the garbage collector tracks, and one made per task and kept for days kept
+        # its young collections busy (bench.agent_bench: 1.0 s of collections in 220,000 tasks,
+        # up to 215 ms each; 0.1 s and 19 ms this way). Floats and strings are not tracked, and
+        # a direct task's parents are the one empty tuple.
+        self._when: deque[float] = deque()
+        self._paths: deque[str] = deque()
+        self._parents: deque[tuple[str, ...]] = deque()
         self._timer: Timer | None = None
         self._removals: set[asyncio.Future[Any]] = set()
         self.removed = 0
         self.pruned = 0
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._when)
 
     def add(self, path: str, parents: Sequence[str] = ()) -> None:
         """``path`` is no longer in use; remove it (and ``parents`` it leaves empty) later."""
-        self._due.append((Clock.now() + self.delay, path, tuple(parents)))
+        self._when.append(Clock.now() + self.delay)
+        self._paths.append(path)
+        self._parents.append(tuple(parents) if parents else ())
         if self._timer is None:
             self._arm()
 
@@ -142,7 +151,11 @@ class SandboxCollector:
             return 0
         shift = Clock.now() - now + self.delay  # (epoch seconds -> due on the Clock)
         adopted = [(mtime + shift, path, tuple(parents)) for mtime, path, parents in found]
-        self._due = deque(sorted([*adopted, *self._due], key=lambda entry: entry[0]))
+        waiting = zip(self._when, self._paths, self._parents, strict=True)
+        merged = sorted([*adopted, *waiting], key=lambda entry: entry[0])
+        self._when = deque(entry[0] for entry in merged)
+        self._paths = deque(entry[1] for entry in merged)
+        self._parents = deque(entry[2] for entry in merged)
         self._rearm()
         return len(adopted)
 
@@ -153,14 +166,14 @@ class SandboxCollector:
             self._timer = None
 
     def _arm(self) -> None:
-        self._timer = self._schedule(max(0.0, self._due[0][0] - Clock.now()), self._sweep)
+        self._timer = self._schedule(max(0.0, self._when[0] - Clock.now()), self._sweep)
 
     def _rearm(self) -> None:
         """The oldest sandbox changed: the timer is for it (or for none, when none waits)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._due:
+        if self._when:
             self._arm()
 
     def prune(self, age: float) -> int:
@@ -177,15 +190,16 @@ class SandboxCollector:
     def _sweep(self) -> None:
         self._timer = None
         self._remove_due(Clock.now())
-        if self._due:
+        if self._when:
             self._arm()
 
     def _remove_due(self, until: float) -> int:
         """Hand every sandbox due by ``until`` to a worker thread for removal; how many."""
         batch: list[tuple[str, tuple[str, ...]]] = []
-        while self._due and self._due[0][0] <= until:
-            _, path, parents = self._due.popleft()
-            batch.append((path, parents))
+        when, paths, parents = self._when, self._paths, self._parents
+        while when and when[0] <= until:
+            when.popleft()
+            batch.append((paths.popleft(), parents.popleft()))
         if batch:
             loop = asyncio.get_running_loop()
             removal = loop.run_in_executor(None, _remove_all, batch)

@@ -216,3 +216,22 @@ async def test_adopted_sandboxes_are_due_a_delay_after_they_last_changed(
     schedule.fire()
     await eventually(lambda: gc.removed == 3, "this run's removed at its own time")
     assert gc.adopt([], now) == 0
+
+
+async def test_waiting_sandboxes_add_nothing_the_garbage_collector_tracks(
+    clock: type[Clock],
+) -> None:
+    """A busy agent hands in a sandbox per task and keeps each for days: an object per sandbox
+    that the collector tracks would be walked by its young collections for nothing."""
+    import gc
+
+    collector = SandboxCollector(3600.0, Schedule())
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(10_000):
+        collector.add(f"/work/agents/a/frameworks/f/runs/{i}")
+    for i in range(100):  # an executor's sandbox names its parents: tracked until a collection
+        collector.add(f"/work/e/{i}/runs/c", (f"/work/e/{i}/runs", f"/work/e/{i}"))
+    gc.collect()
+    assert len(collector) == 10_100
+    assert len(gc.get_objects()) - before < 100
