@@ -218,20 +218,45 @@ async def test_adopted_sandboxes_are_due_a_delay_after_they_last_changed(
     assert gc.adopt([], now) == 0
 
 
-async def test_waiting_sandboxes_add_nothing_the_garbage_collector_tracks(
+async def test_a_waiting_sandbox_is_no_object_of_the_garbage_collector(
     clock: type[Clock],
 ) -> None:
-    """A busy agent hands in a sandbox per task and keeps each for days: an object per sandbox
-    that the collector tracks would be walked by its young collections for nothing."""
+    """A busy agent hands in a sandbox per task and keeps each for days. An object of the
+    collector's per sandbox (a tuple: tracked when made) would raise the allocation count that
+    starts young collections by one per task, for good, and each of those collections walks
+    everything the agent made since the last one."""
     import gc
 
     collector = SandboxCollector(3600.0, Schedule())
-    gc.collect()
-    before = len(gc.get_objects())
-    for i in range(10_000):
-        collector.add(f"/work/agents/a/frameworks/f/runs/{i}")
-    for i in range(100):  # an executor's sandbox names its parents: tracked until a collection
-        collector.add(f"/work/e/{i}/runs/c", (f"/work/e/{i}/runs", f"/work/e/{i}"))
-    gc.collect()
-    assert len(collector) == 10_100
-    assert len(gc.get_objects()) - before < 100
+    collector.add("/work/warm-up")  # (the deques' first blocks, the timer)
+    was_enabled = gc.isenabled()
+    gc.disable()  # (the count moves only with allocations and frees while we look)
+    try:
+        before = gc.get_count()[0]
+        for i in range(10_000):
+            collector.add(f"/work/agents/a/frameworks/f/runs/{i}")
+        grew = gc.get_count()[0] - before
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert len(collector) == 10_001
+    assert grew < 100, f"{grew} objects of the garbage collector's for 10,000 sandboxes"
+
+
+async def test_a_bad_parents_argument_leaves_the_queue_in_step(
+    tmp_path: Path, clock: type[Clock]
+) -> None:
+    """The three deques hold one sandbox per index: a refused add must add to none of them."""
+    schedule = Schedule()
+    collector = SandboxCollector(10.0, schedule)
+    with pytest.raises(TypeError):
+        collector.add(str(tmp_path / "a"), 5)  # type: ignore[arg-type]
+    first, second = sandbox(tmp_path, "b"), sandbox(tmp_path, "c")
+    collector.add(str(first), (str(first.parent),))
+    collector.add(str(second))
+    assert len(collector) == 2
+    clock.advance(11.0)
+    schedule.fire()
+    await eventually(lambda: not first.exists() and not second.exists())
+    assert not first.parent.exists()  # its own parent went with it, none other's
+    assert second.parent.exists()
