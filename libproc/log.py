@@ -97,6 +97,11 @@ class _BoundLogger(_Base):  # type: ignore[misc,valid-type]
 
     msg = info
 
+    def get_effective_level(self) -> int:
+        """The level in force (structlog's answer is the one this class was made with)."""
+        filtering = bool(_processors) and _processors[0] is _filter_level
+        return _level if filtering else logging.DEBUG
+
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at ``level`` would be written: for a hot line whose fields cost
         something to compute (``if log.is_enabled_for(logging.INFO): log.info(...)``).

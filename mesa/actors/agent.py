@@ -1406,7 +1406,10 @@ class Agent(Process):
 
     @handler(StatusUpdateAcknowledgements.NAME)
     def _acknowledgements(self, sender: UPID, msg: Any) -> None:
-        """Several acknowledgements of one framework's updates, each as its own would be."""
+        """Several acknowledgements of one framework's updates. Each settles its stream as its
+        own message would (a bad one is counted alone); what concerns the message as a whole
+        (the master has answered, the count, whether the framework can now be forgotten) is
+        settled once, after all of them."""
         if not self._valid(sender, msg, StatusUpdateAcknowledgements, from_master=True):
             return
         task_ids, uuids = msg.task_ids, msg.uuids

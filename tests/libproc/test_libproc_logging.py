@@ -78,6 +78,7 @@ def test_is_enabled_for_follows_the_configured_level(restore_logging: None) -> N
     libproc.configure_logging("console", "warning")
     assert not log.is_enabled_for(logging.INFO) and not log.is_enabled_for(logging.DEBUG)
     assert log.is_enabled_for(logging.WARNING) and log.is_enabled_for(logging.ERROR)
+    assert log.get_effective_level() == logging.WARNING
     libproc.configure_logging("console", "debug")
     assert log.is_enabled_for(logging.DEBUG) and log.is_enabled_for(logging.INFO)
     libproc.configure_logging("console", "warning")
