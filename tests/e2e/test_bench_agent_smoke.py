@@ -22,6 +22,7 @@ def test_agent_bench_tiny_configuration(tmp_path: Path) -> None:
         "--warmup=40",
         "--runs=3",
         "--tasks-per-launch=2",
+        "--timeout=20",
         f"--json={out}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -35,5 +36,3 @@ def test_agent_bench_tiny_configuration(tmp_path: Path) -> None:
         assert 0 < s["messages_out_per_task"] <= 2.0
         assert 0 < s["messages_in_per_task"] <= 2.5
         assert s["messages_local_per_task"] > 0  # the agent and its simulated containerizer
-    each = [s["cpu_us_per_task"] for s in report["stretches"]]
-    assert min(each) <= report["cpu_us_per_task_median"] <= max(each)
