@@ -428,6 +428,36 @@ async def test_status_updates_are_retried_in_order_until_acknowledged(
     assert state["pending_status_updates"] == []
 
 
+async def test_a_batch_of_acknowledgements_takes_the_good_and_counts_the_bad(cluster: Cluster):
+    """In one StatusUpdateAcknowledgements, a bad entry is refused alone: the good one beside
+    it still moves its task's stream on (the next update goes out) and is counted once."""
+    master = await cluster.start_master(auto_ack=False)
+    await cluster.start_agent()
+    await cluster.registered()
+    metrics = cluster.agent_rt.metrics
+    tid = new_task_id()
+    master.run_task(framework(), command_task(tid, "exit 0"))
+    running = await master.wait_state(tid, TaskState.TASK_RUNNING)
+    invalid = metrics.get("agent/invalid_messages")
+    acked = metrics.get("agent/status_updates_acked")
+    bad_uuid: Any = "not bytes"
+    master.send(
+        master.agent,  # type: ignore[arg-type]
+        StatusUpdateAcknowledgements.NAME,
+        StatusUpdateAcknowledgements(
+            "fw-1",
+            [master.agent_id] * 3,
+            ["no-such-task", tid, tid],
+            [b"0" * 16, running.status.uuid, bad_uuid],
+        ),
+    )
+    finished = await master.wait_state(tid, TaskState.TASK_FINISHED)  # the stream moved on
+    await wait_until(lambda: metrics.get("agent/invalid_messages") == invalid + 2)
+    assert metrics.get("agent/status_updates_acked") == acked + 1
+    master.ack(finished)
+    await wait_until(lambda: not cluster.agent._frameworks)  # all delivered: forgotten
+
+
 async def test_updates_wait_while_disconnected_and_go_to_the_new_master(
     cluster: Cluster, tmp_path: Path
 ):
