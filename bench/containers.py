@@ -16,6 +16,9 @@ not the tasks', which are their children's), and the rate. One round warms up (t
 containers make their cgroups, later ones reuse spares), then ``rounds`` are timed and the
 median reported. The sandboxes go on a tmpfs when there is one, as in ``bench.tasks``.
 
+It runs on uvloop (``libproc.run``), as ``mesa.node`` runs an agent (``LIBPROC_LOOP=asyncio``
+for asyncio's own loop; the report names the loop).
+
 A container's cgroups are made under a root of the suite's own (``mesa-bench-containers-<pid>``),
 removed at the end whatever happens.
 """
@@ -37,10 +40,12 @@ from typing import Any
 
 import psutil
 
+import libproc
 from bench.machine import describe
 from bench.tasks.run import default_work_dir, filesystem_of
 from libproc import UPID, Process, Runtime
 from libproc import log as libproc_log
+from libproc.loop import loop_name
 from mesa.actors.containerizer import Containerizer
 from mesa.info import CommandInfo, ExecutorInfo
 from mesa.isolators import IsolationOptions, cgroupfs, resolve_isolation
@@ -172,7 +177,11 @@ def run(cfg: Config) -> dict[str, Any]:
     report: dict[str, Any] = {
         "suite": "containers",
         "machine": describe(),
-        "config": {**cfg.__dict__, "work_dir_filesystem": filesystem_of(cfg.work_dir)},
+        "config": {
+            **cfg.__dict__,
+            "work_dir_filesystem": filesystem_of(cfg.work_dir),
+            "loop": loop_name(),
+        },
         "results": [],
         "skipped": [],
     }
@@ -183,7 +192,7 @@ def run(cfg: Config) -> dict[str, Any]:
             report["skipped"].append(f"{mode}: {e}")
             print(f"skipped: {mode}: {e}", flush=True)
             continue
-        r = asyncio.run(measure(cfg, mode))
+        r = libproc.run(measure(cfg, mode))  # (uvloop, as mesa.node runs an agent)
         report["results"].append(r)
         print(
             f"{mode:8s} agent {r['agent_us']:6.0f} µs  zygotes {r['zygotes_us']:5.0f} µs"
