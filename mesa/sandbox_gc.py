@@ -121,11 +121,11 @@ class SandboxCollector:
         # One waiting sandbox is the same index in three deques, not a tuple in one. A tuple is
         # an object of the garbage collector's, and one made per task and kept for days is a
         # steady +1 per task in the allocation count that starts its young collections: on an
-        # agent whose other objects come and go, they then came every few thousand tasks, and
-        # each walked everything made since the last (the records of the last tasks: in
-        # bench.agent_bench 190,000-310,000 objects, 100-210 ms, collecting nothing). Floats
-        # and strings are not the collector's, and a direct task's parents are the one empty
-        # tuple: with nothing else growing, the count stays level and the collections stop.
+        # agent whose other objects come and go, one then came every threshold's worth of tasks
+        # (20,000 for mesa.node's agent), and each walked everything made since the last (the
+        # records of the last tasks: in bench.agent_bench 190,000-310,000 objects, 100-260 ms,
+        # collecting nothing). Floats and strings are not the collector's, and a direct task's
+        # parents are the one empty tuple: with nothing else growing, the count stays level.
         self._when: deque[float] = deque()
         self._paths: deque[str] = deque()
         self._parents: deque[tuple[str, ...]] = deque()

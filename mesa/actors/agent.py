@@ -1421,8 +1421,6 @@ class Agent(Process):
         ):
             self._invalid(sender, StatusUpdateAcknowledgements.NAME, "bad acks", msg)
             return
-        # One framework's acks: the master's answer, the count and the framework's possible
-        # end are settled once for the message, not once per ack (dozens in a busy one).
         framework_id, acknowledge, acked = msg.framework_id, self._updates.acknowledge, 0
         self._outbox.answered()
         for task_id, uuid_ in zip(task_ids, uuids, strict=True):
