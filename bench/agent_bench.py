@@ -41,7 +41,6 @@ import asyncio
 import gc
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from collections import defaultdict
 from typing import Any
 
 import libproc
+from bench.offers.worker import DISK_WATCH_INTERVAL, STATUS_UPDATE_BACKOFF, cpu_seconds
 from libproc import UPID, Process, Runtime, handler
 from mesa.info import CommandInfo, FrameworkInfo, TaskInfo
 from mesa.messages import (
@@ -65,13 +65,6 @@ from mesa.messages import (
 from mesa.task_state import is_terminal
 
 FRAMEWORK_ID = "bench-agent-framework"
-STATUS_UPDATE_BACKOFF = 10.0  # as bench.offers: Mesos's first retry; no retries in a healthy run
-DISK_WATCH_INTERVAL = 3600.0  # as bench.offers: the simulated agents make no sandboxes
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 class StubMaster(Process):
@@ -232,9 +225,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await _until(ended, args.warmup, args.timeout)
         stretches = []
         for _ in range(args.runs):
-            n0, cpu0, wire0 = ended(), _cpu_seconds(), _wire(runtime)
+            n0, cpu0, wire0 = ended(), cpu_seconds(), _wire(runtime)
             await _until(ended, n0 + args.tasks, args.timeout)
-            n1, cpu1, wire1 = ended(), _cpu_seconds(), _wire(runtime)
+            n1, cpu1, wire1 = ended(), cpu_seconds(), _wire(runtime)
             n = n1 - n0
             stretches.append(
                 {

@@ -170,7 +170,8 @@ PROFILE_COMMANDS = ("profile_start", "profile_stop")
 PROFILER = Profiler()
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """This process's CPU time so far, user and system (what the reports divide per launch)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -239,7 +240,7 @@ async def run_master(args: argparse.Namespace) -> None:
                 # Only what is asked for: some of the master's gauges walk every agent, and the
                 # orchestrator asks several times a second.
                 values = {k: metrics.get(k) for k in keys} if keys else metrics.snapshot()
-                out = {"metrics": values, "cpu_s": _cpu_seconds(), "time": time.perf_counter()}
+                out = {"metrics": values, "cpu_s": cpu_seconds(), "time": time.perf_counter()}
                 if cmd.get("gc"):
                     out.update(gcw.read())
                 _emit(out)
@@ -340,7 +341,7 @@ async def run_agents(args: argparse.Namespace) -> None:
                         "spawned": len(agents),
                         "registered": sum(1 for a in agents if a.registered),
                         "containers": containerizer.launched,
-                        "cpu_s": _cpu_seconds(),
+                        "cpu_s": cpu_seconds(),
                         **(gcw.read() if cmd.get("gc") else {}),
                     }
                 )
@@ -545,7 +546,7 @@ async def run_frameworks(args: argparse.Namespace) -> None:
                     "finished": stats.finished,
                     "failed": stats.failed,
                     "outstanding": sum(len(s.launched_at) for s in scheds),
-                    "cpu_s": _cpu_seconds(),
+                    "cpu_s": cpu_seconds(),
                     **(gcw.read() if cmd.get("gc") else {}),
                 }
                 if cmd.get("latencies"):

@@ -847,14 +847,13 @@ class Agent(Process):
         framework.live_tasks[task.task_id] = executor
         if not direct:  # (a direct task's container was made for it, with its resources)
             self._update_container(executor)
-        if self.log.is_enabled_for(INFO):
-            self.log.info(
-                "task_launching",
-                framework_id=fid,
-                task_id=task.task_id,
-                executor_id=executor.id,
-                executor_state=str(executor.state),
-            )
+        self.log.info(
+            "task_launching",
+            framework_id=fid,
+            task_id=task.task_id,
+            executor_id=executor.id,
+            executor_state=str(executor.state),
+        )
         if direct:
             return  # the container launched above runs it
         if executor.state == _ExecutorState.RUNNING:
@@ -902,14 +901,13 @@ class Agent(Process):
         if direct:
             # Like Mesos's MESOS_TASK_ID: a command can tell which task it is.
             env["MESA_TASK_ID"] = first.task_id
-        if self.log.is_enabled_for(INFO):
-            self.log.info(
-                "executor_launching",
-                framework_id=framework.id,
-                executor_id=info.executor_id,
-                container_id=cid,
-                sandbox=sandbox,
-            )
+        self.log.info(
+            "executor_launching",
+            framework_id=framework.id,
+            executor_id=info.executor_id,
+            container_id=cid,
+            sandbox=sandbox,
+        )
         if direct and isinstance(first.resources, str):
             executor.container_resources = first.resources  # the task's own, as validated
         else:
@@ -1080,15 +1078,14 @@ class Agent(Process):
         executor.exit_message = message
         self.metrics.inc("agent/executors_terminated")
         framework = self._frameworks.get(executor.framework_id)
-        if self.log.is_enabled_for(INFO):
-            self.log.info(
-                "executor_terminated",
-                framework_id=executor.framework_id,
-                executor_id=executor.id,
-                status=status,
-                message=message,
-                limitation=limitation,
-            )
+        self.log.info(
+            "executor_terminated",
+            framework_id=executor.framework_id,
+            executor_id=executor.id,
+            status=status,
+            message=message,
+            limitation=limitation,
+        )
         source = Source.SOURCE_AGENT
         if executor.direct:
             # Its command was the container's process: its exit is the task's outcome, reported
